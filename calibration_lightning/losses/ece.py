@@ -1,0 +1,83 @@
+"""RCFT: an SFT loss plus the EM-estimated ECE regularizer (PAPER.md)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from calibration_lightning.calibration.binning import bin_index, binned_sums
+from calibration_lightning.calibration.metrics import top_label
+from calibration_lightning.calibration.targets import rank_preserving_targets
+from calibration_lightning.errors import ConfigError
+from calibration_lightning.losses.base import LossHead, LossOutput, StepOutputs
+
+
+def bin_statistics(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
+    """E-step: per confidence bin, the accuracy a_b and the count N_b (``[n_bins]`` each; a_b = 0 if empty)."""
+    conf, hit = top_label(probs, labels)
+    idx = bin_index(conf, n_bins)
+    count = binned_sums(idx, torch.ones_like(conf), n_bins)
+    return binned_sums(idx, hit, n_bins) / count.clamp_min(1), count
+
+
+def ece_regularizer(probs: Tensor, targets: Tensor, sample_bin: Tensor, bin_count: Tensor) -> Tensor:
+    """L_ECE = sum_b (1 / N_b) * sum_{i in batch, bin b} ||p_i - t_i||^2.
+
+    Args:
+        probs: ``[B, K]`` letter probabilities (with gradient).
+        targets: ``[B, K]`` constant targets.
+        sample_bin: ``[B]`` bin of each sample.
+        bin_count: ``[n_bins]`` N_b from the E-step; samples in a bin that was empty there add nothing.
+    """
+    squared = ((probs - targets) ** 2).sum(dim=1)
+    n_b = bin_count[sample_bin]
+    weight = torch.where(n_b > 0, 1.0 / n_b.clamp_min(1), torch.zeros_like(n_b))
+    return (weight * squared).sum()
+
+
+class ECERegularizedSFT(LossHead):
+    """L = L_SFT + lambda * L_ECE, with targets from bin accuracies of the last E-step.
+
+    A sample's bin is that of its current confidence; its targets are
+    ``rank_preserving_targets(p, a_b)``, detached (the authors' code lets gradient flow into them;
+    we treat them as constants, as the EM derivation does). The bin statistics are buffers, so
+    they travel in checkpoints; ``EStepRefresh`` fills them.
+
+    Args:
+        sft: the SFT term, ``SequenceSFT`` (L_SFT2, the paper) or ``CompletionSFT`` (the authors' code).
+        lam: weight lambda of L_ECE (paper: 1).
+        n_bins: number of confidence bins B.
+    """
+
+    def __init__(self, sft: LossHead, lam: float = 1.0, n_bins: int = 10) -> None:
+        super().__init__()
+        if lam < 0:
+            raise ConfigError(f"method.loss.lam must be >= 0, got {lam}")
+        if n_bins < 2:
+            raise ConfigError(f"method.loss.n_bins must be >= 2, got {n_bins}")
+        self.sft, self.lam, self.n_bins = sft, lam, n_bins
+        self.full_sequence = sft.full_sequence
+        self.register_buffer("bin_accuracy", torch.zeros(n_bins))
+        self.register_buffer("bin_count", torch.zeros(n_bins))
+        self.register_buffer("estep_epoch", torch.tensor(-1))
+        self.register_buffer("estep_step", torch.tensor(-1))
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.bin_count.sum() > 0)
+
+    def set_bin_statistics(self, accuracy: Tensor, count: Tensor, epoch: int, step: int) -> None:
+        self.bin_accuracy.copy_(accuracy)
+        self.bin_count.copy_(count)
+        self.estep_epoch.fill_(epoch)
+        self.estep_step.fill_(step)
+
+    def forward(self, out: StepOutputs, batch: dict[str, Tensor]) -> LossOutput:
+        if not self.fitted:
+            raise RuntimeError("ECERegularizedSFT needs bin statistics: add the EStepRefresh callback (method.callbacks)")
+        sft = self.sft(out, batch)
+        probs = out.letter_probs
+        sample_bin = bin_index(probs.detach().max(dim=1).values, self.n_bins)
+        targets = rank_preserving_targets(probs, self.bin_accuracy[sample_bin], batch["n_choices"])
+        ece = ece_regularizer(probs, targets, sample_bin, self.bin_count)
+        return LossOutput(sft.loss + self.lam * ece, {"sft": sft.loss.detach(), "ece": ece.detach()})

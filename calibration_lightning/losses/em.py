@@ -1,0 +1,50 @@
+"""The E-step of RCFT as a Lightning callback: re-estimate bin accuracies on the training split."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from calibration_lightning.calibration.confidence import letter_probabilities
+from calibration_lightning.errors import ConfigError
+from calibration_lightning.losses.ece import bin_statistics
+
+
+class EStepRefresh(L.Callback):
+    """Run the current model over the training split and refresh the loss head's bin statistics.
+
+    Args:
+        every: ``"epoch"`` (default; the paper's alternating EM), ``"once"`` (before training only,
+            as the authors' code does) or an integer N (every N optimizer steps, and before training).
+    """
+
+    def __init__(self, every: str | int = "epoch") -> None:
+        if not (every in ("epoch", "once") or (isinstance(every, int) and every >= 1)):
+            raise ConfigError(f"method.callbacks EStepRefresh.every={every!r}; allowed: epoch, once, or an integer >= 1")
+        self.every = every
+
+    def _refresh(self, trainer: L.Trainer, module) -> None:
+        head = module.loss_head
+        scored = module.score(trainer.datamodule.split_dataloader("train"))
+        probs = letter_probabilities(scored["letter_logits"], scored["n_choices"])
+        acc, count = bin_statistics(probs, scored["labels"], head.n_bins)
+        hits = trainer.strategy.reduce(acc * count, reduce_op="sum")
+        count = trainer.strategy.reduce(count, reduce_op="sum")
+        acc = hits / count.clamp_min(1)
+        head.set_bin_statistics(acc.to(head.bin_accuracy), count.to(head.bin_count),
+                                trainer.current_epoch, trainer.global_step)
+        module.log_dict({f"em/bin_acc_{b}": float(a) for b, a in enumerate(acc) if count[b] > 0}, rank_zero_only=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module) -> None:
+        head = module.loss_head
+        stale = self.every == "epoch" and int(head.estep_epoch) != trainer.current_epoch
+        if not head.fitted or stale:
+            self._refresh(trainer, module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx: int) -> None:
+        if not isinstance(self.every, int):
+            return
+        step = trainer.global_step
+        if step > 0 and step % self.every == 0 and int(module.loss_head.estep_step) != step:
+            with torch.no_grad():
+                self._refresh(trainer, module)

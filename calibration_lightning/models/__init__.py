@@ -1,0 +1,1 @@
+"""Model loading (hub, local, bundled GGUF, tiny), quantization, adapters and letter tokens."""

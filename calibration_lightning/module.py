@@ -1,0 +1,163 @@
+"""The LightningModule: forward to letter logits, call the loss head, update metrics. Nothing else."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from calibration_lightning.calibration.collection import calibration_metrics
+from calibration_lightning.calibration.confidence import letter_probabilities, mask_letter_logits
+from calibration_lightning.errors import TrainingError
+from calibration_lightning.losses.base import LossHead, StepOutputs
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"  # cosine | constant
+
+
+class CalibrationModule(L.LightningModule):
+    """Wraps a (Q)LoRA causal LM and a loss head.
+
+    Args:
+        model: a peft-wrapped causal LM (only adapters trainable).
+        loss_head: the method's loss (None for evaluation-only methods).
+        letter_ids: token ids of the option letters A, B, ... (``K_max`` of them).
+        optim: optimizer and schedule settings.
+        n_bins: calibration bins of the logged metrics.
+        eval_set_names: names of the test dataloaders, in order.
+    """
+
+    def __init__(self, model, loss_head: LossHead | None, letter_ids: list[int], optim: OptimSettings,
+                 n_bins: int = 10, eval_set_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.model, self.loss_head, self.optim = model, loss_head, optim
+        self.register_buffer("letter_ids", torch.tensor(letter_ids), persistent=False)
+        self.eval_set_names = eval_set_names or ["test"]
+        self.val_metrics = calibration_metrics(n_bins).clone(prefix="val/")
+        self.test_metrics = torch.nn.ModuleList(
+            calibration_metrics(n_bins).clone(prefix="test/" if i == 0 else f"test/{name}/")
+            for i, name in enumerate(self.eval_set_names)
+        )
+        self.scored: dict[str, dict[str, Tensor]] = {}  # split -> letter logits etc. of the last evaluation
+        self._buffers_out: dict[str, list[dict[str, Tensor]]] = {}
+        self.strict_loading = False  # checkpoints hold adapters and loss-head state, not the frozen base
+
+    def forward(self, batch: dict[str, Tensor], full_sequence: bool = False) -> StepOutputs:
+        """One pass. Position ids follow the attention mask, so left padding does not shift positions."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if full_sequence:
+            ids = torch.cat([ids, batch["answer_token"][:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        # Only the positions a loss or score reads get logits: the lm_head over the vocabulary is
+        # the single largest matmul for short prompts.
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                            logits_to_keep=0 if full_sequence else 1).logits
+        answer_logits = logits[:, -2] if full_sequence else logits[:, -1]
+        letter_logits = mask_letter_logits(answer_logits[:, self.letter_ids].float(), batch["n_choices"])
+        return StepOutputs(
+            answer_logits=answer_logits,
+            letter_logits=letter_logits,
+            letter_probs=torch.softmax(letter_logits, dim=-1),
+            token_logits=logits if full_sequence else None,
+            token_ids=ids if full_sequence else None,
+            token_mask=mask if full_sequence else None,
+        )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.loss_head(self(batch, self.loss_head.full_sequence), batch)
+        if not math.isfinite(float(out.loss.detach())):
+            raise TrainingError(f"the training loss became non-finite ({float(out.loss.detach())}) at step "
+                                f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); "
+                                "lower method.optim.lr or check the data. The last checkpoint and every "
+                                "output already written are intact.")
+        bs = len(batch["labels"])
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/loss_{k}": v for k, v in out.parts.items()}, batch_size=bs)
+        return out.loss
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _score_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        letter_logits = self(batch).letter_logits
+        return {"letter_logits": letter_logits, "labels": batch["labels"], "n_choices": batch["n_choices"],
+                "index": batch["index"]}
+
+    def _collect(self, split: str, scored: dict[str, Tensor]) -> None:
+        self._buffers_out.setdefault(split, []).append({k: v.detach().cpu() for k, v in scored.items()})
+
+    def _finish(self, split: str) -> None:
+        parts = self._buffers_out.pop(split, [])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [p for rank_parts in gathered for p in rank_parts]
+        if parts:
+            merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            order = merged["index"].argsort()
+            self.scored[split] = {k: v[order] for k, v in merged.items()}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        scored = self._score_batch(batch)
+        self.val_metrics.update(letter_probabilities(scored["letter_logits"]), scored["labels"])
+        self._collect("val", scored)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        self.val_metrics.reset()
+        self._finish("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        scored = self._score_batch(batch)
+        self.test_metrics[dataloader_idx].update(letter_probabilities(scored["letter_logits"]), scored["labels"])
+        self._collect(self.eval_set_names[dataloader_idx], scored)
+
+    def on_test_epoch_end(self) -> None:
+        for name, metrics in zip(self.eval_set_names, self.test_metrics):
+            if name in self._buffers_out or metrics.update_called:
+                self.log_dict(metrics.compute(), add_dataloader_idx=False)
+                metrics.reset()
+            self._finish(name)
+
+    @torch.no_grad()
+    def score(self, loader) -> dict[str, Tensor]:
+        """Letter logits of every batch in ``loader`` (this process's share), in eval mode."""
+        was_training = self.training
+        self.eval()
+        parts = [{k: v.detach().cpu() for k, v in self._score_batch(self._to_device(b)).items()} for b in loader]
+        self.train(was_training)
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # -- optimisation and checkpoints ------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.optim.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if self.optim.scheduler == "constant":
+                return 1.0
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep trainable weights and loss-head buffers; never the frozen (possibly 4-bit) base."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in trainable or not k.startswith("model.")}

@@ -1,0 +1,104 @@
+"""One run, top to bottom: evaluate the aligned model, fix it with the chosen method, evaluate again."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from calibration_lightning import evaluation
+from calibration_lightning.calibration.regime import diagnose
+from calibration_lightning.config_checks import check_config
+from calibration_lightning.data.datamodule import MultipleChoiceDataModule
+from calibration_lightning.data.prompts import PromptFormat
+from calibration_lightning.data.splits import split_records
+from calibration_lightning.models.adapters import LoraSettings, ModelSettings, load_model, load_tokenizer
+from calibration_lightning.module import CalibrationModule, OptimSettings
+from calibration_lightning.outputs.files import atomic_directory
+from calibration_lightning.outputs.run_outputs import check_run_dir, write_phase, write_summary
+
+log = logging.getLogger(__name__)
+
+
+def _device(cfg: DictConfig) -> str:
+    wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
+
+
+def _model_settings(model_cfg: DictConfig) -> ModelSettings:
+    fields = OmegaConf.to_container(model_cfg, resolve=True)
+    lora = LoraSettings(**fields.pop("lora"))
+    return ModelSettings(**{k: v for k, v in fields.items() if k not in ("name", "loader")}, lora=lora)
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path, logger, callbacks: list, epochs: int = 1) -> L.Trainer:
+    """A Lightning Trainer from the ``trainer`` group (its own keys minus ours)."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    every = kwargs.pop("checkpoint_every_n_steps")
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
+                                                     every_n_train_steps=every or None)
+    return L.Trainer(**kwargs, max_epochs=epochs, logger=logger, default_root_dir=out_dir,
+                     callbacks=[checkpoint, *callbacks], enable_model_summary=False)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run ``cfg`` and return the dict written to ``metrics.json``."""
+    started = time.time()
+    check_config(cfg)
+    out_dir = Path(cfg.output_dir)
+    check_run_dir(out_dir, cfg.resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    # Data first: a bad file fails here, before any model loads.
+    records = instantiate(cfg.dataset.source)
+    splits = split_records(records, **cfg.dataset.split)
+    source = instantiate(cfg.model.loader)
+    settings = _model_settings(cfg.model)
+    tokenizer = load_tokenizer(source, settings)
+    dm = MultipleChoiceDataModule(splits, tokenizer, PromptFormat(**cfg.dataset.prompt), cfg.dataset.batch_size,
+                                  cfg.dataset.eval_batch_size, cfg.dataset.max_length, cfg.seed)
+    module = CalibrationModule(load_model(source, settings, _device(cfg)), None, dm.letter_ids, OptimSettings(),
+                               cfg.n_bins, dm.eval_set_names)
+    logger = instantiate(cfg.logger) if cfg.logger else False
+
+    before = evaluation.evaluate(build_trainer(cfg, out_dir, logger, []), module, dm)
+    regime = diagnose(evaluation.probabilities(before["val"]), before["val"]["labels"],
+                      evaluation.probabilities(before["test"]), before["test"]["labels"],
+                      cfg.n_bins, cfg.regime.tolerance) if "val" in before else None
+    method = cfg.method.by_regime[regime["verdict"]] if cfg.method.get("by_regime") else cfg.method
+    if method is not cfg.method:
+        log.info("method=auto: the model is %s (recalibrated ECE %.4f vs tolerance %.2f), so running %s",
+                 regime["verdict"], regime["recalibrated_ece"], regime["tolerance"], method.name)
+    extra = {"method": method.name, "requested_method": cfg.method.name, "regime": regime}
+
+    after = before
+    if method.train:
+        module.loss_head = instantiate(method.loss)
+        module.optim = OptimSettings(**method.optim)
+        trainer = build_trainer(cfg, out_dir, logger, [instantiate(c) for c in method.callbacks], method.epochs)
+        module.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
+        last = out_dir / "checkpoints" / "last.ckpt"
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None)
+        after = evaluation.evaluate(trainer, module, dm)
+        if trainer.is_global_zero:
+            atomic_directory(out_dir / "adapter", module.model.save_pretrained)
+    if method.get("calibrator"):
+        calibrator = instantiate(method.calibrator)
+        extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))
+        after = evaluation.transform_logits(after, calibrator.transform)
+
+    if getattr(logger, "finalize", None):
+        logger.finalize("success")
+    if not L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        return {}
+    results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
+    results_after = write_phase(out_dir, "after", after, dm.records, cfg.n_bins)
+    extra["wall_time_s"] = round(time.time() - started, 1)
+    table = write_summary(out_dir, cfg, results_before, results_after, extra)
+    print(f"\n{table}\n\nOutputs: {out_dir}")
+    return {"before": results_before["test"], "after": results_after["test"], **extra}

@@ -1,0 +1,57 @@
+"""Every shipped config composes; bad settings fail at start-up naming the key."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from calibration_lightning.config_checks import CONF_DIR, check_config, options
+from calibration_lightning.errors import ConfigError
+
+GROUPS = ("model", "method", "dataset", "trainer", "logger")
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=["output_dir=/tmp/unused", *overrides])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_passes_checks(group, option):
+    extra = ["dataset.path=x.jsonl"] if (group, option) == ("dataset", "jsonl") else []
+    extra += ["model.loader.name_or_path=org/name"] if (group, option) == ("model", "hf") else []
+    cfg = _compose(f"{group}={option}", *extra)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    check_config(cfg)
+
+
+def test_unknown_option_lists_the_allowed_ones():
+    with pytest.raises(ConfigCompositionException, match="(?s)Could not find 'method/rcf'.*rcft"):
+        _compose("method=rcf")
+
+
+def test_misspelt_key_is_rejected():
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        _compose("method.optim.lrr=0.1")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("method.optim.lr=-1e-4", "method.optim.lr"),
+    ("method.optim.lr=0", "method.optim.lr"),
+    ("n_bins=1", "n_bins"),
+    ("model.lora.r=0", "model.lora.r"),
+    ("method.epochs=0", "method.epochs"),
+    ("model.quantize=int3", "model.quantize"),
+])
+def test_out_of_range_numbers_are_named(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        check_config(_compose(override))
+
+
+@pytest.mark.parametrize("override,key", [
+    ("method.loss.lam=-0.5", "method.loss.lam"),
+    ("method.loss.n_bins=1", "method.loss.n_bins"),
+])
+def test_rcft_ranges(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        check_config(_compose("method=rcft", override))

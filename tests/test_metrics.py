@@ -1,0 +1,122 @@
+"""Calibration metrics against hand-computed values and torchmetrics."""
+
+import math
+
+import pytest
+import torch
+from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
+
+from calibration_lightning import classwise_ece, conf_ece
+from calibration_lightning.calibration.collection import calibration_metrics
+from calibration_lightning.calibration.metrics import (
+    accuracy,
+    all_metrics,
+    brier_score,
+    max_calibration_error,
+    negative_log_likelihood,
+)
+
+# Three rows, K = 3, no value on a bin boundary. Worked out by hand in the comments below.
+PROBS = torch.tensor([[0.55, 0.33, 0.12], [0.15, 0.81, 0.04], [0.23, 0.13, 0.64]])
+LABELS = torch.tensor([0, 2, 2])
+
+
+def test_conf_ece_by_hand():
+    # confidences 0.55 (right, bin 5), 0.81 (wrong, bin 8), 0.64 (right, bin 6): each alone in its bin
+    # ECE = (|1-0.55| + |0-0.81| + |1-0.64|) / 3 = 1.62 / 3
+    assert conf_ece(PROBS, LABELS).item() == pytest.approx(0.54, abs=1e-6)
+    assert max_calibration_error(PROBS, LABELS).item() == pytest.approx(0.81, abs=1e-6)
+
+
+def test_classwise_ece_by_hand():
+    # class 0: p=[.55,.15,.23], y=[1,0,0] -> (.45+.15+.23)/3 ; class 1: p=[.33,.81,.13], y=0 -> (.33+.81+.13)/3
+    # class 2: p=[.12,.04,.64], y=[0,1,1] -> (.12+.96+.36)/3 ; mean over the 3 classes
+    expected = ((0.83 + 1.27 + 1.44) / 3) / 3
+    assert classwise_ece(PROBS, LABELS).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_shared_bin_and_exact_one():
+    # 0.95 (right) and 1.0 (right) share the last bin: |1 - 0.975| * 2/4; 0.65 wrong: 0.65 * 1/4;
+    # 0.75 right: 0.25 * 1/4. Total 0.0125 + 0.1625 + 0.0625.
+    probs = torch.tensor([[0.95, 0.05], [0.65, 0.35], [0.25, 0.75], [1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    assert conf_ece(probs, labels).item() == pytest.approx(0.2375, abs=1e-6)
+    assert classwise_ece(probs, labels).item() == pytest.approx(0.2375, abs=1e-6)
+
+
+def test_confidence_one_goes_in_the_last_bin():
+    # Our bins: the last one is [0.9, 1.0]. A 1.0 miss and a 0.92 hit share it: |0.5 - 0.96| = 0.46.
+    # (torchmetrics gives 1.0 a bin of its own and would report (0.08 + 1.0) / 2 = 0.54.)
+    probs = torch.tensor([[1.0, 0.0], [0.92, 0.08]])
+    labels = torch.tensor([1, 0])
+    assert conf_ece(probs, labels).item() == pytest.approx(0.46, abs=1e-6)
+
+
+def test_other_metrics_by_hand():
+    assert accuracy(PROBS, LABELS).item() == pytest.approx(2 / 3)
+    brier = ((0.45**2 + 0.33**2 + 0.12**2) + (0.15**2 + 0.81**2 + 0.96**2) + (0.23**2 + 0.13**2 + 0.36**2)) / 3
+    assert brier_score(PROBS, LABELS).item() == pytest.approx(brier, abs=1e-6)
+    nll = -(math.log(0.55) + math.log(0.04) + math.log(0.64)) / 3
+    assert negative_log_likelihood(PROBS, LABELS).item() == pytest.approx(nll, abs=1e-5)
+
+
+def _random_probs(n, k, seed, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(n, k, generator=g) * scale, dim=-1)
+    labels = torch.randint(0, k, (n,), generator=g)
+    return probs, labels
+
+
+def _torchmetrics_classwise(probs, labels, n_bins):
+    k = probs.shape[1]
+    values = [BinaryCalibrationError(n_bins=n_bins, norm="l1")(probs[:, j], (labels == j).long()) for j in range(k)]
+    return torch.stack(values).mean()
+
+
+@pytest.mark.parametrize("k,n_bins,seed", [(4, 10, 0), (2, 15, 1), (5, 10, 2), (26, 20, 3)])
+def test_matches_torchmetrics_on_random_inputs(k, n_bins, seed):
+    probs, labels = _random_probs(2000, k, seed)
+    reference = MulticlassCalibrationError(num_classes=k, n_bins=n_bins, norm="l1")(probs, labels)
+    assert conf_ece(probs, labels, n_bins).item() == pytest.approx(reference.item(), abs=1e-5)
+    assert classwise_ece(probs, labels, n_bins).item() == pytest.approx(
+        _torchmetrics_classwise(probs, labels, n_bins).item(), abs=1e-5)
+
+
+def test_matches_torchmetrics_with_exact_zeros_and_ones():
+    # One-hot rows (confidence exactly 1, other classes exactly 0) mixed with rows far from 1, so that the
+    # samples at 1.0 are the only ones in the last bin and the two binnings agree.
+    onehot = torch.eye(4)[torch.tensor([0, 1, 2, 3, 0, 1])]
+    soft = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.25, 0.35, 0.3, 0.1], [0.1, 0.1, 0.45, 0.35]])
+    probs = torch.cat([onehot, soft])
+    labels = torch.tensor([0, 1, 3, 3, 2, 1, 0, 1, 3])
+    reference = MulticlassCalibrationError(num_classes=4, n_bins=10, norm="l1")(probs, labels)
+    assert conf_ece(probs, labels).item() == pytest.approx(reference.item(), abs=1e-6)
+    assert classwise_ece(probs, labels).item() == pytest.approx(_torchmetrics_classwise(probs, labels, 10).item(),
+                                                                abs=1e-6)
+
+
+def test_empty_bins_contribute_nothing():
+    probs = torch.tensor([[0.55, 0.45]] * 4)
+    labels = torch.tensor([0, 0, 1, 0])
+    # one non-empty bin: |0.75 - 0.55|
+    assert conf_ece(probs, labels, n_bins=10).item() == pytest.approx(0.2, abs=1e-6)
+    assert conf_ece(probs, labels, n_bins=50).item() == pytest.approx(0.2, abs=1e-6)
+
+
+def test_metric_collection_equals_functional_over_batches():
+    probs, labels = _random_probs(300, 4, 7)
+    collection = calibration_metrics(10).clone(prefix="val/")
+    for chunk in range(0, 300, 64):
+        collection.update(probs[chunk:chunk + 64], labels[chunk:chunk + 64])
+    computed = {k: v.item() for k, v in collection.compute().items()}
+    expected = all_metrics(probs, labels, 10)
+    assert set(computed) == {f"val/{k}" for k in ("conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce")}
+    for key, value in computed.items():
+        assert value == pytest.approx(expected[key.split("/")[1]], abs=1e-6)
+
+
+def test_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="probs must be"):
+        conf_ece(torch.rand(5), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels must be"):
+        classwise_ece(torch.rand(5, 3), torch.zeros(4, dtype=torch.long))

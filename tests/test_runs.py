@@ -1,0 +1,87 @@
+"""Whole runs on the tiny model through the real configs: every method writes the same outputs."""
+
+import json
+
+import pytest
+
+from calibration_lightning.run import run
+from tests.conftest import TINY_SPLIT
+
+OUTPUT_FILES = {
+    "metrics.json", "config.yaml", "predictions_before.jsonl", "predictions_after.jsonl",
+    "reliability_before_conf.png", "reliability_before_classwise.png",
+    "reliability_after_conf.png", "reliability_after_classwise.png",
+}
+METRIC_KEYS = {"conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce", "n"}
+
+
+def _check_outputs(out, trained: bool):
+    files = {p.name for p in out.iterdir()}
+    assert OUTPUT_FILES <= files
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["before"]) == METRIC_KEYS and set(metrics["after"]) == METRIC_KEYS
+    assert metrics["before"]["n"] == 24
+    assert metrics["regime"]["verdict"] in ("calibratable", "non-calibratable")
+    rows = [json.loads(line) for line in (out / "predictions_after.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and {"id", "gold", "prediction", "probabilities", "confidence"} <= set(rows[0])
+    assert sum(r["correct"] for r in rows) / 24 == pytest.approx(metrics["after"]["accuracy"])
+    adapter = out / "adapter"
+    if trained:
+        assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+        assert not any(p.name.startswith("model") for p in adapter.iterdir())  # never the base weights
+    else:
+        assert not adapter.exists()
+    return metrics
+
+
+@pytest.mark.parametrize("method,trained", [("cft", True), ("rcft", True), ("label_smoothing", True),
+                                            ("none", False), ("ts", False), ("auto", True)])
+def test_every_method_runs_on_tiny(make_cfg, tmp_path, method, trained):
+    cfg = make_cfg("model=tiny", f"method={method}", *TINY_SPLIT)
+    result = run(cfg)
+    metrics = _check_outputs(tmp_path / "run", trained)
+    assert result["after"] == metrics["after"]
+    if method == "none":
+        assert metrics["after"] == metrics["before"]
+    if method == "ts":
+        assert metrics["temperature"] > 0
+        assert metrics["after"]["accuracy"] == metrics["before"]["accuracy"]
+    if method == "auto":
+        expected = "cft" if metrics["regime"]["verdict"] == "calibratable" else "rcft"
+        assert metrics["method"] == expected and metrics["requested_method"] == "auto"
+
+
+def test_rcft_logs_loss_parts_and_bin_accuracies(make_cfg, tmp_path):
+    cfg = make_cfg("model=tiny", "method=rcft", "method.epochs=2", "trainer.log_every_n_steps=1", *TINY_SPLIT)
+    run(cfg)
+    header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss_sft", "train/loss_ece", "val/conf_ece", "test/conf_ece"} <= set(header)
+    assert any(h.startswith("em/bin_acc_") for h in header)
+
+
+def test_cft_lowers_training_loss_on_tiny(make_cfg, tmp_path):
+    cfg = make_cfg("model=tiny", "method=cft", "method.epochs=3", "method.optim.lr=5e-3",
+                   "trainer.log_every_n_steps=1", *TINY_SPLIT)
+    run(cfg)
+    lines = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("train/loss")
+    losses = [float(r.split(",")[col]) for r in lines[1:] if r.split(",")[col]]
+    assert len(losses) >= 12 and sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+
+
+def test_existing_run_directory_is_not_overwritten(make_cfg, tmp_path):
+    from calibration_lightning.errors import UserError
+
+    cfg = make_cfg("model=tiny", "method=none", *TINY_SPLIT)
+    run(cfg)
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    with pytest.raises(UserError, match="already holds a finished run"):
+        run(cfg)
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+
+
+def test_same_seed_same_metrics(make_cfg, tmp_path):
+    a = run(make_cfg("model=tiny", "method=cft", *TINY_SPLIT, out="a"))
+    b = run(make_cfg("model=tiny", "method=cft", *TINY_SPLIT, out="b"))
+    assert a["after"] == b["after"] and a["before"] == b["before"]
