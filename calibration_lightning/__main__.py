@@ -19,6 +19,9 @@ def main(cfg: DictConfig) -> float | None:
     """Run one configuration; returns the after-training test conf-ECE (the value sweeps optimise)."""
     from calibration_lightning.run import run
 
+    # Lightning's start-up notices (accelerator, tips) come once per Trainer and twice through Hydra's
+    # root handler; warnings and errors still show.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     try:
         result = run(cfg)
     except UserError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import lightning as L
@@ -157,7 +158,13 @@ class CalibrationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep trainable weights and loss-head buffers; never the frozen (possibly 4-bit) base."""
+        """Keep trainable weights and loss-head buffers (never the frozen, possibly 4-bit, base) and RNG state."""
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable or not k.startswith("model.")}
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng" in checkpoint:  # LoRA dropout continues with the same draws as an uninterrupted run
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            random.setstate(checkpoint["rng"]["python"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,6 +18,7 @@ from calibration_lightning.config_checks import check_config
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.splits import split_records
+from calibration_lightning.errors import UserError
 from calibration_lightning.models.adapters import LoraSettings, ModelSettings, load_model, load_tokenizer
 from calibration_lightning.module import CalibrationModule, OptimSettings
 from calibration_lightning.outputs.files import atomic_directory
@@ -46,6 +48,17 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger, callbacks: list, epoch
                      callbacks=[checkpoint, *callbacks], enable_model_summary=False)
 
 
+def build(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate``, re-raising our own user errors unwrapped (Hydra wraps them)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+
+
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg`` and return the dict written to ``metrics.json``."""
     started = time.time()
@@ -55,16 +68,17 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Data first: a bad file fails here, before any model loads.
-    records = instantiate(cfg.dataset.source)
+    records = build(cfg.dataset.source)
     splits = split_records(records, **cfg.dataset.split)
-    source = instantiate(cfg.model.loader)
+    source = build(cfg.model.loader)
     settings = _model_settings(cfg.model)
     tokenizer = load_tokenizer(source, settings)
     dm = MultipleChoiceDataModule(splits, tokenizer, PromptFormat(**cfg.dataset.prompt), cfg.dataset.batch_size,
                                   cfg.dataset.eval_batch_size, cfg.dataset.max_length, cfg.seed)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
     module = CalibrationModule(load_model(source, settings, _device(cfg)), None, dm.letter_ids, OptimSettings(),
                                cfg.n_bins, dm.eval_set_names)
-    logger = instantiate(cfg.logger) if cfg.logger else False
+    logger = build(cfg.logger) if cfg.logger else False
 
     before = evaluation.evaluate(build_trainer(cfg, out_dir, logger, []), module, dm)
     regime = diagnose(evaluation.probabilities(before["val"]), before["val"]["labels"],
@@ -75,28 +89,31 @@ def run(cfg: DictConfig) -> dict:
         log.info("method=auto: the model is %s (recalibrated ECE %.4f vs tolerance %.2f), so running %s",
                  regime["verdict"], regime["recalibrated_ece"], regime["tolerance"], method.name)
     extra = {"method": method.name, "requested_method": cfg.method.name, "regime": regime}
+    is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
+    if is_zero:  # written now, so a failure during training leaves them behind
+        results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
 
     after = before
     if method.train:
-        module.loss_head = instantiate(method.loss)
+        module.loss_head = build(method.loss)
         module.optim = OptimSettings(**method.optim)
-        trainer = build_trainer(cfg, out_dir, logger, [instantiate(c) for c in method.callbacks], method.epochs)
+        trainer = build_trainer(cfg, out_dir, logger, [build(c) for c in method.callbacks], method.epochs)
         module.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
         last = out_dir / "checkpoints" / "last.ckpt"
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None,
+                    weights_only=True)
         after = evaluation.evaluate(trainer, module, dm)
         if trainer.is_global_zero:
             atomic_directory(out_dir / "adapter", module.model.save_pretrained)
     if method.get("calibrator"):
-        calibrator = instantiate(method.calibrator)
+        calibrator = build(method.calibrator)
         extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))
         after = evaluation.transform_logits(after, calibrator.transform)
 
     if getattr(logger, "finalize", None):
         logger.finalize("success")
-    if not L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+    if not is_zero:
         return {}
-    results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
     results_after = write_phase(out_dir, "after", after, dm.records, cfg.n_bins)
     extra["wall_time_s"] = round(time.time() - started, 1)
     table = write_summary(out_dir, cfg, results_before, results_after, extra)

@@ -37,6 +37,12 @@ class EncodedSplit(Dataset):
         return self.examples[i]
 
 
+def _own_generator() -> torch.Generator:
+    """Each ``iter(DataLoader)`` draws a seed from its generator; a private one leaves the global RNG
+    (LoRA dropout) untouched, so a resumed run draws exactly what an uninterrupted one would."""
+    return torch.Generator().manual_seed(0)
+
+
 class MultipleChoiceDataModule(L.LightningDataModule):
     """Tokenizes every split once and serves length-grouped, left-padded batches.
 
@@ -120,16 +126,17 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         data = self.encoded[name]
         batches = length_sorted_batches([len(e.input_ids) for e in data.examples], self.eval_batch_size)
         rank, world = self._rank_world()
-        return DataLoader(data, batch_sampler=batches[rank::world], collate_fn=self.collate)
+        return DataLoader(data, batch_sampler=batches[rank::world], collate_fn=self.collate, generator=_own_generator())
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
         data = self.encoded["train"]
         rank, world = self._rank_world()
         if self.train_sampler is None:
-            self.train_sampler = LengthGroupedBatchSampler([len(e.input_ids) for e in data.examples],
-                                                           self.batch_size, self.seed, rank=rank, world_size=world)
-        return DataLoader(data, batch_sampler=self.train_sampler, collate_fn=self.collate)
+            self.train_sampler = LengthGroupedBatchSampler(
+                [len(e.input_ids) for e in data.examples], self.batch_size, self.seed, rank=rank, world_size=world,
+                epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0)
+        return DataLoader(data, batch_sampler=self.train_sampler, collate_fn=self.collate, generator=_own_generator())
 
     def val_dataloader(self) -> DataLoader:
         return self.split_dataloader("val")
@@ -138,9 +145,13 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         return [self.split_dataloader(name) for name in self.eval_set_names]
 
     def state_dict(self) -> dict:
-        return {"train_sampler": self.train_sampler.state_dict()} if self.train_sampler else {}
+        """The data position saved in checkpoints: epoch and batches trained in it (Lightning's own count)."""
+        if self.trainer is None or not self.trainer.training:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
 
     def load_state_dict(self, state: dict) -> None:
-        if "train_sampler" in state:
+        if "epoch" in state:
             self.train_dataloader()
-            self.train_sampler.load_state_dict(state["train_sampler"])
+            self.train_sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -19,19 +19,20 @@ class LengthGroupedBatchSampler:
     by length, cuts them into batches and shuffles the batch order. With several processes,
     rank r takes batches r, r + world, ... (the list is padded so every rank gets as many).
 
-    ``state_dict`` / ``load_state_dict`` record the epoch and how many batches were served,
-    so a resumed run skips exactly the batches it already trained on.
+    Args:
+        epoch_source: returns the current epoch (the Trainer's); the order depends only on it.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group: int = 16,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, epoch_source: Callable[[], int] | None = None) -> None:
         self.lengths, self.batch_size, self.seed, self.group = list(lengths), batch_size, seed, group
         self.rank, self.world_size = rank, world_size
-        self.epoch, self._served, self._skip = 0, 0, 0
+        self.epoch_source = epoch_source or (lambda: 0)
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
-    def _epoch_batches(self) -> list[list[int]]:
+    def batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.lengths)))
-        rng = random.Random(self.seed + self.epoch)
+        rng = random.Random(self.seed + epoch)
         rng.shuffle(order)
         window = self.batch_size * self.group
         batches = []
@@ -46,23 +47,18 @@ class LengthGroupedBatchSampler:
         return batches
 
     def __len__(self) -> int:
-        return len(self._epoch_batches())
+        return len(self.batches(0))
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._epoch_batches()
-        skip, self._skip = self._skip, 0
-        self._served = skip
-        for batch in batches[skip:]:
-            self._served += 1
-            yield batch
-        self.epoch += 1
-        self._served = 0
+        epoch = self.epoch_source()
+        batches = self.batches(epoch)
+        if self._resume is not None:
+            resume_epoch, done = self._resume
+            self._resume = None
+            if resume_epoch == epoch:
+                batches = batches[done:]
+        yield from batches
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "served": self._served}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self._skip = int(state["epoch"]), int(state["served"])
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches the next time ``epoch`` is iterated."""
+        self._resume = (epoch, batches_done)

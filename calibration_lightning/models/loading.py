@@ -39,7 +39,10 @@ def _publish(build, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        build(tmp)
+        import torch
+
+        with torch.random.fork_rng():  # building a model draws random weights: keep the run's seed intact
+            build(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process published it first

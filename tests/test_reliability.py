@@ -1,0 +1,123 @@
+"""Bad input through the CLI, non-finite loss, kill -9 and resume, secrets, mixed numbers of choices."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from calibration_lightning.errors import TrainingError
+from calibration_lightning.run import run
+from tests.conftest import TINY_SPLIT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "calibration_lightning", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_bad_data_file_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q", "choices": ["a"], '
+                   '"answer": 0}\n')
+    result = cli("model=tiny", "dataset=jsonl", f"dataset.path={bad}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert f"{bad}: line 2: field 'choices' has 1 options" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_relative_data_path_resolves_against_the_launch_directory(tmp_path):
+    result = cli("model=tiny", "dataset=jsonl", "dataset.path=does/not/exist.jsonl", f"hydra.run.dir={tmp_path}/r")
+    assert result.returncode == 2 and f"{ROOT}/does/not/exist.jsonl: no such file" in result.stderr
+
+
+def test_config_errors_name_the_key(tmp_path):
+    typo = cli("method.optim.lrr=0.1", f"hydra.run.dir={tmp_path}/a")
+    assert typo.returncode != 0 and "lrr" in typo.stderr and "Traceback" not in typo.stderr
+    unknown = cli("method=rcf", f"hydra.run.dir={tmp_path}/b")
+    assert unknown.returncode != 0 and "rcft" in unknown.stderr and "Traceback" not in unknown.stderr
+    negative = cli("model=tiny", "method.optim.lr=-1", f"hydra.run.dir={tmp_path}/c")
+    assert negative.returncode == 2 and "method.optim.lr=-1" in negative.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_outputs(make_cfg, tmp_path):
+    cfg = make_cfg("model=tiny", "+method.loss.steps=4", "method.loss._target_=tests.helpers.NaNAfterSteps",
+                   "trainer.checkpoint_every_n_steps=2", *TINY_SPLIT)
+    with pytest.raises(TrainingError, match="non-finite .* at step 4"):
+        run(cfg)
+    out = tmp_path / "run"
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert (out / "predictions_before.jsonl").exists() and (out / "reliability_before_conf.png").exists()
+    assert not (out / "metrics.json").exists()
+
+
+def _tiny_long_run(out, *extra):
+    return ["model=tiny", "method=cft", "method.epochs=2", "dataset.split.train=120", "dataset.split.val=8",
+            "dataset.split.test=16", "dataset.batch_size=2", "trainer.checkpoint_every_n_steps=7",
+            "model.lora.dropout=0.1", "logger=none", f"hydra.run.dir={out}", *extra]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    reference = cli(*_tiny_long_run(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "calibration_lightning", *_tiny_long_run(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["global_step"] >= 21:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["global_step"]
+    assert 21 <= killed_at < 120, "the kill must land mid-training"
+    assert not (out / "metrics.json").exists()
+
+    again = cli(*_tiny_long_run(out))  # without resume=true the unfinished run is protected
+    assert again.returncode == 2 and "resume=true" in again.stderr
+
+    resumed = cli(*_tiny_long_run(out, "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ref_metrics = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    res_metrics = json.loads((out / "metrics.json").read_text())
+    assert res_metrics["after"] == ref_metrics["after"]
+    assert res_metrics["after"] != res_metrics["before"]
+
+
+def test_no_secret_from_the_environment_in_outputs(tmp_path):
+    secrets = {"WANDB_API_KEY": "wandb-secret-4f9a", "HF_TOKEN": "hf_secret_77c1", "OPENAI_API_KEY": "sk-secret-x1"}
+    out = tmp_path / "run"
+    result = cli("model=tiny", *TINY_SPLIT, f"hydra.run.dir={out}", env=secrets)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for value in secrets.values():
+                assert value.encode() not in data, f"{value} leaked into {path}"
+    assert all(v not in result.stdout + result.stderr for v in secrets.values())
+
+
+def test_rows_with_different_numbers_of_choices(make_cfg, tmp_path):
+    rows = [{"question": f"Question {i}?", "choices": [f"option {j}" for j in range(2 + i % 4)], "answer": i % 2}
+            for i in range(40)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg("model=tiny", "dataset=jsonl", f"dataset.path={path}", "dataset.split.train=20",
+                   "dataset.split.val=10", "dataset.split.test=10")
+    run(cfg)
+    for line in (tmp_path / "run" / "predictions_after.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        k = len(next(r for r in rows if f"mixed-{rows.index(r)}" == row["id"])["choices"])
+        assert len(row["probabilities"]) == k
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
