@@ -87,9 +87,11 @@ class CalibrationModule(L.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------------------
     def _score_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Letter logits and ids of the batch's real questions (DDP padding copies dropped)."""
         letter_logits = self(batch).letter_logits
-        return {"letter_logits": letter_logits, "labels": batch["labels"], "n_choices": batch["n_choices"],
-                "index": batch["index"]}
+        keep = batch["keep"]
+        return {"letter_logits": letter_logits[keep], "labels": batch["labels"][keep],
+                "n_choices": batch["n_choices"][keep], "index": batch["index"][keep]}
 
     def _collect(self, split: str, scored: dict[str, Tensor]) -> None:
         self._buffers_out.setdefault(split, []).append({k: v.detach().cpu() for k, v in scored.items()})

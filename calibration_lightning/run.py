@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -17,12 +18,13 @@ from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.config_checks import check_config
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule
 from calibration_lightning.data.prompts import PromptFormat
-from calibration_lightning.data.splits import split_records
+from calibration_lightning.data.splits import Splits, split_records
 from calibration_lightning.errors import UserError
 from calibration_lightning.models.adapters import LoraSettings, ModelSettings, load_model, load_tokenizer
 from calibration_lightning.module import CalibrationModule, OptimSettings
 from calibration_lightning.outputs.files import atomic_directory
-from calibration_lightning.outputs.run_outputs import check_run_dir, write_phase, write_summary
+from calibration_lightning.outputs.run_outputs import check_run_dir, redacted_config, write_phase, write_summary
+from calibration_lightning.outputs.wandb_logger import publish_run
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,15 @@ def _model_settings(model_cfg: DictConfig) -> ModelSettings:
     return ModelSettings(**{k: v for k, v in fields.items() if k not in ("name", "loader")}, lora=lora)
 
 
-def build_trainer(cfg: DictConfig, out_dir: Path, logger, callbacks: list, epochs: int = 1) -> L.Trainer:
-    """A Lightning Trainer from the ``trainer`` group (its own keys minus ours)."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+def build_trainer(cfg: DictConfig, out_dir: Path, logger) -> L.Trainer:
+    """The run's one Lightning Trainer (one, so that DDP launches its processes once)."""
+    kwargs = dict(build(cfg.trainer, _convert_="all"))  # a strategy may itself be a _target_ node
     every = kwargs.pop("checkpoint_every_n_steps")
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                                      every_n_train_steps=every or None)
-    return L.Trainer(**kwargs, max_epochs=epochs, logger=logger, default_root_dir=out_dir,
-                     callbacks=[checkpoint, *callbacks], enable_model_summary=False)
+    # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.
+    return L.Trainer(**kwargs, logger=logger, default_root_dir=out_dir, callbacks=[checkpoint],
+                     enable_model_summary=False, use_distributed_sampler=False)
 
 
 def build(node: DictConfig, **kwargs):
@@ -59,6 +62,20 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
+def load_data(cfg: DictConfig) -> tuple[Splits, dict]:
+    """Train / val (/ test) from ``dataset.source``; test from ``dataset.test_source`` when the dataset
+    has its own test split; extra evaluation sets (e.g. out-of-domain) from ``eval_sets``."""
+    test_node = cfg.dataset.get("test_source")
+    split = dict(cfg.dataset.split)
+    if test_node:
+        split["test"] = 0
+    splits = split_records(build(cfg.dataset.source), **split)
+    if test_node:
+        splits = Splits(splits.train, splits.val, build(test_node))
+    eval_sets = {name: build(node) for name, node in (cfg.get("eval_sets") or {}).items()}
+    return splits, eval_sets
+
+
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg`` and return the dict written to ``metrics.json``."""
     started = time.time()
@@ -68,19 +85,19 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Data first: a bad file fails here, before any model loads.
-    records = build(cfg.dataset.source)
-    splits = split_records(records, **cfg.dataset.split)
+    splits, eval_sets = load_data(cfg)
     source = build(cfg.model.loader)
     settings = _model_settings(cfg.model)
     tokenizer = load_tokenizer(source, settings)
     dm = MultipleChoiceDataModule(splits, tokenizer, PromptFormat(**cfg.dataset.prompt), cfg.dataset.batch_size,
-                                  cfg.dataset.eval_batch_size, cfg.dataset.max_length, cfg.seed)
+                                  cfg.dataset.eval_batch_size, cfg.dataset.max_length, cfg.seed, eval_sets)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
     module = CalibrationModule(load_model(source, settings, _device(cfg)), None, dm.letter_ids, OptimSettings(),
                                cfg.n_bins, dm.eval_set_names)
     logger = build(cfg.logger) if cfg.logger else False
 
-    before = evaluation.evaluate(build_trainer(cfg, out_dir, logger, []), module, dm)
+    trainer = build_trainer(cfg, out_dir, logger)
+    before = evaluation.evaluate(trainer, module, dm)
     regime = diagnose(evaluation.probabilities(before["val"]), before["val"]["labels"],
                       evaluation.probabilities(before["test"]), before["test"]["labels"],
                       cfg.n_bins, cfg.regime.tolerance) if "val" in before else None
@@ -97,7 +114,8 @@ def run(cfg: DictConfig) -> dict:
     if method.train:
         module.loss_head = build(method.loss)
         module.optim = OptimSettings(**method.optim)
-        trainer = build_trainer(cfg, out_dir, logger, [build(c) for c in method.callbacks], method.epochs)
+        trainer.callbacks.extend(build(c) for c in method.callbacks)
+        trainer.fit_loop.max_epochs = method.epochs
         module.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
         last = out_dir / "checkpoints" / "last.ckpt"
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None,
@@ -110,12 +128,11 @@ def run(cfg: DictConfig) -> dict:
         extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))
         after = evaluation.transform_logits(after, calibrator.transform)
 
-    if getattr(logger, "finalize", None):
-        logger.finalize("success")
     if not is_zero:
         return {}
     results_after = write_phase(out_dir, "after", after, dm.records, cfg.n_bins)
     extra["wall_time_s"] = round(time.time() - started, 1)
     table = write_summary(out_dir, cfg, results_before, results_after, extra)
+    publish_run(logger, yaml.safe_load(redacted_config(cfg)), {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))})
     print(f"\n{table}\n\nOutputs: {out_dir}")
     return {"before": results_before["test"], "after": results_after["test"], **extra}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lightning as L
 import torch
@@ -24,6 +24,7 @@ class Encoded:
     label: int
     n_choices: int
     index: int
+    keep: bool = True  # False for a copy that pads a rank's share (scored, then dropped)
 
 
 class EncodedSplit(Dataset):
@@ -48,8 +49,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
 
     A batch holds ``input_ids [B, T]`` and ``attention_mask [B, T]`` (left padding, so the
     last position is every row's last prompt token), ``labels [B]`` (gold option index),
-    ``answer_token [B]`` (gold letter's token id), ``n_choices [B]`` and ``index [B]``
-    (row position in its split).
+    ``answer_token [B]`` (gold letter's token id), ``n_choices [B]``, ``index [B]``
+    (row position in its split) and ``keep [B]`` (False for padding copies in a DDP share).
 
     Args:
         splits: train / val / test records.
@@ -114,6 +115,7 @@ class MultipleChoiceDataModule(L.LightningDataModule):
             "answer_token": torch.tensor(self.letter_ids)[labels],
             "n_choices": torch.tensor([e.n_choices for e in examples]),
             "index": torch.tensor([e.index for e in examples]),
+            "keep": torch.tensor([e.keep for e in examples]),
         }
 
     def _rank_world(self) -> tuple[int, int]:
@@ -121,12 +123,21 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def split_dataloader(self, name: str) -> DataLoader:
-        """Scoring loader over one split in length order (this process's share under DDP)."""
+        """Scoring loader over one split in length order: this process's share under DDP.
+
+        Samples are dealt round-robin in length order; shorter shares are padded with copies flagged
+        ``keep=False`` so every rank runs the same number of batches and each question counts once.
+        """
         self.setup()
-        data = self.encoded[name]
-        batches = length_sorted_batches([len(e.input_ids) for e in data.examples], self.eval_batch_size)
+        examples = self.encoded[name].examples
         rank, world = self._rank_world()
-        return DataLoader(data, batch_sampler=batches[rank::world], collate_fn=self.collate, generator=_own_generator())
+        order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+        share = [examples[i] for i in order[rank::world]]
+        per_rank = -(-len(examples) // world)
+        share += [replace(examples[order[0]], keep=False)] * (per_rank - len(share))
+        batches = length_sorted_batches([len(e.input_ids) for e in share], self.eval_batch_size)
+        return DataLoader(EncodedSplit(share), batch_sampler=batches, collate_fn=self.collate,
+                          generator=_own_generator())
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -1,0 +1,88 @@
+"""Multirun + report, DDP on two CPU processes, W&B offline, every experiment config composes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from calibration_lightning.config_checks import CONF_DIR, check_config
+from calibration_lightning.report import main as report_main
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["dataset.split.train=16", "dataset.split.val=8", "dataset.split.test=16", "dataset.batch_size=4"]
+EXPERIMENTS = sorted(str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
+                     for p in (CONF_DIR / "experiment").rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "calibration_lightning", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_for_each_swept_value(experiment):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose("config", overrides=[f"+experiment={experiment}", "output_dir=/tmp/x"], return_hydra_config=True)
+        params = OmegaConf.to_container(base.hydra.sweeper.params) or {}
+        combos = [[]]
+        for key, values in params.items():
+            combos = [c + [f"{key}={v}"] for c in combos for v in str(values).split(",")]
+        for combo in combos:
+            cfg = compose("config", overrides=[f"+experiment={experiment}", "output_dir=/tmp/x", *combo])
+            OmegaConf.to_container(cfg, resolve=True)
+            check_config(cfg)
+    assert experiment == "default_methods" or len(combos) >= 5
+
+
+def test_multirun_and_report_table_match_metrics(tmp_path, capsys):
+    sweep = tmp_path / "multirun"
+    result = cli("-m", "model=tiny", "method=none,cft,ts", *SMALL, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report_main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert [r["method"] for r in rows] == ["none", "ts", "cft"]  # the paper's row order
+    for row in rows:
+        run_dir = next(p.parent for p in sweep.rglob("metrics.json")
+                       if json.loads(p.read_text())["method"] == row["method"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())["after"]
+        assert float(row["test conf-ECE"]) == pytest.approx(metrics["conf_ece"], abs=5e-5)
+        assert float(row["test cw-ECE"]) == pytest.approx(metrics["cw_ece"], abs=5e-5)
+        assert float(row["test acc"]) == pytest.approx(metrics["accuracy"], abs=5e-5)
+        assert f"{metrics['conf_ece']:.4f}" in printed
+    assert (sweep / "report.md").read_text().startswith("| model | method | dataset |")
+    assert (sweep / "reliability.png").stat().st_size > 10_000
+
+
+def test_report_without_runs_fails_clearly(tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 2
+    assert "no finished run" in capsys.readouterr().err
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    result = cli("model=tiny", "trainer=ddp_cpu", "method=rcft", *SMALL, f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["before"]["n"] == 16 and metrics["after"]["n"] == 16  # both ranks' shares gathered
+    predictions = (out / "predictions_after.jsonl").read_text().splitlines()
+    assert len(predictions) == 16 and len({json.loads(p)["id"] for p in predictions}) == 16
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_wandb_offline_without_network_or_key(tmp_path):
+    out = tmp_path / "wb"
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "wandb-secret-k3y", "WANDB_SILENT": "true"}
+    result = cli("model=tiny", "logger=wandb", *SMALL, f"hydra.run.dir={out}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert b"wandb-secret-k3y" not in path.read_bytes(), path
