@@ -20,7 +20,17 @@ from calibration_lightning.data.datamodule import MultipleChoiceDataModule
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.splits import Splits, split_records
 from calibration_lightning.errors import UserError
-from calibration_lightning.models.adapters import LoraSettings, ModelSettings, load_model, load_tokenizer
+from calibration_lightning.models.adapters import (
+    LoraSettings,
+    ModelSettings,
+    base_model_scoring,
+    compile_layers,
+    enable_gradient_checkpointing,
+    load_model,
+    load_tokenizer,
+    merged_adapters,
+    use_gradient_checkpointing,
+)
 from calibration_lightning.module import CalibrationModule, OptimSettings
 from calibration_lightning.outputs.files import atomic_directory
 from calibration_lightning.outputs.run_outputs import check_run_dir, redacted_config, write_phase, write_summary
@@ -92,12 +102,20 @@ def run(cfg: DictConfig) -> dict:
     dm = MultipleChoiceDataModule(splits, tokenizer, PromptFormat(**cfg.dataset.prompt), cfg.dataset.batch_size,
                                   cfg.dataset.eval_batch_size, cfg.dataset.max_length, cfg.seed, eval_sets)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
-    module = CalibrationModule(load_model(source, settings, _device(cfg)), None, dm.letter_ids, OptimSettings(),
-                               cfg.n_bins, dm.eval_set_names)
+    device = _device(cfg)
+    model = load_model(source, settings, device)
+    tokens = cfg.dataset.batch_size * max((len(e.input_ids) for e in dm.encoded["train"].examples), default=0) \
+        if "train" in dm.encoded else 0
+    if use_gradient_checkpointing(model, settings.gradient_checkpointing, tokens, device):
+        enable_gradient_checkpointing(model)
+    if settings.compile:
+        compile_layers(model)
+    module = CalibrationModule(model, None, dm.letter_ids, OptimSettings(), cfg.n_bins, dm.eval_set_names)
     logger = build(cfg.logger) if cfg.logger else False
 
     trainer = build_trainer(cfg, out_dir, logger)
-    before = evaluation.evaluate(trainer, module, dm)
+    with base_model_scoring(module.model):
+        before = evaluation.evaluate(trainer, module, dm)
     regime = diagnose(evaluation.probabilities(before["val"]), before["val"]["labels"],
                       evaluation.probabilities(before["test"]), before["test"]["labels"],
                       cfg.n_bins, cfg.regime.tolerance) if "val" in before else None
@@ -120,9 +138,10 @@ def run(cfg: DictConfig) -> dict:
         last = out_dir / "checkpoints" / "last.ckpt"
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None,
                     weights_only=True)
-        after = evaluation.evaluate(trainer, module, dm)
         if trainer.is_global_zero:
             atomic_directory(out_dir / "adapter", module.model.save_pretrained)
+        with merged_adapters(module.model, settings.merge_for_eval):
+            after = evaluation.evaluate(trainer, module, dm)
     if method.get("calibrator"):
         calibrator = build(method.calibrator)
         extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))

@@ -95,3 +95,41 @@ def test_checkpoint_holds_adapters_and_head_state_only(tiny_model, tiny_datamodu
     keys = set(checkpoint["state_dict"])
     assert keys and all("lora_" in k or k.startswith("loss_head.") for k in keys)
     assert {"loss_head.bin_accuracy", "loss_head.bin_count"} <= keys
+
+
+def test_speed_levers_are_numerically_equivalent(tiny_model, tiny_datamodule):
+    """Base-path scoring before training, merged adapters after, and gradient checkpointing change nothing."""
+    from calibration_lightning.models.adapters import base_model_scoring, enable_gradient_checkpointing, merged_adapters
+
+    dm = tiny_datamodule
+    module = _module(tiny_model, dm, CompletionSFT()).eval()
+    batch = _batch(dm)
+    with torch.no_grad():
+        with_zero_b = module(batch).letter_logits
+        with base_model_scoring(tiny_model):
+            base = module(batch).letter_logits
+        assert torch.equal(with_zero_b, base)
+        for n, p in tiny_model.named_parameters():  # as after training: non-zero adapters
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+        unmerged = module(batch).letter_logits
+        with merged_adapters(tiny_model, "auto"):
+            merged = module(batch).letter_logits
+        assert torch.allclose(unmerged, merged, atol=1e-4) and not torch.allclose(unmerged, base, atol=1e-3)
+        assert torch.equal(module(batch).letter_logits, unmerged)  # unmerged again afterwards
+
+    module.train()
+    train = _batch(dm, split="train", n=4)
+
+    def loss_and_grads():
+        module.zero_grad()
+        loss = module.loss_head(module(train), train).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    plain_loss, plain_grads = loss_and_grads()
+    enable_gradient_checkpointing(tiny_model)
+    ckpt_loss, ckpt_grads = loss_and_grads()
+    assert torch.allclose(plain_loss, ckpt_loss, atol=1e-6)
+    for n in plain_grads:
+        assert torch.allclose(plain_grads[n], ckpt_grads[n], atol=1e-6), n

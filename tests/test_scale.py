@@ -86,3 +86,17 @@ def test_wandb_offline_without_network_or_key(tmp_path):
     for path in out.rglob("*"):
         if path.is_file():
             assert b"wandb-secret-k3y" not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("sweep", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_sweep_files_call_hydra_with_keys_that_exist_and_a_logged_metric(sweep):
+    import yaml
+
+    spec = yaml.safe_load(sweep.read_text())
+    assert "${args_no_hyphens}" in spec["command"] and spec["command"][2:4] == ["-m", "calibration_lightning"]
+    assert spec["metric"]["name"] == "test/conf_ece"  # logged by every run's test loop (see test_runs)
+    fixed = [c for c in spec["command"] if "=" in c and not c.startswith("$")]
+    values = {k: (v.get("values") or [v.get("min")])[0] for k, v in spec["parameters"].items()}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*fixed, "output_dir=/tmp/x", *(f"{k}={v}" for k, v in values.items())])
+    check_config(cfg)
