@@ -14,6 +14,7 @@ from calibration_lightning.calibration.collection import calibration_metrics
 from calibration_lightning.calibration.confidence import letter_probabilities, mask_letter_logits
 from calibration_lightning.errors import TrainingError
 from calibration_lightning.losses.base import LossHead, StepOutputs
+from calibration_lightning.models.scoring import causal_lm_logits
 
 
 @dataclass
@@ -57,11 +58,7 @@ class CalibrationModule(L.LightningModule):
         if full_sequence:
             ids = torch.cat([ids, batch["answer_token"][:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        # Only the positions a loss or score reads get logits: the lm_head over the vocabulary is
-        # the single largest matmul for short prompts.
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                            logits_to_keep=0 if full_sequence else 1).logits
+        logits = causal_lm_logits(self.model, ids, mask, logits_to_keep=0 if full_sequence else 1)
         answer_logits = logits[:, -2] if full_sequence else logits[:, -1]
         letter_logits = mask_letter_logits(answer_logits[:, self.letter_ids].float(), batch["n_choices"])
         return StepOutputs(

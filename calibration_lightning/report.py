@@ -33,6 +33,7 @@ class RunResult:
     dataset: str
     sets: dict[str, dict]  # evaluation set -> after-training metrics (test set first)
     before: dict[str, dict]
+    win_rate: float | None = None  # after training, when the run measured it
 
 
 def find_runs(dirs: list[Path]) -> list[RunResult]:
@@ -47,8 +48,9 @@ def find_runs(dirs: list[Path]) -> list[RunResult]:
             m = json.loads(metrics_path.read_text())
             sets = {"test": m["after"], **{n: v["after"] for n, v in m.get("eval_sets", {}).items()}}
             before = {"test": m["before"], **{n: v["before"] for n, v in m.get("eval_sets", {}).items()}}
+            win_rate = (m.get("win_rate") or {}).get("after") or {}
             runs.append(RunResult(folder, config.get("model", {}).get("name", "?"), m.get("method", "?"),
-                                  config.get("dataset", {}).get("name", "?"), sets, before))
+                                  config.get("dataset", {}).get("name", "?"), sets, before, win_rate.get("win_rate")))
     return runs
 
 
@@ -62,12 +64,16 @@ def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
     set_names = []
     for r in runs:
         set_names += [s for s in r.sets if s not in set_names]
+    with_win_rate = any(r.win_rate is not None for r in runs)
     header = ["model", "method", "dataset"] + [f"{s} {label}" for s in set_names for _, label in COLUMNS]
+    header += ["win rate"] if with_win_rate else []
     rows = []
     for r in sorted(runs, key=_sort_key):
         cells = [r.model, r.method, r.dataset]
         for s in set_names:
             cells += [f"{r.sets[s][k]:.4f}" if s in r.sets else "-" for k, _ in COLUMNS]
+        if with_win_rate:
+            cells.append(f"{r.win_rate:.4f}" if r.win_rate is not None else "-")
         rows.append(cells)
     return header, rows
 

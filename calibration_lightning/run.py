@@ -33,8 +33,15 @@ from calibration_lightning.models.adapters import (
 )
 from calibration_lightning.module import CalibrationModule, OptimSettings
 from calibration_lightning.outputs.files import atomic_directory
-from calibration_lightning.outputs.run_outputs import check_run_dir, redacted_config, write_phase, write_summary
+from calibration_lightning.outputs.run_outputs import (
+    check_run_dir,
+    redacted_config,
+    write_phase,
+    write_summary,
+    write_win_rate,
+)
 from calibration_lightning.outputs.wandb_logger import publish_run
+from calibration_lightning.winrate.evaluate import WinRate
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,14 @@ def build(node: DictConfig, **kwargs):
         if isinstance(cause, UserError):
             raise cause from None
         raise
+
+
+def build_win_rate(cfg: DictConfig, model, tokenizer, device: str) -> WinRate:
+    """The win-rate evaluation (``win_rate=on``) with its judge (``judge=local|openai``) bound to this run."""
+    judge = build(cfg.judge)
+    judge.bind(model, tokenizer, device)
+    wr = cfg.win_rate
+    return WinRate(build(wr.instructions), judge, wr.max_new_tokens, wr.batch_size, wr.greedy, cfg.seed)
 
 
 def load_data(cfg: DictConfig) -> tuple[Splits, dict]:
@@ -125,8 +140,12 @@ def run(cfg: DictConfig) -> dict:
                  regime["verdict"], regime["recalibrated_ece"], regime["tolerance"], method.name)
     extra = {"method": method.name, "requested_method": cfg.method.name, "regime": regime}
     is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
+    win_rate = build_win_rate(cfg, module.model, tokenizer, device) if cfg.win_rate.enabled and is_zero else None
     if is_zero:  # written now, so a failure during training leaves them behind
         results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
+        if win_rate:
+            extra["win_rate"] = {"before": write_win_rate(out_dir, "before", *win_rate.evaluate(
+                "before", module.model, tokenizer, base_model_scoring(module.model)))}
 
     after = before
     if method.train:
@@ -142,6 +161,9 @@ def run(cfg: DictConfig) -> dict:
             atomic_directory(out_dir / "adapter", module.model.save_pretrained)
         with merged_adapters(module.model, settings.merge_for_eval):
             after = evaluation.evaluate(trainer, module, dm)
+        if win_rate:
+            extra["win_rate"]["after"] = write_win_rate(out_dir, "after", *win_rate.evaluate(
+                "after", module.model, tokenizer, merged_adapters(module.model, settings.merge_for_eval)))
     if method.get("calibrator"):
         calibrator = build(method.calibrator)
         extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))

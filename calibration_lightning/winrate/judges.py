@@ -1,0 +1,154 @@
+"""Pairwise judges: given (instruction, answer A, answer B), the probability that A is the better answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor
+
+from calibration_lightning.errors import ConfigError, UserError
+from calibration_lightning.models.letters import letter_token_ids
+from calibration_lightning.models.scoring import causal_lm_logits
+from calibration_lightning.winrate.generation import chat_prompt
+
+log = logging.getLogger(__name__)
+
+JUDGE_PROMPT = (
+    "You are comparing two responses to the same instruction.\n\n"
+    "Instruction:\n{instruction}\n\n"
+    "Response A:\n{a}\n\n"
+    "Response B:\n{b}\n\n"
+    "Which response follows the instruction better and is more helpful and correct? "
+    "Reply with a single letter: A or B."
+)
+Triple = tuple[str, str, str]  # instruction, answer shown as A, answer shown as B
+
+
+def judge_text(triple: Triple, max_chars: int) -> str:
+    instruction, a, b = triple
+    return JUDGE_PROMPT.format(instruction=instruction, a=a[:max_chars] or "(empty)", b=b[:max_chars] or "(empty)")
+
+
+class LocalJudge:
+    """Any Hugging Face causal LM used through our multiple-choice scoring: P("A") from the softmax over the
+    logits of "A" and "B" at the first answer position of the judging prompt.
+
+    Args:
+        model: hub id or local folder of the judge; None uses the run's own base model with its adapters
+            turned off (the model judges as it was before fine-tuning, identically before and after).
+        batch_size: prompts per forward pass.
+        max_answer_chars: answers are cut to this many characters in the judging prompt.
+    """
+
+    name = "local"
+
+    def __init__(self, model: str | None = None, batch_size: int = 8, max_answer_chars: int = 1500) -> None:
+        self.source, self.batch_size, self.max_answer_chars = model, batch_size, max_answer_chars
+        self.model = self.tokenizer = None
+
+    def bind(self, run_model, run_tokenizer, device: str) -> None:
+        """Attach the judge model: the run's base model, or the configured one (loaded once)."""
+        if self.source is None:
+            self.model, self.tokenizer, self.name = run_model, run_tokenizer, "local:self"
+            return
+        from calibration_lightning.models.adapters import ModelSettings, load_model, load_tokenizer
+        from calibration_lightning.models.loading import pretrained
+
+        path = pretrained(self.source)
+        self.tokenizer = load_tokenizer(path, ModelSettings())
+        self.model = load_model(path, ModelSettings(quantize="none"), device, with_lora=False).eval()
+        self.name = f"local:{self.source}"
+
+    @torch.no_grad()
+    def prob_first(self, triples: list[Triple]) -> Tensor:
+        if self.model is None:
+            raise RuntimeError("LocalJudge.bind() must be called before judging")
+        prompts = [chat_prompt(self.tokenizer, judge_text(t, self.max_answer_chars)) for t in triples]
+        special = not getattr(self.tokenizer, "chat_template", None)
+        letters = letter_token_ids(self.tokenizer, prompts[0], "", 2, add_special_tokens=special)
+        device = next(self.model.parameters()).device
+        model = self.model
+        context = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+        out = torch.empty(len(prompts))
+        with context:
+            for start in range(0, len(prompts), self.batch_size):
+                enc = self.tokenizer(prompts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                     add_special_tokens=special)
+                logits = causal_lm_logits(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+                out[start:start + len(enc["input_ids"])] = torch.softmax(logits[:, -1, letters].float(), -1)[:, 0].cpu()
+        return out
+
+
+class JudgeError(UserError):
+    """The hosted judge refused a request in a way retrying cannot fix (bad model name, key, quota...)."""
+
+
+class OpenAIJudge:
+    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, TGI...) as the pairwise judge.
+
+    The API key is read from the environment variable ``api_key_env`` at each request and never logged or
+    written. Requests run ``concurrency`` at a time, each with ``timeout_s``; timeouts, connection errors,
+    429 and 5xx are retried up to ``max_retries`` times with exponential backoff. When the endpoint returns
+    log-probabilities, P("A") comes from them; otherwise the reply's letter gives 1.0 / 0.0 (0.5 if neither).
+    """
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0,
+                 max_retries: int = 4, concurrency: int = 8, backoff_s: float = 1.0, max_answer_chars: int = 4000) -> None:
+        if not base_url or not model:
+            raise ConfigError("judge.base_url and judge.model must be set for judge=openai")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env = model, api_key_env
+        self.timeout_s, self.max_retries, self.concurrency, self.backoff_s = timeout_s, max_retries, concurrency, backoff_s
+        self.max_answer_chars = max_answer_chars
+        self.name = f"openai:{model}"
+
+    def bind(self, run_model, run_tokenizer, device: str) -> None:
+        """Nothing to attach: the judge lives behind the endpoint."""
+
+    def _post(self, body: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as e:
+                if e.code != 429 and e.code < 500:
+                    detail = e.read()[:300].decode("utf-8", "replace")
+                    raise JudgeError(f"judge endpoint {self.url} answered HTTP {e.code}: {detail}") from None
+                last = e
+            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
+                last = e
+            if attempt < self.max_retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        raise JudgeError(f"judge endpoint {self.url} failed after {self.max_retries + 1} tries "
+                         f"({type(last).__name__}: {last})")
+
+    def _judge_one(self, triple: Triple) -> float:
+        reply = self._post({
+            "model": self.model, "temperature": 0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5,
+            "messages": [{"role": "user", "content": judge_text(triple, self.max_answer_chars)}],
+        })
+        choice = reply["choices"][0]
+        tops = ((choice.get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs") or []
+        logps = {t["token"].strip().upper(): t["logprob"] for t in tops if t["token"].strip().upper() in ("A", "B")}
+        if len(logps) == 2:
+            return float(torch.softmax(torch.tensor([logps["A"], logps["B"]]), 0)[0])
+        text = (choice.get("message", {}).get("content") or "").strip().upper()
+        return 1.0 if text.startswith("A") else 0.0 if text.startswith("B") else 0.5
+
+    def prob_first(self, triples: list[Triple]) -> Tensor:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return torch.tensor(list(pool.map(self._judge_one, triples)))

@@ -1,0 +1,37 @@
+"""The regime diagnosis: its always-valid bound, histogram binning, and both verdicts."""
+
+import pytest
+import torch
+
+from calibration_lightning.calibration.regime import diagnose, histogram_binning
+
+
+def _rows(conf, correct, k=4):
+    """Rows whose top option (index 0) has probability ``conf``; label 0 when ``correct`` else 1."""
+    probs = torch.tensor([[c] + [(1 - c) / (k - 1)] * (k - 1) for c in conf])
+    labels = torch.tensor([0 if ok else 1 for ok in correct])
+    return probs, labels
+
+
+def test_lower_bound_and_histogram_binning_by_hand():
+    probs, labels = _rows([0.95, 0.95, 0.65, 0.65], [True, False, True, True])
+    d = diagnose(probs, labels, probs, labels, n_bins=10, tolerance=0.05)
+    assert d["accuracy"] == pytest.approx(0.75) and d["mean_confidence"] == pytest.approx(0.8)
+    assert d["ece_lower_bound"] == pytest.approx(0.05) and d["ece"] >= d["ece_lower_bound"] - 1e-9
+    # bin 9 (0.95) holds 1 of 2 correct, bin 6 (0.65) 2 of 2: binning maps confidences to 0.5 and 1.0
+    assert histogram_binning(probs, labels, probs).tolist() == pytest.approx([0.5, 0.5, 1.0, 1.0])
+    assert d["recalibrated_ece"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_verdicts():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 4, generator=g) * 2
+    labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1)
+    over = torch.softmax(logits * 3, -1)  # overconfident, but a monotone map of confidence fixes it
+    d = diagnose(over[:10000], labels[:10000], over[10000:], labels[10000:])
+    assert d["ece"] > 0.1 and d["verdict"] == "calibratable"
+    # on held-out data the same confidences mean the opposite: no recalibration fitted on val can help
+    val_p, val_y = _rows([0.95] * 500, [True] * 500)
+    test_p, test_y = _rows([0.95] * 500, [False] * 500)
+    d = diagnose(val_p, val_y, test_p, test_y)
+    assert d["recalibrated_ece"] == pytest.approx(1.0) and d["verdict"] == "non-calibratable"
