@@ -32,5 +32,11 @@ test-fast:  ## tests that skip the bundled SmolLM2 model
 lint:  ## ruff
 	$(PY) -m ruff check calibration_lightning tests bench
 
+reproduce:  ## the paper's table: 4 models x 5 methods, in-domain + ARC-Challenge (GPU; hub access)
+	$(PY) -m calibration_lightning -m +experiment=paper/all $(ARGS)
+
+bench:  ## CPU benchmarks (bench/README.md)
+	$(PY) bench/cpu_bench.py $(ARGS)
+
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf outputs multirun

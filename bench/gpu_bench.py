@@ -48,11 +48,26 @@ def model_config(shape: str):
     from transformers import LlamaConfig
 
     if shape == "llama31_8b":
-        return LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-                           rope_theta=500000.0, tie_word_embeddings=False)
-    return LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+        return LlamaConfig(
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=8192,
+            rope_theta=500000.0,
+            tie_word_embeddings=False,
+        )
+    return LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
 
 
 def quantize_nf4_(model, compute_dtype):
@@ -63,10 +78,17 @@ def quantize_nf4_(model, compute_dtype):
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear) and name != "lm_head":
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                      compute_dtype=compute_dtype, quant_type="nf4", device="meta")
-                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4",
-                                             compress_statistics=True)
+                q = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    compute_dtype=compute_dtype,
+                    quant_type="nf4",
+                    device="meta",
+                )
+                q.weight = bnb.nn.Params4bit(
+                    child.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True
+                )
                 setattr(parent, name, q.to(device))
     model.is_loaded_in_4bit = True
     return model
@@ -108,17 +130,52 @@ def timed(fn, device, warmup, iters) -> float:
 def batch_of(cfg, n, seq, device, letters):
     g = torch.Generator().manual_seed(n)
     labels = torch.randint(0, 4, (n,), generator=g)
-    return {"input_ids": torch.randint(0, cfg.vocab_size, (n, seq), generator=g).to(device),
-            "attention_mask": torch.ones(n, seq, dtype=torch.long, device=device),
-            "labels": labels.to(device), "answer_token": letters[labels].to(device),
-            "n_choices": torch.full((n,), 4, device=device), "index": torch.arange(n, device=device),
-            "keep": torch.ones(n, dtype=torch.bool, device=device)}
+    return {
+        "input_ids": torch.randint(0, cfg.vocab_size, (n, seq), generator=g).to(device),
+        "attention_mask": torch.ones(n, seq, dtype=torch.long, device=device),
+        "labels": labels.to(device),
+        "answer_token": letters[labels].to(device),
+        "n_choices": torch.full((n,), 4, device=device),
+        "index": torch.arange(n, device=device),
+        "keep": torch.ones(n, dtype=torch.bool, device=device),
+    }
+
+
+def time_training(model, head, letters, train, args, device) -> dict:
+    """Median tokens/s (and peak memory) of what Trainer.fit runs per step: training_step, backward, AdamW."""
+    module = CalibrationModule(model, head.to(device), letters.tolist(), OptimSettings(), 10).to(device)
+    module.train()
+    module.log = module.log_dict = lambda *a, **k: None  # no Trainer attached; Lightning's logging is not timed
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        module.training_step(train, 0).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        s = timed(step, device, args.warmup, args.iters)
+    except torch.cuda.OutOfMemoryError as e:
+        return {"error": repr(e)[:200]}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return {"tokens_per_s": round(args.batch * args.seq / s, 1), "peak_GiB": None if peak is None else round(peak, 2)}
+
+
+def time_scoring(model, letters, score, context, args, device) -> float:
+    module = CalibrationModule(model, None, letters.tolist(), OptimSettings(), 10).to(device).eval()
+    with context, torch.inference_mode():
+        s = timed(lambda: module._score_batch(score), device, args.warmup, args.iters)
+    return round(args.eval_batch * args.seq / s, 1)
 
 
 def run_ours(args, device, dtype) -> list[dict]:
     cfg = model_config(args.shape)
     letters = torch.tensor([32, 33, 34, 35])
-    train, score = batch_of(cfg, args.batch, args.seq, device, letters), batch_of(cfg, args.eval_batch, args.seq, device, letters)
+    train = batch_of(cfg, args.batch, args.seq, device, letters)
+    score = batch_of(cfg, args.eval_batch, args.seq, device, letters)
     rows = []
     for quant in args.quants.split(","):
         for checkpointing in (False, True):
@@ -127,40 +184,23 @@ def run_ours(args, device, dtype) -> list[dict]:
                 head = CompletionSFT() if loss_name == "cft" else ECERegularizedSFT(SequenceSFT(), lam=1.0)
                 if loss_name == "rcft":
                     head.set_bin_statistics(torch.linspace(0.2, 0.9, 10), torch.full((10,), 50.0), 0, 0)
-                module = CalibrationModule(model, head.to(device), letters.tolist(), OptimSettings(), 10).to(device)
-                module.train()
-                opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
-
-                module.log = lambda *a, **k: None  # no Trainer attached here; logging is Lightning's cost
-                module.log_dict = lambda *a, **k: None
-
-                def step():  # what Trainer.fit runs per step: training_step, backward, optimizer step
-                    module.training_step(train, 0).backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                try:
-                    s = timed(step, device, args.warmup, args.iters)
-                    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-                    rows.append({"quant": quant, "case": f"train_{loss_name}", "checkpointing": checkpointing,
-                                 "tokens_per_s": round(args.batch * args.seq / s, 1),
-                                 "peak_GiB": None if peak is None else round(peak, 2)})
-                except torch.cuda.OutOfMemoryError as e:
-                    rows.append({"quant": quant, "case": f"train_{loss_name}", "checkpointing": checkpointing,
-                                 "error": repr(e)[:200]})
+                result = time_training(model, head, letters, train, args, device)
+                rows.append({"quant": quant, "case": f"train_{loss_name}", "checkpointing": checkpointing, **result})
                 print(rows[-1], flush=True)
-                del opt
             if not checkpointing:
-                module.eval()
-                for label, ctx in (("score_trained", lambda: merged_adapters(model, "auto")),
-                                   ("score_base_path", lambda: base_model_scoring(model))):
-                    with ctx(), torch.inference_mode():
-                        s = timed(lambda: module._score_batch(score), device, args.warmup, args.iters)
-                    rows.append({"quant": quant, "case": label, "tokens_per_s": round(args.eval_batch * args.seq / s, 1)})
+                for label, context in (
+                    ("score_trained", merged_adapters(model, "auto")),
+                    ("score_base_path", base_model_scoring(model)),
+                ):
+                    rows.append(
+                        {
+                            "quant": quant,
+                            "case": label,
+                            "tokens_per_s": time_scoring(model, letters, score, context, args, device),
+                        }
+                    )
                     print(rows[-1], flush=True)
-            del model, module
+            del model
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -170,8 +210,20 @@ def run_ours(args, device, dtype) -> list[dict]:
 def run_anchor(args) -> list[dict]:
     """The plain stack, same shape and batch, in this process's machine: best settings and the paper's."""
     rows = []
-    common = ["--shape", args.shape, "--batch", str(args.batch), "--seq", str(args.seq), "--eval-batch",
-              str(args.eval_batch), "--quants", args.quants, "--iters", str(args.iters)]
+    common = [
+        "--shape",
+        args.shape,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--eval-batch",
+        str(args.eval_batch),
+        "--quants",
+        args.quants,
+        "--iters",
+        str(args.iters),
+    ]
     for flags in (["--gc", "0", "--dropout", "0"], ["--gc", "1", "--dropout", "0.05"]):
         out = subprocess.run([sys.executable, args.anchor, *common, *flags], capture_output=True, text=True)
         for line in out.stdout.splitlines():
@@ -198,8 +250,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    print({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__},
-          flush=True)
+    print(
+        {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__},
+        flush=True,
+    )
     ours = run_ours(args, device, dtype)
     anchor = run_anchor(args) if args.anchor else []
     best = {}
@@ -208,15 +262,22 @@ def main() -> None:
             key = (r["quant"], r["case"].split("_")[0] + "_" + r["case"].split("_")[1])
             best[key] = max(best.get(key, 0), r["tokens_per_s"])
     print("\nquant case            ckpt   tok/s     peak GiB  vs best plain")
-    plain_for = {"train_cft": "train_B", "train_rcft": "train_C", "score_trained": "eval_E2", "score_base_path": "eval_E2"}
+    plain_for = {
+        "train_cft": "train_B",
+        "train_rcft": "train_C",
+        "score_trained": "eval_E2",
+        "score_base_path": "eval_E2",
+    }
     for r in ours:
         if "error" in r:
             print(f"{r['quant']:5} {r['case']:16} {str(r.get('checkpointing', '')):6} ERROR {r['error'][:60]}")
             continue
         ref = best.get((r["quant"], plain_for[r["case"]]))
         ratio = f"{r['tokens_per_s'] / ref:.2f}x" if ref else "-"
-        print(f"{r['quant']:5} {r['case']:16} {str(r.get('checkpointing', '')):6} {r['tokens_per_s']:9.0f} "
-              f"{r.get('peak_GiB') or '-':>9}  {ratio}")
+        print(
+            f"{r['quant']:5} {r['case']:16} {str(r.get('checkpointing', '')):6} {r['tokens_per_s']:9.0f} "
+            f"{r.get('peak_GiB') or '-':>9}  {ratio}"
+        )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "gpu_bench.json").write_text(json.dumps({"ours": ours, "anchor": anchor}, indent=1))

@@ -42,8 +42,12 @@ def check_config(cfg: DictConfig) -> None:
     _require(cfg, "model.lora.alpha", lambda v: is_num(v) and v > 0, "must be > 0")
     _require(cfg, "model.lora.dropout", lambda v: is_num(v) and 0 <= v < 1, "must be in [0, 1)")
     _require(cfg, "model.quantize", lambda v: v in ("auto", "nf4", "none"), "allowed: auto, nf4, none")
-    _require(cfg, "model.dtype", lambda v: v in ("auto", "float32", "bfloat16", "float16"),
-             "allowed: auto, float32, bfloat16, float16")
+    _require(
+        cfg,
+        "model.dtype",
+        lambda v: v in ("auto", "float32", "bfloat16", "float16"),
+        "allowed: auto, float32, bfloat16, float16",
+    )
     _require(cfg, "dataset.batch_size", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
     _require(cfg, "dataset.eval_batch_size", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
     _require(cfg, "dataset.max_length", lambda v: isinstance(v, int) and v >= 8, "must be an integer >= 8")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import lightning as L
 from torch import Tensor
@@ -43,9 +43,15 @@ def prediction_rows(scored: Scored, records: list[MCRecord]) -> list[dict]:
     for i, p in zip(scored["index"].tolist(), probs):
         rec, k = records[i], len(records[i].choices)
         pred = int(p[:k].argmax())
-        rows.append({
-            "id": rec.id, "subject": rec.subject, "gold": LETTERS[rec.answer], "prediction": LETTERS[pred],
-            "correct": pred == rec.answer, "confidence": round(float(p[pred]), 6),
-            "probabilities": {LETTERS[j]: round(float(p[j]), 6) for j in range(k)},
-        })
+        rows.append(
+            {
+                "id": rec.id,
+                "subject": rec.subject,
+                "gold": LETTERS[rec.answer],
+                "prediction": LETTERS[pred],
+                "correct": pred == rec.answer,
+                "confidence": round(float(p[pred]), 6),
+                "probabilities": {LETTERS[j]: round(float(p[j]), 6) for j in range(k)},
+            }
+        )
     return rows

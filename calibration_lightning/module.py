@@ -37,8 +37,15 @@ class CalibrationModule(L.LightningModule):
         eval_set_names: names of the test dataloaders, in order.
     """
 
-    def __init__(self, model, loss_head: LossHead | None, letter_ids: list[int], optim: OptimSettings,
-                 n_bins: int = 10, eval_set_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        loss_head: LossHead | None,
+        letter_ids: list[int],
+        optim: OptimSettings,
+        n_bins: int = 10,
+        eval_set_names: list[str] | None = None,
+    ) -> None:
         super().__init__()
         self.model, self.loss_head, self.optim = model, loss_head, optim
         self.register_buffer("letter_ids", torch.tensor(letter_ids), persistent=False)
@@ -73,13 +80,14 @@ class CalibrationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.loss_head(self(batch, self.loss_head.full_sequence), batch)
         if not math.isfinite(float(out.loss.detach())):
-            raise TrainingError(f"the training loss became non-finite ({float(out.loss.detach())}) at step "
-                                f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); "
-                                "lower method.optim.lr or check the data. The last checkpoint and every "
-                                "output already written are intact.")
-        bs = len(batch["labels"])
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
-        self.log_dict({f"train/loss_{k}": v for k, v in out.parts.items()}, batch_size=bs)
+            raise TrainingError(
+                f"the training loss became non-finite ({float(out.loss.detach())}) at step "
+                f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); "
+                "lower method.optim.lr or check the data. The last checkpoint and every "
+                "output already written are intact."
+            )
+        parts = {"train/loss": out.loss.detach(), **{f"train/loss_{k}": v for k, v in out.parts.items()}}
+        self.log_dict(parts, prog_bar=True, batch_size=len(batch["labels"]))
         return out.loss
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -87,8 +95,12 @@ class CalibrationModule(L.LightningModule):
         """Letter logits and ids of the batch's real questions (DDP padding copies dropped)."""
         letter_logits = self(batch).letter_logits
         keep = batch["keep"]
-        return {"letter_logits": letter_logits[keep], "labels": batch["labels"][keep],
-                "n_choices": batch["n_choices"][keep], "index": batch["index"][keep]}
+        return {
+            "letter_logits": letter_logits[keep],
+            "labels": batch["labels"][keep],
+            "n_choices": batch["n_choices"][keep],
+            "index": batch["index"][keep],
+        }
 
     def _collect(self, split: str, scored: dict[str, Tensor]) -> None:
         self._buffers_out.setdefault(split, []).append({k: v.detach().cpu() for k, v in scored.items()})
@@ -159,8 +171,9 @@ class CalibrationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep trainable weights and loss-head buffers (never the frozen, possibly 4-bit, base) and RNG state."""
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if k in trainable or not k.startswith("model.")}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")
+        }
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

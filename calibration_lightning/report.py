@@ -49,8 +49,17 @@ def find_runs(dirs: list[Path]) -> list[RunResult]:
             sets = {"test": m["after"], **{n: v["after"] for n, v in m.get("eval_sets", {}).items()}}
             before = {"test": m["before"], **{n: v["before"] for n, v in m.get("eval_sets", {}).items()}}
             win_rate = (m.get("win_rate") or {}).get("after") or {}
-            runs.append(RunResult(folder, config.get("model", {}).get("name", "?"), m.get("method", "?"),
-                                  config.get("dataset", {}).get("name", "?"), sets, before, win_rate.get("win_rate")))
+            runs.append(
+                RunResult(
+                    folder,
+                    config.get("model", {}).get("name", "?"),
+                    m.get("method", "?"),
+                    config.get("dataset", {}).get("name", "?"),
+                    sets,
+                    before,
+                    win_rate.get("win_rate"),
+                )
+            )
     return runs
 
 
@@ -104,7 +113,9 @@ def reliability_figure(runs: list[RunResult], path: Path, n_bins: int = 10) -> N
         rows = [json.loads(x) for x in (run.path / "predictions_after.jsonl").read_text().splitlines()]
         conf = torch.tensor([r["confidence"] for r in rows], dtype=torch.float64)
         hit = torch.tensor([float(r["correct"]) for r in rows], dtype=torch.float64)
-        plot_reliability(ax, conf, hit, n_bins, f"{run.model} / {run.method}\nconf-ECE {run.sets['test']['conf_ece']:.3f}")
+        plot_reliability(
+            ax, conf, hit, n_bins, f"{run.model} / {run.method}\nconf-ECE {run.sets['test']['conf_ece']:.3f}"
+        )
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

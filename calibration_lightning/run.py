@@ -61,11 +61,18 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger) -> L.Trainer:
     """The run's one Lightning Trainer (one, so that DDP launches its processes once)."""
     kwargs = dict(build(cfg.trainer, _convert_="all"))  # a strategy may itself be a _target_ node
     every = kwargs.pop("checkpoint_every_n_steps")
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                                                     every_n_train_steps=every or None)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every or None
+    )
     # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.
-    return L.Trainer(**kwargs, logger=logger, default_root_dir=out_dir, callbacks=[checkpoint],
-                     enable_model_summary=False, use_distributed_sampler=False)
+    return L.Trainer(
+        **kwargs,
+        logger=logger,
+        default_root_dir=out_dir,
+        callbacks=[checkpoint],
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
 
 
 def build(node: DictConfig, **kwargs):
@@ -114,13 +121,24 @@ def run(cfg: DictConfig) -> dict:
     source = build(cfg.model.loader)
     settings = _model_settings(cfg.model)
     tokenizer = load_tokenizer(source, settings)
-    dm = MultipleChoiceDataModule(splits, tokenizer, PromptFormat(**cfg.dataset.prompt), cfg.dataset.batch_size,
-                                  cfg.dataset.eval_batch_size, cfg.dataset.max_length, cfg.seed, eval_sets)
+    dm = MultipleChoiceDataModule(
+        splits,
+        tokenizer,
+        PromptFormat(**cfg.dataset.prompt),
+        cfg.dataset.batch_size,
+        cfg.dataset.eval_batch_size,
+        cfg.dataset.max_length,
+        cfg.seed,
+        eval_sets,
+    )
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
     device = _device(cfg)
     model = load_model(source, settings, device)
-    tokens = cfg.dataset.batch_size * max((len(e.input_ids) for e in dm.encoded["train"].examples), default=0) \
-        if "train" in dm.encoded else 0
+    tokens = (
+        cfg.dataset.batch_size * max((len(e.input_ids) for e in dm.encoded["train"].examples), default=0)
+        if "train" in dm.encoded
+        else 0
+    )
     if use_gradient_checkpointing(model, settings.gradient_checkpointing, tokens, device):
         enable_gradient_checkpointing(model)
     if settings.compile:
@@ -131,21 +149,40 @@ def run(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, out_dir, logger)
     with base_model_scoring(module.model):
         before = evaluation.evaluate(trainer, module, dm)
-    regime = diagnose(evaluation.probabilities(before["val"]), before["val"]["labels"],
-                      evaluation.probabilities(before["test"]), before["test"]["labels"],
-                      cfg.n_bins, cfg.regime.tolerance) if "val" in before else None
+    regime = (
+        diagnose(
+            evaluation.probabilities(before["val"]),
+            before["val"]["labels"],
+            evaluation.probabilities(before["test"]),
+            before["test"]["labels"],
+            cfg.n_bins,
+            cfg.regime.tolerance,
+        )
+        if "val" in before
+        else None
+    )
     method = cfg.method.by_regime[regime["verdict"]] if cfg.method.get("by_regime") else cfg.method
     if method is not cfg.method:
-        log.info("method=auto: the model is %s (recalibrated ECE %.4f vs tolerance %.2f), so running %s",
-                 regime["verdict"], regime["recalibrated_ece"], regime["tolerance"], method.name)
+        log.info(
+            "method=auto: the model is %s (recalibrated ECE %.4f vs tolerance %.2f), so running %s",
+            regime["verdict"],
+            regime["recalibrated_ece"],
+            regime["tolerance"],
+            method.name,
+        )
     extra = {"method": method.name, "requested_method": cfg.method.name, "regime": regime}
     is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
     win_rate = build_win_rate(cfg, module.model, tokenizer, device) if cfg.win_rate.enabled and is_zero else None
     if is_zero:  # written now, so a failure during training leaves them behind
         results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
         if win_rate:
-            extra["win_rate"] = {"before": write_win_rate(out_dir, "before", *win_rate.evaluate(
-                "before", module.model, tokenizer, base_model_scoring(module.model)))}
+            extra["win_rate"] = {
+                "before": write_win_rate(
+                    out_dir,
+                    "before",
+                    *win_rate.evaluate("before", module.model, tokenizer, base_model_scoring(module.model)),
+                )
+            }
 
     after = before
     if method.train:
@@ -155,15 +192,21 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit_loop.max_epochs = method.epochs
         module.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
         last = out_dir / "checkpoints" / "last.ckpt"
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None,
-                    weights_only=True)
+        trainer.fit(
+            module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None, weights_only=True
+        )
         if trainer.is_global_zero:
             atomic_directory(out_dir / "adapter", module.model.save_pretrained)
         with merged_adapters(module.model, settings.merge_for_eval):
             after = evaluation.evaluate(trainer, module, dm)
         if win_rate:
-            extra["win_rate"]["after"] = write_win_rate(out_dir, "after", *win_rate.evaluate(
-                "after", module.model, tokenizer, merged_adapters(module.model, settings.merge_for_eval)))
+            extra["win_rate"]["after"] = write_win_rate(
+                out_dir,
+                "after",
+                *win_rate.evaluate(
+                    "after", module.model, tokenizer, merged_adapters(module.model, settings.merge_for_eval)
+                ),
+            )
     if method.get("calibrator"):
         calibrator = build(method.calibrator)
         extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))
@@ -174,6 +217,8 @@ def run(cfg: DictConfig) -> dict:
     results_after = write_phase(out_dir, "after", after, dm.records, cfg.n_bins)
     extra["wall_time_s"] = round(time.time() - started, 1)
     table = write_summary(out_dir, cfg, results_before, results_after, extra)
-    publish_run(logger, yaml.safe_load(redacted_config(cfg)), {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))})
+    publish_run(
+        logger, yaml.safe_load(redacted_config(cfg)), {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
+    )
     print(f"\n{table}\n\nOutputs: {out_dir}")
     return {"before": results_before["test"], "after": results_after["test"], **extra}

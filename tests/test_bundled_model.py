@@ -32,8 +32,12 @@ def test_real_tokenizer_letters_in_context():
 
 
 def test_short_cft_run_on_smollm2_moves_calibration(make_cfg, tmp_path):
-    cfg = make_cfg("dataset.split.train=48", "dataset.split.val=16", "dataset.split.test=32",
-                   "dataset.source.max_question_chars=120")
+    cfg = make_cfg(
+        "dataset.split.train=48",
+        "dataset.split.val=16",
+        "dataset.split.test=32",
+        "dataset.source.max_question_chars=120",
+    )
     result = run(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["before"]["conf_ece"] > 0.3  # the aligned model is badly overconfident (collapses to "A")

@@ -35,23 +35,29 @@ def test_misspelt_key_is_rejected():
         _compose("method.optim.lrr=0.1")
 
 
-@pytest.mark.parametrize("override,key", [
-    ("method.optim.lr=-1e-4", "method.optim.lr"),
-    ("method.optim.lr=0", "method.optim.lr"),
-    ("n_bins=1", "n_bins"),
-    ("model.lora.r=0", "model.lora.r"),
-    ("method.epochs=0", "method.epochs"),
-    ("model.quantize=int3", "model.quantize"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("method.optim.lr=-1e-4", "method.optim.lr"),
+        ("method.optim.lr=0", "method.optim.lr"),
+        ("n_bins=1", "n_bins"),
+        ("model.lora.r=0", "model.lora.r"),
+        ("method.epochs=0", "method.epochs"),
+        ("model.quantize=int3", "model.quantize"),
+    ],
+)
 def test_out_of_range_numbers_are_named(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_config(_compose(override))
 
 
-@pytest.mark.parametrize("override,key", [
-    ("method.loss.lam=-0.5", "method.loss.lam"),
-    ("method.loss.n_bins=1", "method.loss.n_bins"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("method.loss.lam=-0.5", "method.loss.lam"),
+        ("method.loss.n_bins=1", "method.loss.n_bins"),
+    ],
+)
 def test_rcft_ranges(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_config(_compose("method=rcft", override))

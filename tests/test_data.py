@@ -26,15 +26,22 @@ BAD_ROWS = {
     "empty question": ({"question": "  ", "choices": ["a", "b"], "answer": 0}, "line 2: field 'question'"),
     "missing choices": ({"question": "q", "answer": 0}, "line 2: field 'choices' is missing"),
     "one choice": ({"question": "q", "choices": ["a"], "answer": 0}, "line 2: field 'choices' has 1 options"),
-    "27 choices": ({"question": "q", "choices": [f"c{i}" for i in range(27)], "answer": 0},
-                   "line 2: field 'choices' has 27 options"),
+    "27 choices": (
+        {"question": "q", "choices": [f"c{i}" for i in range(27)], "answer": 0},
+        "line 2: field 'choices' has 27 options",
+    ),
     "empty choice": ({"question": "q", "choices": ["a", ""], "answer": 0}, "line 2: field 'choices' option B"),
     "choices not a list": ({"question": "q", "choices": "ab", "answer": 0}, "line 2: field 'choices' must be a list"),
     "answer missing": ({"question": "q", "choices": ["a", "b"]}, "line 2: field 'answer' is missing"),
-    "answer out of range": ({"question": "q", "choices": ["a", "b"], "answer": 2}, "line 2: field 'answer' is 2, out of range"),
+    "answer out of range": (
+        {"question": "q", "choices": ["a", "b"], "answer": 2},
+        "line 2: field 'answer' is 2, out of range",
+    ),
     "answer negative": ({"question": "q", "choices": ["a", "b"], "answer": -1}, "line 2: field 'answer' is -1"),
-    "answer letter not offered": ({"question": "q", "choices": ["a", "b"], "answer": "C"},
-                                  "line 2: field 'answer' is the letter 'C'"),
+    "answer letter not offered": (
+        {"question": "q", "choices": ["a", "b"], "answer": "C"},
+        "line 2: field 'answer' is the letter 'C'",
+    ),
     "answer gibberish": ({"question": "q", "choices": ["a", "b"], "answer": "yes"}, "line 2: field 'answer' must be"),
 }
 
@@ -48,12 +55,15 @@ def test_bad_row_names_file_row_and_field(tmp_path, case):
     assert str(path) in str(err.value) and message in str(err.value)
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "holds no records"),
-    (b"\n\n", "holds no records"),
-    (b'{"question": "q", "choices": ["a", "b"], "answer": 0}\n{broken\n', "line 2: not valid JSON"),
-    (b'{"question": "caf\xe9"}\n', "not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "holds no records"),
+        (b"\n\n", "holds no records"),
+        (b'{"question": "q", "choices": ["a", "b"], "answer": 0}\n{broken\n', "line 2: not valid JSON"),
+        (b'{"question": "caf\xe9"}\n', "not valid UTF-8"),
+    ],
+)
 def test_bad_files(tmp_path, content, message):
     path = tmp_path / "data.jsonl"
     path.write_bytes(content)
@@ -79,15 +89,18 @@ def test_all_formats_give_the_same_records(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps(rows))
     csv_text = "question,choices,answer,id,subject\n" + "\n".join(
         f'"{r["question"]}","{json.dumps(r["choices"]).replace(chr(34), chr(34) * 2)}",{r["answer"]},{r.get("id", "")},'
-        f'{r.get("subject", "")}' for r in rows)
+        f"{r.get('subject', '')}"
+        for r in rows
+    )
     (tmp_path / "d.csv").write_text(csv_text)
     # from_pylist takes its columns from the first row, so every row names every field
     table = [{"id": r.get("id"), "subject": r.get("subject"), **r, "answer": str(r["answer"])} for r in rows]
     pq.write_table(pa.Table.from_pylist(table), tmp_path / "d.parquet")
     for ext in ("json", "csv", "parquet"):
         other = read_records_file(str(tmp_path / f"d.{ext}"))
-        assert [(r.question, r.choices, r.answer, r.subject) for r in other] == \
-               [(r.question, r.choices, r.answer, r.subject) for r in jsonl], ext
+        assert [(r.question, r.choices, r.answer, r.subject) for r in other] == [
+            (r.question, r.choices, r.answer, r.subject) for r in jsonl
+        ], ext
     assert jsonl[1] == MCRecord(id="q2", question="Sky?", choices=("blue", "green"), answer=0, subject="science")
 
 

@@ -79,7 +79,8 @@ def test_matches_torchmetrics_on_random_inputs(k, n_bins, seed):
     reference = MulticlassCalibrationError(num_classes=k, n_bins=n_bins, norm="l1")(probs, labels)
     assert conf_ece(probs, labels, n_bins).item() == pytest.approx(reference.item(), abs=1e-5)
     assert classwise_ece(probs, labels, n_bins).item() == pytest.approx(
-        _torchmetrics_classwise(probs, labels, n_bins).item(), abs=1e-5)
+        _torchmetrics_classwise(probs, labels, n_bins).item(), abs=1e-5
+    )
 
 
 def test_matches_torchmetrics_with_exact_zeros_and_ones():
@@ -91,8 +92,9 @@ def test_matches_torchmetrics_with_exact_zeros_and_ones():
     labels = torch.tensor([0, 1, 3, 3, 2, 1, 0, 1, 3])
     reference = MulticlassCalibrationError(num_classes=4, n_bins=10, norm="l1")(probs, labels)
     assert conf_ece(probs, labels).item() == pytest.approx(reference.item(), abs=1e-6)
-    assert classwise_ece(probs, labels).item() == pytest.approx(_torchmetrics_classwise(probs, labels, 10).item(),
-                                                                abs=1e-6)
+    assert classwise_ece(probs, labels).item() == pytest.approx(
+        _torchmetrics_classwise(probs, labels, 10).item(), abs=1e-6
+    )
 
 
 def test_empty_bins_contribute_nothing():
@@ -107,7 +109,7 @@ def test_metric_collection_equals_functional_over_batches():
     probs, labels = _random_probs(300, 4, 7)
     collection = calibration_metrics(10).clone(prefix="val/")
     for chunk in range(0, 300, 64):
-        collection.update(probs[chunk:chunk + 64], labels[chunk:chunk + 64])
+        collection.update(probs[chunk : chunk + 64], labels[chunk : chunk + 64])
     computed = {k: v.item() for k, v in collection.compute().items()}
     expected = all_metrics(probs, labels, 10)
     assert set(computed) == {f"val/{k}" for k in ("conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce")}

@@ -19,14 +19,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "calibration_lightning", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "calibration_lightning", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_bad_data_file_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q", "choices": ["a"], '
-                   '"answer": 0}\n')
+    bad.write_text(
+        '{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q", "choices": ["a"], "answer": 0}\n'
+    )
     result = cli("model=tiny", "dataset=jsonl", f"dataset.path={bad}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert f"{bad}: line 2: field 'choices' has 1 options" in result.stderr
@@ -48,8 +55,13 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_outputs(make_cfg, tmp_path):
-    cfg = make_cfg("model=tiny", "+method.loss.steps=4", "method.loss._target_=tests.helpers.NaNAfterSteps",
-                   "trainer.checkpoint_every_n_steps=2", *TINY_SPLIT)
+    cfg = make_cfg(
+        "model=tiny",
+        "+method.loss.steps=4",
+        "method.loss._target_=tests.helpers.NaNAfterSteps",
+        "trainer.checkpoint_every_n_steps=2",
+        *TINY_SPLIT,
+    )
     with pytest.raises(TrainingError, match="non-finite .* at step 4"):
         run(cfg)
     out = tmp_path / "run"
@@ -60,9 +72,20 @@ def test_non_finite_loss_stops_and_keeps_outputs(make_cfg, tmp_path):
 
 
 def _tiny_long_run(out, *extra):
-    return ["model=tiny", "method=cft", "method.epochs=2", "dataset.split.train=120", "dataset.split.val=8",
-            "dataset.split.test=16", "dataset.batch_size=2", "trainer.checkpoint_every_n_steps=7",
-            "model.lora.dropout=0.1", "logger=none", f"hydra.run.dir={out}", *extra]
+    return [
+        "model=tiny",
+        "method=cft",
+        "method.epochs=2",
+        "dataset.split.train=120",
+        "dataset.split.val=8",
+        "dataset.split.test=16",
+        "dataset.batch_size=2",
+        "trainer.checkpoint_every_n_steps=7",
+        "model.lora.dropout=0.1",
+        "logger=none",
+        f"hydra.run.dir={out}",
+        *extra,
+    ]
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
@@ -70,8 +93,12 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "calibration_lightning", *_tiny_long_run(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calibration_lightning", *_tiny_long_run(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = out / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -109,12 +136,20 @@ def test_no_secret_from_the_environment_in_outputs(tmp_path):
 
 
 def test_rows_with_different_numbers_of_choices(make_cfg, tmp_path):
-    rows = [{"question": f"Question {i}?", "choices": [f"option {j}" for j in range(2 + i % 4)], "answer": i % 2}
-            for i in range(40)]
+    rows = [
+        {"question": f"Question {i}?", "choices": [f"option {j}" for j in range(2 + i % 4)], "answer": i % 2}
+        for i in range(40)
+    ]
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = make_cfg("model=tiny", "dataset=jsonl", f"dataset.path={path}", "dataset.split.train=20",
-                   "dataset.split.val=10", "dataset.split.test=10")
+    cfg = make_cfg(
+        "model=tiny",
+        "dataset=jsonl",
+        f"dataset.path={path}",
+        "dataset.split.train=20",
+        "dataset.split.val=10",
+        "dataset.split.test=10",
+    )
     run(cfg)
     for line in (tmp_path / "run" / "predictions_after.jsonl").read_text().splitlines():
         row = json.loads(line)

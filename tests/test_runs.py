@@ -8,9 +8,14 @@ from calibration_lightning.run import run
 from tests.conftest import TINY_SPLIT
 
 OUTPUT_FILES = {
-    "metrics.json", "config.yaml", "predictions_before.jsonl", "predictions_after.jsonl",
-    "reliability_before_conf.png", "reliability_before_classwise.png",
-    "reliability_after_conf.png", "reliability_after_classwise.png",
+    "metrics.json",
+    "config.yaml",
+    "predictions_before.jsonl",
+    "predictions_after.jsonl",
+    "reliability_before_conf.png",
+    "reliability_before_classwise.png",
+    "reliability_after_conf.png",
+    "reliability_after_classwise.png",
 }
 METRIC_KEYS = {"conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce", "n"}
 
@@ -34,8 +39,10 @@ def _check_outputs(out, trained: bool):
     return metrics
 
 
-@pytest.mark.parametrize("method,trained", [("cft", True), ("rcft", True), ("label_smoothing", True),
-                                            ("none", False), ("ts", False), ("auto", True)])
+@pytest.mark.parametrize(
+    "method,trained",
+    [("cft", True), ("rcft", True), ("label_smoothing", True), ("none", False), ("ts", False), ("auto", True)],
+)
 def test_every_method_runs_on_tiny(make_cfg, tmp_path, method, trained):
     cfg = make_cfg("model=tiny", f"method={method}", *TINY_SPLIT)
     result = run(cfg)
@@ -60,8 +67,14 @@ def test_rcft_logs_loss_parts_and_bin_accuracies(make_cfg, tmp_path):
 
 
 def test_cft_lowers_training_loss_on_tiny(make_cfg, tmp_path):
-    cfg = make_cfg("model=tiny", "method=cft", "method.epochs=3", "method.optim.lr=5e-3",
-                   "trainer.log_every_n_steps=1", *TINY_SPLIT)
+    cfg = make_cfg(
+        "model=tiny",
+        "method=cft",
+        "method.epochs=3",
+        "method.optim.lr=5e-3",
+        "trainer.log_every_n_steps=1",
+        *TINY_SPLIT,
+    )
     run(cfg)
     lines = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")

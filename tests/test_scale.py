@@ -16,13 +16,22 @@ from calibration_lightning.report import main as report_main
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["dataset.split.train=16", "dataset.split.val=8", "dataset.split.test=16", "dataset.batch_size=4"]
-EXPERIMENTS = sorted(str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
-                     for p in (CONF_DIR / "experiment").rglob("*.yaml") if not p.name.startswith("_"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
+    for p in (CONF_DIR / "experiment").rglob("*.yaml")
+    if not p.name.startswith("_")
+)
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "calibration_lightning", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "calibration_lightning", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -49,8 +58,9 @@ def test_multirun_and_report_table_match_metrics(tmp_path, capsys):
     rows = list(csv.DictReader((sweep / "report.csv").open()))
     assert [r["method"] for r in rows] == ["none", "ts", "cft"]  # the paper's row order
     for row in rows:
-        run_dir = next(p.parent for p in sweep.rglob("metrics.json")
-                       if json.loads(p.read_text())["method"] == row["method"])
+        run_dir = next(
+            p.parent for p in sweep.rglob("metrics.json") if json.loads(p.read_text())["method"] == row["method"]
+        )
         metrics = json.loads((run_dir / "metrics.json").read_text())["after"]
         assert float(row["test conf-ECE"]) == pytest.approx(metrics["conf_ece"], abs=5e-5)
         assert float(row["test cw-ECE"]) == pytest.approx(metrics["cw_ece"], abs=5e-5)

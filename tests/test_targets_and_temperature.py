@@ -28,8 +28,12 @@ def test_targets_k4_by_hand():
     # g = ln 3 / (0.3 * 0.4) = 9.1551; tanh(g * .3) = .99179, tanh(g * .15) = .87945, tanh(g * .05) = .42839
     # denominator 3 + 2.29963 = 5.29963; t_B = .4 * 1.99179 / 5.29963 = .15033
     assert t[0].item() == pytest.approx(0.6)
-    assert t[1].item() == pytest.approx(0.4 * (1 + math.tanh(9.155102 * 0.3)) / (3 + math.tanh(9.155102 * 0.3)
-                                         + math.tanh(9.155102 * 0.15) + math.tanh(9.155102 * 0.05)), abs=1e-5)
+    assert t[1].item() == pytest.approx(
+        0.4
+        * (1 + math.tanh(9.155102 * 0.3))
+        / (3 + math.tanh(9.155102 * 0.3) + math.tanh(9.155102 * 0.15) + math.tanh(9.155102 * 0.05)),
+        abs=1e-5,
+    )
     assert t[1].item() == pytest.approx(0.15033, abs=1e-4)
     assert t.tolist() == pytest.approx(_by_formula(p, 0.6), abs=1e-9)
 

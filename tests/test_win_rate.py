@@ -16,7 +16,7 @@ from tests.conftest import TINY_SPLIT
 
 
 def test_outcomes_ties_and_bias_by_hand():
-    first = torch.tensor([0.9, 0.2, 0.8, 0.3])   # P(A) with the candidate shown as A
+    first = torch.tensor([0.9, 0.2, 0.8, 0.3])  # P(A) with the candidate shown as A
     second = torch.tensor([0.1, 0.7, 0.9, 0.4])  # P(A) with the reference shown as A
     # prompt 0: candidate wins both orders; 1: loses both; 2: judge picks A twice (tie); 3: picks B twice (tie)
     assert pair_outcomes(first, second).tolist() == [1.0, 0.0, 0.5, 0.5]
@@ -44,11 +44,20 @@ def test_a_judge_that_always_prefers_the_first_answer_is_caught(tiny_model, tiny
 
 def test_local_judge_end_to_end_on_tiny(make_cfg, tmp_path):
     path = tmp_path / "instructions.jsonl"
-    path.write_text("".join(json.dumps({"instruction": f"Describe item {i}.", "reference": f"Item {i} is blue."}) + "\n"
-                            for i in range(6)))
-    cfg = make_cfg("model=tiny", "win_rate=on", "win_rate.max_new_tokens=6",
-                   "win_rate.instructions._target_=calibration_lightning.winrate.instructions.jsonl",
-                   f"+win_rate.instructions.path={path}", *TINY_SPLIT)
+    path.write_text(
+        "".join(
+            json.dumps({"instruction": f"Describe item {i}.", "reference": f"Item {i} is blue."}) + "\n"
+            for i in range(6)
+        )
+    )
+    cfg = make_cfg(
+        "model=tiny",
+        "win_rate=on",
+        "win_rate.max_new_tokens=6",
+        "win_rate.instructions._target_=calibration_lightning.winrate.instructions.jsonl",
+        f"+win_rate.instructions.path={path}",
+        *TINY_SPLIT,
+    )
     result = run(cfg)
     for phase in ("before", "after"):
         wr = result["win_rate"][phase]
@@ -72,6 +81,7 @@ def test_self_reference_gives_exact_half_before_training(tiny_model, tiny_tokeni
 
 
 # --- the OpenAI-compatible judge against a real HTTP server on 127.0.0.1 --------------------------------------------
+
 
 class ChatServer:
     """Implements the chat-completions subset we use. Behaviour per request is scripted by the test."""
@@ -100,8 +110,15 @@ class ChatServer:
                 choice = {"index": 0, "message": {"role": "assistant", "content": better}}
                 if action == "logprobs":
                     lp = {"A": -0.105, "B": -2.303} if better == "A" else {"A": -2.303, "B": -0.105}
-                    choice["logprobs"] = {"content": [{"token": better, "logprob": lp[better], "top_logprobs": [
-                        {"token": k, "logprob": v} for k, v in lp.items()]}]}
+                    choice["logprobs"] = {
+                        "content": [
+                            {
+                                "token": better,
+                                "logprob": lp[better],
+                                "top_logprobs": [{"token": k, "logprob": v} for k, v in lp.items()],
+                            }
+                        ]
+                    }
                 data = json.dumps({"id": "x", "object": "chat.completion", "choices": [choice]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -125,8 +142,12 @@ def server():
 
 
 def _judge(server, **kw):
-    return OpenAIJudge(base_url=server.url, model="judge-model", api_key_env="TEST_JUDGE_KEY",
-                       **{"timeout_s": 0.5, "max_retries": 2, "backoff_s": 0.01, "concurrency": 2, **kw})
+    return OpenAIJudge(
+        base_url=server.url,
+        model="judge-model",
+        api_key_env="TEST_JUDGE_KEY",
+        **{"timeout_s": 0.5, "max_retries": 2, "backoff_s": 0.01, "concurrency": 2, **kw},
+    )
 
 
 def test_openai_judge_reads_letters_and_logprobs(server, monkeypatch):

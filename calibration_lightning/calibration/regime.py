@@ -60,8 +60,14 @@ def sampling_floor(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bins:
     return float(per_bin[used].sum())
 
 
-def diagnose(val_probs: Tensor, val_labels: Tensor, test_probs: Tensor, test_labels: Tensor,
-             n_bins: int = 10, tolerance: float = 0.05) -> dict:
+def diagnose(
+    val_probs: Tensor,
+    val_labels: Tensor,
+    test_probs: Tensor,
+    test_labels: Tensor,
+    n_bins: int = 10,
+    tolerance: float = 0.05,
+) -> dict:
     """The regime diagnosis written to metrics.json under ``regime`` (see module docstring)."""
     conf, hit = top_label(test_probs, test_labels)
     recal = histogram_binning(val_probs, val_labels, test_probs, n_bins)
@@ -78,5 +84,5 @@ def diagnose(val_probs: Tensor, val_labels: Tensor, test_probs: Tensor, test_lab
         "tolerance": tolerance,
         "verdict": "calibratable" if recalibrated <= tolerance + floor else "non-calibratable",
         "rule": "calibratable iff the ECE left after histogram binning (fit on val, applied to test) "
-                "<= tolerance + sampling_floor",
+        "<= tolerance + sampling_floor",
     }

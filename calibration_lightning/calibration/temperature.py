@@ -27,8 +27,10 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 200) -> floa
         The fitted temperature as a float.
     """
     if logits.ndim != 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
-        raise ValueError(f"fit_temperature needs logits [N, K] and labels [N] with N > 0, got "
-                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"fit_temperature needs logits [N, K] and labels [N] with N > 0, got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     # clone: scores made under torch.inference_mode() cannot take part in autograd as they are
     logits, labels = logits.detach().clone(), labels.detach().clone()
     z = torch.where(torch.isfinite(logits), logits.double(), torch.full_like(logits, _NEG, dtype=torch.float64))

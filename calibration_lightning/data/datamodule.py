@@ -63,19 +63,33 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         eval_sets: extra named test sets (evaluated after ``test``).
     """
 
-    def __init__(self, splits: Splits, tokenizer, prompt: PromptFormat, batch_size: int = 8,
-                 eval_batch_size: int = 16, max_length: int = 2048, seed: int = 0,
-                 eval_sets: dict[str, list[MCRecord]] | None = None) -> None:
+    def __init__(
+        self,
+        splits: Splits,
+        tokenizer,
+        prompt: PromptFormat,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        max_length: int = 2048,
+        seed: int = 0,
+        eval_sets: dict[str, list[MCRecord]] | None = None,
+    ) -> None:
         super().__init__()
         self.splits, self.tokenizer, self.prompt = splits, tokenizer, prompt
-        self.batch_size, self.eval_batch_size, self.max_length, self.seed = batch_size, eval_batch_size, max_length, seed
+        self.batch_size, self.eval_batch_size, self.max_length, self.seed = (
+            batch_size,
+            eval_batch_size,
+            max_length,
+            seed,
+        )
         self.records: dict[str, list[MCRecord]] = {"train": splits.train, "val": splits.val, "test": splits.test}
         self.records.update(eval_sets or {})
         all_records = [r for rs in self.records.values() for r in rs]
         self.k_max = max(len(r.choices) for r in all_records)
         first = next(r for r in all_records)
-        self.letter_ids = letter_token_ids(tokenizer, prompt.render(first, tokenizer), prompt.answer_prefix,
-                                           self.k_max, prompt.adds_special_tokens)
+        self.letter_ids = letter_token_ids(
+            tokenizer, prompt.render(first, tokenizer), prompt.answer_prefix, self.k_max, prompt.adds_special_tokens
+        )
         self.encoded: dict[str, EncodedSplit] = {}
         self.train_sampler: LengthGroupedBatchSampler | None = None
 
@@ -89,10 +103,16 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         ids = self.tokenizer(texts, add_special_tokens=self.prompt.adds_special_tokens)["input_ids"]
         truncated = sum(len(x) > self.max_length for x in ids)
         if truncated:
-            log.warning("%s: %d of %d prompts are longer than dataset.max_length=%d and keep only their last tokens",
-                        name, truncated, len(ids), self.max_length)
-        return EncodedSplit([Encoded(x[-self.max_length:], r.answer, len(r.choices), i)
-                             for i, (x, r) in enumerate(zip(ids, records))])
+            log.warning(
+                "%s: %d of %d prompts are longer than dataset.max_length=%d and keep only their last tokens",
+                name,
+                truncated,
+                len(ids),
+                self.max_length,
+            )
+        return EncodedSplit(
+            [Encoded(x[-self.max_length :], r.answer, len(r.choices), i) for i, (x, r) in enumerate(zip(ids, records))]
+        )
 
     def setup(self, stage: str | None = None) -> None:
         for name, records in self.records.items():
@@ -105,8 +125,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)
         for row, e in enumerate(examples):
-            input_ids[row, width - len(e.input_ids):] = torch.tensor(e.input_ids)
-            mask[row, width - len(e.input_ids):] = 1
+            input_ids[row, width - len(e.input_ids) :] = torch.tensor(e.input_ids)
+            mask[row, width - len(e.input_ids) :] = 1
         labels = torch.tensor([e.label for e in examples])
         return {
             "input_ids": input_ids,
@@ -136,8 +156,9 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         per_rank = -(-len(examples) // world)
         share += [replace(examples[order[0]], keep=False)] * (per_rank - len(share))
         batches = length_sorted_batches([len(e.input_ids) for e in share], self.eval_batch_size)
-        return DataLoader(EncodedSplit(share), batch_sampler=batches, collate_fn=self.collate,
-                          generator=_own_generator())
+        return DataLoader(
+            EncodedSplit(share), batch_sampler=batches, collate_fn=self.collate, generator=_own_generator()
+        )
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -145,8 +166,13 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         if self.train_sampler is None:
             self.train_sampler = LengthGroupedBatchSampler(
-                [len(e.input_ids) for e in data.examples], self.batch_size, self.seed, rank=rank, world_size=world,
-                epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0)
+                [len(e.input_ids) for e in data.examples],
+                self.batch_size,
+                self.seed,
+                rank=rank,
+                world_size=world,
+                epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            )
         return DataLoader(data, batch_sampler=self.train_sampler, collate_fn=self.collate, generator=_own_generator())
 
     def val_dataloader(self) -> DataLoader:

@@ -8,15 +8,18 @@ to read a local copy laid out like the hub repository instead (offline use, test
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from calibration_lightning.data.records import MCRecord, make_record
 from calibration_lightning.data.sources import resolve_path
 from calibration_lightning.errors import DataError
 
 
-def split_files(repo_id: str, patterns: list[str], data_dir: str | None = None, revision: str | None = None) -> list[Path]:
+def split_files(
+    repo_id: str, patterns: list[str], data_dir: str | None = None, revision: str | None = None
+) -> list[Path]:
     """The Parquet files of one split: from ``data_dir`` if given, else downloaded from the hub."""
     if data_dir:
         root = resolve_path(data_dir)
@@ -28,10 +31,15 @@ def split_files(repo_id: str, patterns: list[str], data_dir: str | None = None, 
         try:
             root = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
         except Exception as e:  # network, auth, missing repo: one message naming the repo
-            raise DataError(f"cannot download {repo_id} from the Hugging Face hub ({type(e).__name__}: {e}); "
-                            "check the network / HF_TOKEN, or pass data_dir=LOCAL_COPY") from e
-    files = sorted(p for p in root.rglob("*.parquet")
-                   if any(fnmatch.fnmatch(p.relative_to(root).as_posix(), pat) for pat in patterns))
+            raise DataError(
+                f"cannot download {repo_id} from the Hugging Face hub ({type(e).__name__}: {e}); "
+                "check the network / HF_TOKEN, or pass data_dir=LOCAL_COPY"
+            ) from e
+    files = sorted(
+        p
+        for p in root.rglob("*.parquet")
+        if any(fnmatch.fnmatch(p.relative_to(root).as_posix(), pat) for pat in patterns)
+    )
     if not files:
         raise DataError(f"{repo_id}: no Parquet file matches {patterns} under {root}")
     return files
@@ -45,9 +53,16 @@ def _rows(files: list[Path]) -> Iterator[tuple[str, dict]]:
             yield f"{path}: row {i}", row
 
 
-def _load(repo_id: str, patterns: list[str], to_record: Callable[[dict], dict[str, Any]], name: str,
-          data_dir: str | None, revision: str | None, limit: int | None,
-          keep: Callable[[dict], bool] = lambda row: True) -> list[MCRecord]:
+def _load(
+    repo_id: str,
+    patterns: list[str],
+    to_record: Callable[[dict], dict[str, Any]],
+    name: str,
+    data_dir: str | None,
+    revision: str | None,
+    limit: int | None,
+    keep: Callable[[dict], bool] = lambda row: True,
+) -> list[MCRecord]:
     records = []
     for where, row in _rows(split_files(repo_id, patterns, data_dir, revision)):
         if not keep(row):
@@ -60,58 +75,111 @@ def _load(repo_id: str, patterns: list[str], to_record: Callable[[dict], dict[st
     return records
 
 
-def mmlu(split: str = "test", subjects: list[str] | None = None, data_dir: str | None = None,
-         revision: str | None = None, limit: int | None = None) -> list[MCRecord]:
+def mmlu(
+    split: str = "test",
+    subjects: list[str] | None = None,
+    data_dir: str | None = None,
+    revision: str | None = None,
+    limit: int | None = None,
+) -> list[MCRecord]:
     """cais/mmlu (config ``all``): question, subject, choices (list), answer (index)."""
     wanted = set(subjects) if subjects else None
-    return _load("cais/mmlu", [f"all/{split}-*.parquet"],
-                 lambda r: {"question": r["question"], "choices": r["choices"], "answer": r["answer"],
-                            "subject": r.get("subject")},
-                 "mmlu", data_dir, revision, limit, keep=lambda r: wanted is None or r.get("subject") in wanted)
+    return _load(
+        "cais/mmlu",
+        [f"all/{split}-*.parquet"],
+        lambda r: {
+            "question": r["question"],
+            "choices": r["choices"],
+            "answer": r["answer"],
+            "subject": r.get("subject"),
+        },
+        "mmlu",
+        data_dir,
+        revision,
+        limit,
+        keep=lambda r: wanted is None or r.get("subject") in wanted,
+    )
 
 
-def medmcqa(split: str = "validation", data_dir: str | None = None, revision: str | None = None,
-            limit: int | None = None) -> list[MCRecord]:
+def medmcqa(
+    split: str = "validation", data_dir: str | None = None, revision: str | None = None, limit: int | None = None
+) -> list[MCRecord]:
     """openlifescienceai/medmcqa: opa..opd, cop (index; the public test split is unlabelled, cop = -1)."""
     if split == "test":
         raise DataError("medmcqa: the public test split has no answers (cop = -1); use split=validation")
-    return _load("openlifescienceai/medmcqa", [f"data/{split}-*.parquet"],
-                 lambda r: {"id": r.get("id"), "question": r["question"],
-                            "choices": [r["opa"], r["opb"], r["opc"], r["opd"]], "answer": r["cop"],
-                            "subject": r.get("subject_name")},
-                 "medmcqa", data_dir, revision, limit)
+    return _load(
+        "openlifescienceai/medmcqa",
+        [f"data/{split}-*.parquet"],
+        lambda r: {
+            "id": r.get("id"),
+            "question": r["question"],
+            "choices": [r["opa"], r["opb"], r["opc"], r["opd"]],
+            "answer": r["cop"],
+            "subject": r.get("subject_name"),
+        },
+        "medmcqa",
+        data_dir,
+        revision,
+        limit,
+    )
 
 
 def _labelled_choices(r: dict, stem: str) -> dict[str, Any]:
     """Schemas with ``choices: {text: [...], label: [...]}`` and ``answerKey`` naming a label."""
     labels = [str(x) for x in r["choices"]["label"]]
     key = str(r.get("answerKey", "")).strip()
-    return {"id": r.get("id"), "question": r[stem], "choices": r["choices"]["text"],
-            "answer": labels.index(key) if key in labels else None}
+    return {
+        "id": r.get("id"),
+        "question": r[stem],
+        "choices": r["choices"]["text"],
+        "answer": labels.index(key) if key in labels else None,
+    }
 
 
-def openbookqa(split: str = "test", data_dir: str | None = None, revision: str | None = None,
-               limit: int | None = None) -> list[MCRecord]:
+def openbookqa(
+    split: str = "test", data_dir: str | None = None, revision: str | None = None, limit: int | None = None
+) -> list[MCRecord]:
     """allenai/openbookqa (config ``main``): question_stem, choices.text / choices.label, answerKey."""
-    return _load("allenai/openbookqa", [f"main/{split}-*.parquet"], lambda r: _labelled_choices(r, "question_stem"),
-                 "openbookqa", data_dir, revision, limit)
+    return _load(
+        "allenai/openbookqa",
+        [f"main/{split}-*.parquet"],
+        lambda r: _labelled_choices(r, "question_stem"),
+        "openbookqa",
+        data_dir,
+        revision,
+        limit,
+    )
 
 
-def arc_challenge(split: str = "test", data_dir: str | None = None, revision: str | None = None,
-                  limit: int | None = None) -> list[MCRecord]:
+def arc_challenge(
+    split: str = "test", data_dir: str | None = None, revision: str | None = None, limit: int | None = None
+) -> list[MCRecord]:
     """allenai/ai2_arc, ARC-Challenge. Some rows have 3 or 5 options and numeric labels ("1".."4"):
     options are relabelled A, B, ... in order and the answer follows its label's position."""
-    return _load("allenai/ai2_arc", [f"ARC-Challenge/{split}-*.parquet"], lambda r: _labelled_choices(r, "question"),
-                 "arc_challenge", data_dir, revision, limit)
+    return _load(
+        "allenai/ai2_arc",
+        [f"ARC-Challenge/{split}-*.parquet"],
+        lambda r: _labelled_choices(r, "question"),
+        "arc_challenge",
+        data_dir,
+        revision,
+        limit,
+    )
 
 
-def paper_mix(split: str = "calibration_train", data_dir: str | None = None, revision: str | None = None,
-              limit: int | None = None) -> list[MCRecord]:
+def paper_mix(
+    split: str = "calibration_train", data_dir: str | None = None, revision: str | None = None, limit: int | None = None
+) -> list[MCRecord]:
     """aaronwzl/mcqa_calibration_dataset, the authors' in-domain mixture: question, choices, answer (index)."""
-    return _load("aaronwzl/mcqa_calibration_dataset", [f"*{split}-*.parquet", f"*/{split}-*.parquet"],
-                 lambda r: {"id": r.get("id"), "question": r["question"], "choices": r["choices"],
-                            "answer": r["answer"]},
-                 "paper_mix", data_dir, revision, limit)
+    return _load(
+        "aaronwzl/mcqa_calibration_dataset",
+        [f"*{split}-*.parquet", f"*/{split}-*.parquet"],
+        lambda r: {"id": r.get("id"), "question": r["question"], "choices": r["choices"], "answer": r["answer"]},
+        "paper_mix",
+        data_dir,
+        revision,
+        limit,
+    )
 
 
 def mixture(parts: list[list[MCRecord]]) -> list[MCRecord]:

@@ -46,8 +46,10 @@ class PromptFormat:
         if not self.chat_template:
             return body + self.answer_cue
         if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-            raise ConfigError("dataset.prompt.chat_template=true, but the tokenizer has no chat template; "
-                              "set dataset.prompt.chat_template=false")
+            raise ConfigError(
+                "dataset.prompt.chat_template=true, but the tokenizer has no chat template; "
+                "set dataset.prompt.chat_template=false"
+            )
         messages = [{"role": "user", "content": body.strip()}]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})

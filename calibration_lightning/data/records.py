@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from calibration_lightning.errors import DataError
 
@@ -35,8 +36,10 @@ def _parse_answer(value: Any, n_choices: int, where: str) -> int:
         elif len(text) == 1 and text.upper() in LETTERS:
             index = LETTERS.index(text.upper())
             if index >= n_choices:
-                raise DataError(f"{where}: field 'answer' is the letter {text!r}, but the row has only "
-                                f"{n_choices} choices ({LETTERS[0]}-{LETTERS[n_choices - 1]})")
+                raise DataError(
+                    f"{where}: field 'answer' is the letter {text!r}, but the row has only "
+                    f"{n_choices} choices ({LETTERS[0]}-{LETTERS[n_choices - 1]})"
+                )
             return index
         else:
             raise DataError(f"{where}: field 'answer' must be a 0-based index or a letter, got {value!r}")
@@ -72,8 +75,9 @@ def make_record(row: Mapping[str, Any], where: str, default_id: str) -> MCRecord
         raise DataError(f"{where}: field 'choices' must be a list of strings, got {type(choices).__name__}")
     choices = list(choices)
     if not MIN_CHOICES <= len(choices) <= MAX_CHOICES:
-        raise DataError(f"{where}: field 'choices' has {len(choices)} options; "
-                        f"between {MIN_CHOICES} and {MAX_CHOICES} are allowed")
+        raise DataError(
+            f"{where}: field 'choices' has {len(choices)} options; between {MIN_CHOICES} and {MAX_CHOICES} are allowed"
+        )
     for j, text in enumerate(choices):
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: field 'choices' option {LETTERS[j]} (index {j}) is empty or not text")

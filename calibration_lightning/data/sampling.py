@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches: indices sorted by length (longest first), cut into batches."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class LengthGroupedBatchSampler:
@@ -23,8 +23,16 @@ class LengthGroupedBatchSampler:
         epoch_source: returns the current epoch (the Trainer's); the order depends only on it.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group: int = 16,
-                 rank: int = 0, world_size: int = 1, epoch_source: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        group: int = 16,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch_source: Callable[[], int] | None = None,
+    ) -> None:
         self.lengths, self.batch_size, self.seed, self.group = list(lengths), batch_size, seed, group
         self.rank, self.world_size = rank, world_size
         self.epoch_source = epoch_source or (lambda: 0)
@@ -37,13 +45,13 @@ class LengthGroupedBatchSampler:
         window = self.batch_size * self.group
         batches = []
         for start in range(0, len(order), window):
-            chunk = sorted(order[start:start + window], key=lambda i: -self.lengths[i])
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(order[start : start + window], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
         if self.world_size > 1:
             while len(batches) % self.world_size:
                 batches.append(batches[len(batches) % self.world_size])
-            batches = batches[self.rank::self.world_size]
+            batches = batches[self.rank :: self.world_size]
         return batches
 
     def __len__(self) -> int:

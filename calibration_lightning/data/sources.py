@@ -8,9 +8,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from calibration_lightning.data.records import MCRecord, make_record
 from calibration_lightning.errors import DataError
@@ -35,7 +36,9 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def _records(rows: Iterable[tuple[str, Any]], source: str) -> list[MCRecord]:
-    records = [make_record(row, f"{source}: {where}", f"{Path(source).stem}-{i}") for i, (where, row) in enumerate(rows)]
+    records = [
+        make_record(row, f"{source}: {where}", f"{Path(source).stem}-{i}") for i, (where, row) in enumerate(rows)
+    ]
     if not records:
         raise DataError(f"{source}: the file holds no records")
     return records
@@ -69,21 +72,29 @@ def bundled_mmlu(subjects: Sequence[str] | None = None, max_question_chars: int 
                 if wanted is not None and raw.get("topic") not in wanted:
                     continue
                 choices = [raw.get(f"answer_{c}") for c in "abcd"]
-                if max_question_chars and len(raw["question"]) + sum(len(c or "") for c in choices) > max_question_chars:
+                if (
+                    max_question_chars
+                    and len(raw["question"]) + sum(len(c or "") for c in choices) > max_question_chars
+                ):
                     continue
-                yield f"line {line_no}", {
-                    "id": f"mmlu-{line_no}",
-                    "question": raw.get("question"),
-                    "choices": choices,
-                    "answer": raw.get("correct_answer"),
-                    "subject": raw.get("topic"),
-                }
+                yield (
+                    f"line {line_no}",
+                    {
+                        "id": f"mmlu-{line_no}",
+                        "question": raw.get("question"),
+                        "choices": choices,
+                        "answer": raw.get("correct_answer"),
+                        "subject": raw.get("topic"),
+                    },
+                )
 
     if wanted is not None:
         known = {json.loads(line).get("topic") for line in open(path, encoding="utf-8")}
         unknown = sorted(wanted - known)
         if unknown:
-            raise DataError(f"dataset.source.subjects: unknown MMLU subjects {unknown}; known: {sorted(known - {'topic'})}")
+            raise DataError(
+                f"dataset.source.subjects: unknown MMLU subjects {unknown}; known: {sorted(known - {'topic'})}"
+            )
     return _records(rows(), str(path))
 
 

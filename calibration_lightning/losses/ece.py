@@ -74,7 +74,9 @@ class ECERegularizedSFT(LossHead):
 
     def forward(self, out: StepOutputs, batch: dict[str, Tensor]) -> LossOutput:
         if not self.fitted:
-            raise RuntimeError("ECERegularizedSFT needs bin statistics: add the EStepRefresh callback (method.callbacks)")
+            raise RuntimeError(
+                "ECERegularizedSFT needs bin statistics: add the EStepRefresh callback (method.callbacks)"
+            )
         sft = self.sft(out, batch)
         probs = out.letter_probs
         sample_bin = bin_index(probs.detach().max(dim=1).values, self.n_bins)

@@ -20,7 +20,9 @@ class EStepRefresh(L.Callback):
 
     def __init__(self, every: str | int = "epoch") -> None:
         if not (every in ("epoch", "once") or (isinstance(every, int) and every >= 1)):
-            raise ConfigError(f"method.callbacks EStepRefresh.every={every!r}; allowed: epoch, once, or an integer >= 1")
+            raise ConfigError(
+                f"method.callbacks EStepRefresh.every={every!r}; allowed: epoch, once, or an integer >= 1"
+            )
         self.every = every
 
     def _refresh(self, trainer: L.Trainer, module) -> None:
@@ -31,8 +33,9 @@ class EStepRefresh(L.Callback):
         hits = trainer.strategy.reduce(acc * count, reduce_op="sum")
         count = trainer.strategy.reduce(count, reduce_op="sum")
         acc = hits / count.clamp_min(1)
-        head.set_bin_statistics(acc.to(head.bin_accuracy), count.to(head.bin_count),
-                                trainer.current_epoch, trainer.global_step)
+        head.set_bin_statistics(
+            acc.to(head.bin_accuracy), count.to(head.bin_count), trainer.current_epoch, trainer.global_step
+        )
         module.log_dict({f"em/bin_acc_{b}": float(a) for b, a in enumerate(acc) if count[b] > 0}, rank_zero_only=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, module) -> None:

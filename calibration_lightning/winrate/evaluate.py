@@ -17,8 +17,15 @@ class WinRate:
     so that the after-training win rate measures exactly what fine-tuning changed (0.5 = unchanged).
     """
 
-    def __init__(self, instructions: list[tuple[str, str | None]], judge, max_new_tokens: int = 64,
-                 batch_size: int = 8, greedy: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        instructions: list[tuple[str, str | None]],
+        judge,
+        max_new_tokens: int = 64,
+        batch_size: int = 8,
+        greedy: bool = True,
+        seed: int = 0,
+    ) -> None:
         self.instructions, self.judge = instructions, judge
         self.max_new_tokens, self.batch_size, self.greedy, self.seed = max_new_tokens, batch_size, greedy, seed
         self.references: list[str] | None = None
@@ -27,8 +34,15 @@ class WinRate:
         """Generate (inside ``generation_context``, e.g. merged adapters), then judge outside it."""
         prompts = [x for x, _ in self.instructions]
         with generation_context or nullcontext():
-            answers = generate_answers(model, tokenizer, prompts, self.max_new_tokens, self.batch_size, self.greedy,
-                                       desc=f"win rate: generating ({phase})")
+            answers = generate_answers(
+                model,
+                tokenizer,
+                prompts,
+                self.max_new_tokens,
+                self.batch_size,
+                self.greedy,
+                desc=f"win rate: generating ({phase})",
+            )
         if self.references is None:
             self.references = [ref if ref is not None else ans for (_, ref), ans in zip(self.instructions, answers)]
         identical = torch.tensor([a.strip() == r.strip() for a, r in zip(answers, self.references)])
@@ -40,7 +54,15 @@ class WinRate:
             second = self.judge.prob_first([(prompts[i], self.references[i], answers[i]) for i in todo])
             p_cand_first[todo], p_cand_second[todo] = first, second
         summary = summarize(p_cand_first, p_cand_second, identical, self.judge.name, self.seed)
-        rows = [{"instruction": prompts[i], "reference": self.references[i], "answer": answers[i],
-                 "identical": bool(identical[i]), "p_answer_first_wins": round(float(p_cand_first[i]), 6),
-                 "p_reference_first_wins": round(float(p_cand_second[i]), 6)} for i in range(len(prompts))]
+        rows = [
+            {
+                "instruction": prompts[i],
+                "reference": self.references[i],
+                "answer": answers[i],
+                "identical": bool(identical[i]),
+                "p_answer_first_wins": round(float(p_cand_first[i]), 6),
+                "p_reference_first_wins": round(float(p_cand_second[i]), 6),
+            }
+            for i in range(len(prompts))
+        ]
         return summary, rows

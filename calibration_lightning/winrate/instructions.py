@@ -58,8 +58,10 @@ def alpaca_eval(limit: int | None = None, data_dir: str | None = None) -> list[I
         try:
             path = hf_hub_download("tatsu-lab/alpaca_eval", "alpaca_eval.json", repo_type="dataset")
         except Exception as e:
-            raise DataError(f"cannot download tatsu-lab/alpaca_eval ({type(e).__name__}: {e}); "
-                            "pass win_rate.instructions.data_dir=LOCAL_COPY") from e
+            raise DataError(
+                f"cannot download tatsu-lab/alpaca_eval ({type(e).__name__}: {e}); "
+                "pass win_rate.instructions.data_dir=LOCAL_COPY"
+            ) from e
     try:
         rows = json.loads(open(path, encoding="utf-8").read())
     except (OSError, json.JSONDecodeError) as e:

@@ -80,10 +80,16 @@ class LocalJudge:
         out = torch.empty(len(prompts))
         with context:
             for start in range(0, len(prompts), self.batch_size):
-                enc = self.tokenizer(prompts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                     add_special_tokens=special)
+                enc = self.tokenizer(
+                    prompts[start : start + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=special,
+                )
                 logits = causal_lm_logits(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
-                out[start:start + len(enc["input_ids"])] = torch.softmax(logits[:, -1, letters].float(), -1)[:, 0].cpu()
+                out[start : start + len(enc["input_ids"])] = torch.softmax(logits[:, -1, letters].float(), -1)[
+                    :, 0
+                ].cpu()
         return out
 
 
@@ -100,13 +106,27 @@ class OpenAIJudge:
     log-probabilities, P("A") comes from them; otherwise the reply's letter gives 1.0 / 0.0 (0.5 if neither).
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0,
-                 max_retries: int = 4, concurrency: int = 8, backoff_s: float = 1.0, max_answer_chars: int = 4000) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        concurrency: int = 8,
+        backoff_s: float = 1.0,
+        max_answer_chars: int = 4000,
+    ) -> None:
         if not base_url or not model:
             raise ConfigError("judge.base_url and judge.model must be set for judge=openai")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env = model, api_key_env
-        self.timeout_s, self.max_retries, self.concurrency, self.backoff_s = timeout_s, max_retries, concurrency, backoff_s
+        self.timeout_s, self.max_retries, self.concurrency, self.backoff_s = (
+            timeout_s,
+            max_retries,
+            concurrency,
+            backoff_s,
+        )
         self.max_answer_chars = max_answer_chars
         self.name = f"openai:{model}"
 
@@ -133,14 +153,21 @@ class OpenAIJudge:
                 last = e
             if attempt < self.max_retries:
                 time.sleep(self.backoff_s * 2**attempt)
-        raise JudgeError(f"judge endpoint {self.url} failed after {self.max_retries + 1} tries "
-                         f"({type(last).__name__}: {last})")
+        raise JudgeError(
+            f"judge endpoint {self.url} failed after {self.max_retries + 1} tries ({type(last).__name__}: {last})"
+        )
 
     def _judge_one(self, triple: Triple) -> float:
-        reply = self._post({
-            "model": self.model, "temperature": 0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5,
-            "messages": [{"role": "user", "content": judge_text(triple, self.max_answer_chars)}],
-        })
+        reply = self._post(
+            {
+                "model": self.model,
+                "temperature": 0,
+                "max_tokens": 1,
+                "logprobs": True,
+                "top_logprobs": 5,
+                "messages": [{"role": "user", "content": judge_text(triple, self.max_answer_chars)}],
+            }
+        )
         choice = reply["choices"][0]
         tops = ((choice.get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs") or []
         logps = {t["token"].strip().upper(): t["logprob"] for t in tops if t["token"].strip().upper() in ("A", "B")}

@@ -31,7 +31,9 @@ def position_bias(p_first_when_candidate_first: Tensor, p_first_when_candidate_s
     return float(torch.cat([p_first_when_candidate_first, p_first_when_candidate_second]).mean() - 0.5)
 
 
-def bootstrap_interval(values: Tensor, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: Tensor, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampling prompts)."""
     n = len(values)
     if n == 0:
