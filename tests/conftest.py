@@ -56,3 +56,19 @@ def make_cfg(tmp_path):
             return compose("config", overrides=[f"output_dir={tmp_path / out}", "logger=csv", *overrides])
 
     return make
+
+
+def train_steps(module, batch, steps: int, lr: float = 1e-2) -> list[float]:
+    """``steps`` AdamW steps of the module's loss head on one batch (adapters only); the losses seen."""
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
+    module.train()
+    losses = []
+    for _ in range(steps):
+        loss = module.loss_head(module(batch), batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

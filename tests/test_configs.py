@@ -61,3 +61,25 @@ def test_out_of_range_numbers_are_named(override, key):
 def test_rcft_ranges(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_config(_compose("method=rcft", override))
+
+
+@pytest.mark.parametrize("trainer", ["fsdp", "ddp", "gpu", "ddp_cpu", "default"])
+def test_trainer_configs_instantiate(trainer):
+    """Strategies given as _target_ nodes (FSDP with its wrap policy) build without a GPU."""
+    from calibration_lightning.run import build
+
+    kwargs = build(_compose(f"trainer={trainer}", "model.quantize=none").trainer, _convert_="all")
+    if trainer == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        assert isinstance(kwargs["strategy"], FSDPStrategy)
+        assert LlamaDecoderLayer in kwargs["strategy"].kwargs["auto_wrap_policy"]._module_classes
+    assert "checkpoint_every_n_steps" in kwargs
+
+
+def test_slurm_launcher_composes():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "output_dir=/tmp/x"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1

@@ -5,6 +5,7 @@ import torch
 from calibration_lightning.calibration.confidence import letter_probabilities
 from calibration_lightning.losses.sft import CompletionSFT, SequenceSFT
 from calibration_lightning.module import CalibrationModule, OptimSettings
+from tests.conftest import train_steps
 
 
 def _module(model, dm, head=None):
@@ -69,15 +70,7 @@ def test_cft_step_lowers_loss_moves_adapters_only(tiny_model, tiny_datamodule):
     frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
     adapters = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     assert adapters and all("lora_" in n for n in adapters)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    module.train()
-    losses = []
-    for _ in range(8):
-        loss = module.loss_head(module(batch), batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(module, batch, 8)
     assert losses[-1] < losses[0] - 0.1
     for n, p in module.named_parameters():
         if n in frozen:
@@ -116,7 +109,8 @@ def test_speed_levers_are_numerically_equivalent(tiny_model, tiny_datamodule):
         with merged_adapters(tiny_model, "auto"):
             merged = module(batch).letter_logits
         assert torch.allclose(unmerged, merged, atol=1e-4) and not torch.allclose(unmerged, base, atol=1e-3)
-        assert torch.equal(module(batch).letter_logits, unmerged)  # unmerged again afterwards
+        # unmerged again afterwards (W + BA - BA restores W up to float rounding)
+        assert torch.allclose(module(batch).letter_logits, unmerged, atol=1e-6)
 
     module.train()
     train = _batch(dm, split="train", n=4)

@@ -5,6 +5,7 @@ import torch
 from calibration_lightning.losses.sft import CompletionSFT
 from calibration_lightning.models.adapters import ModelSettings, _is_quantized, load_model, merged_adapters
 from calibration_lightning.module import CalibrationModule, OptimSettings
+from tests.conftest import train_steps
 
 
 def test_nf4_base_frozen_adapters_trained(tiny_source, tiny_datamodule):
@@ -17,15 +18,7 @@ def test_nf4_base_frozen_adapters_trained(tiny_source, tiny_datamodule):
     dm = tiny_datamodule
     module = CalibrationModule(model, CompletionSFT(), dm.letter_ids, OptimSettings(), 10)
     batch = dm.collate([dm.encoded["train"][i] for i in range(8)])
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    module.train()
-    losses = []
-    for _ in range(6):
-        loss = module.loss_head(module(batch), batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(module, batch, 6)
     assert losses[-1] < losses[0]
     for n, m in model.named_modules():
         if n in four_bit:

@@ -178,3 +178,19 @@ def test_openai_judge_gives_up_clearly(server, monkeypatch):
     with pytest.raises(JudgeError, match="HTTP 400"):
         _judge(server, concurrency=1).prob_first([("q", "GOOD", "bad")])
     assert len(server.requests) == 4  # a 400 is not retried
+
+
+def test_instruction_sets_offline(tmp_path):
+    from calibration_lightning.errors import DataError
+    from calibration_lightning.winrate import instructions
+
+    assert len(instructions.builtin()) == 24 and all(ref is None for _, ref in instructions.builtin())
+    rows = [{"instruction": "Name a fruit.", "output": "Apple.", "generator": "gpt4", "dataset": "x"},
+            {"instruction": "Say hi.", "output": "Hi!", "generator": "gpt4", "dataset": "x"}]
+    (tmp_path / "alpaca_eval.json").write_text(json.dumps(rows))
+    assert instructions.alpaca_eval(data_dir=str(tmp_path)) == [("Name a fruit.", "Apple."), ("Say hi.", "Hi!")]
+    assert len(instructions.alpaca_eval(data_dir=str(tmp_path), limit=1)) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "ok"}\n{"reference": "no instruction"}\n')
+    with pytest.raises(DataError, match="record 2: field 'instruction'"):
+        instructions.jsonl(str(bad))

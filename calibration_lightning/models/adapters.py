@@ -126,7 +126,8 @@ def base_model_scoring(model):
 def merged_adapters(model, setting: str | bool = "auto"):
     """Fold LoRA into the base weights for scoring (base-model speed), and unfold afterwards.
 
-    ``auto`` merges unless the base is 4-bit (merging into nf4 would requantize the weights).
+    ``auto`` merges unless the base is 4-bit (merging into nf4 would requantize the weights). Unfolding
+    restores the base weights up to float rounding, so runs merge only once training is over.
     """
     merge = (not _is_quantized(model)) if setting == "auto" else bool(setting)
     if merge and hasattr(model, "merge_adapter"):
