@@ -32,6 +32,7 @@ from calibration_lightning.models.adapters import (
     use_gradient_checkpointing,
 )
 from calibration_lightning.module import CalibrationModule, OptimSettings
+from calibration_lightning.outputs.checkpoints import AtomicCheckpointIO, EpochEndCheckpoint
 from calibration_lightning.outputs.files import atomic_directory
 from calibration_lightning.outputs.run_outputs import (
     check_run_dir,
@@ -61,15 +62,21 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger) -> L.Trainer:
     """The run's one Lightning Trainer (one, so that DDP launches its processes once)."""
     kwargs = dict(build(cfg.trainer, _convert_="all"))  # a strategy may itself be a _target_ node
     every = kwargs.pop("checkpoint_every_n_steps")
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every or None
-    )
+    callbacks = [EpochEndCheckpoint(out_dir / "checkpoints" / "last.ckpt")]
+    if every:
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every
+            )
+        )
     # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.
     return L.Trainer(
         **kwargs,
         logger=logger,
         default_root_dir=out_dir,
-        callbacks=[checkpoint],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=bool(every),  # else Lightning adds a default ModelCheckpoint of its own
         enable_model_summary=False,
         use_distributed_sampler=False,
     )
@@ -164,10 +171,12 @@ def run(cfg: DictConfig) -> dict:
     method = cfg.method.by_regime[regime["verdict"]] if cfg.method.get("by_regime") else cfg.method
     if method is not cfg.method:
         log.info(
-            "method=auto: the model is %s (recalibrated ECE %.4f vs tolerance %.2f), so running %s",
+            "method=auto: the model is %s (ECE after histogram binning %.4f vs tolerance %.2f + sampling floor "
+            "%.4f), so running %s",
             regime["verdict"],
             regime["recalibrated_ece"],
             regime["tolerance"],
+            regime["sampling_floor"],
             method.name,
         )
     extra = {"method": method.name, "requested_method": cfg.method.name, "regime": regime}

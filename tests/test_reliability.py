@@ -156,3 +156,22 @@ def test_rows_with_different_numbers_of_choices(make_cfg, tmp_path):
         k = len(next(r for r in rows if f"mixed-{rows.index(r)}" == row["id"])["choices"])
         assert len(row["probabilities"]) == k
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_checkpoint_at_every_epoch_end_and_atomic_writes(make_cfg, tmp_path, monkeypatch):
+    from calibration_lightning.outputs import checkpoints
+
+    saved = []
+    real_replace = checkpoints.os.replace
+
+    def spy(src, dst):  # os is one module: every atomic write passes here, keep the checkpoints
+        if Path(dst).suffix == ".ckpt":
+            saved.append((Path(src).name, torch.load(src, weights_only=True)["global_step"]))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoints.os, "replace", spy)
+    cfg = make_cfg("model=tiny", "method.epochs=2", "trainer.checkpoint_every_n_steps=0", *TINY_SPLIT)
+    run(cfg)
+    # 24 questions / batch 4 = 6 steps an epoch: saved at the end of each epoch, via a temporary file
+    assert [step for _, step in saved] == [6, 12] and all(name.startswith(".last.ckpt") for name, _ in saved)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
