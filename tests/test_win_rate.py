@@ -185,8 +185,10 @@ def test_instruction_sets_offline(tmp_path):
     from calibration_lightning.winrate import instructions
 
     assert len(instructions.builtin()) == 24 and all(ref is None for _, ref in instructions.builtin())
-    rows = [{"instruction": "Name a fruit.", "output": "Apple.", "generator": "gpt4", "dataset": "x"},
-            {"instruction": "Say hi.", "output": "Hi!", "generator": "gpt4", "dataset": "x"}]
+    rows = [
+        {"instruction": "Name a fruit.", "output": "Apple.", "generator": "gpt4", "dataset": "x"},
+        {"instruction": "Say hi.", "output": "Hi!", "generator": "gpt4", "dataset": "x"},
+    ]
     (tmp_path / "alpaca_eval.json").write_text(json.dumps(rows))
     assert instructions.alpaca_eval(data_dir=str(tmp_path)) == [("Name a fruit.", "Apple."), ("Say hi.", "Hi!")]
     assert len(instructions.alpaca_eval(data_dir=str(tmp_path), limit=1)) == 1

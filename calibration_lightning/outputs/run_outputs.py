@@ -35,8 +35,10 @@ def check_run_dir(out_dir: Path, resume: bool) -> None:
     if (out_dir / "metrics.json").exists():
         raise UserError(f"{out_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
     if (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir()):
-        raise UserError(f"{out_dir} holds an unfinished run (checkpoints/); pass resume=true to continue it, "
-                        "or choose another hydra.run.dir")
+        raise UserError(
+            f"{out_dir} holds an unfinished run (checkpoints/); pass resume=true to continue it, "
+            "or choose another hydra.run.dir"
+        )
 
 
 def redacted_config(cfg: DictConfig) -> str:
@@ -45,8 +47,10 @@ def redacted_config(cfg: DictConfig) -> str:
 
     def scrub(node):
         if isinstance(node, dict):
-            return {k: ("<redacted>" if any(s in str(k).lower() for s in SECRET_KEYS) and v else scrub(v))
-                    for k, v in node.items()}
+            return {
+                k: ("<redacted>" if any(s in str(k).lower() for s in SECRET_KEYS) and v else scrub(v))
+                for k, v in node.items()
+            }
         if isinstance(node, list):
             return [scrub(v) for v in node]
         return node
@@ -62,8 +66,9 @@ def write_phase(out_dir: Path, phase: str, scored: dict, records: dict, n_bins: 
             continue
         stem = phase if name == "test" else f"{name}_{phase}"
         write_jsonl(out_dir / f"predictions_{stem}.jsonl", evaluation.prediction_rows(s, records[name]))
-        save_reliability_diagrams(evaluation.probabilities(s), s["labels"], n_bins, out_dir, f"reliability_{stem}",
-                                  f"{name} {phase}")
+        save_reliability_diagrams(
+            evaluation.probabilities(s), s["labels"], n_bins, out_dir, f"reliability_{stem}", f"{name} {phase}"
+        )
         results[name] = evaluation.metrics(s, n_bins)
     return results
 
@@ -77,10 +82,12 @@ def write_win_rate(out_dir: Path, phase: str, summary: dict, rows: list[dict]) -
 def write_summary(out_dir: Path, cfg: DictConfig, before: dict, after: dict, extra: dict) -> str:
     """metrics.json and config.yaml; returns the printed before/after table."""
     summary = {
-        "before": before["test"], "after": after["test"],
+        "before": before["test"],
+        "after": after["test"],
         "eval_sets": {n: {"before": before[n], "after": after[n]} for n in before if n != "test"},
         **extra,
-        "seed": cfg.seed, "versions": versions(),
+        "seed": cfg.seed,
+        "versions": versions(),
     }
     write_text(out_dir / "config.yaml", redacted_config(cfg))
     write_json(out_dir / "metrics.json", summary)
@@ -88,7 +95,13 @@ def write_summary(out_dir: Path, cfg: DictConfig, before: dict, after: dict, ext
     for name in before:
         rows += [(f"{name} before", before[name]), (f"{name} after ({extra['method']})", after[name])]
     table = format_table(rows)
+    if "temperature" in extra:
+        table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"
+    if extra.get("requested_method") != extra["method"]:
+        table += f"\nmethod={extra['requested_method']} chose {extra['method']} (regime: {extra['regime']['verdict']})"
     for phase, wr in (extra.get("win_rate") or {}).items():
-        table += (f"\nwin rate {phase}: {wr['win_rate']:.3f} (95% CI {wr['ci95'][0]:.3f}-{wr['ci95'][1]:.3f}, "
-                  f"n={wr['n']}, judge {wr['judge']}, position bias {wr['position_bias']:+.3f})")
+        table += (
+            f"\nwin rate {phase}: {wr['win_rate']:.3f} (95% CI {wr['ci95'][0]:.3f}-{wr['ci95'][1]:.3f}, "
+            f"n={wr['n']}, judge {wr['judge']}, position bias {wr['position_bias']:+.3f})"
+        )
     return table

@@ -19,8 +19,14 @@ def _has_credentials() -> bool:
         return False
 
 
-def make_wandb_logger(project: str, name: str, save_dir: str, entity: str | None = None, group: str | None = None,
-                      tags: list[str] | None = None):
+def make_wandb_logger(
+    project: str,
+    name: str,
+    save_dir: str,
+    entity: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+):
     """``WandbLogger`` in the mode WANDB_MODE asks for; offline when no API key is configured.
 
     The key is read by wandb from the environment or ~/.netrc; it is never passed through our config.
@@ -32,8 +38,16 @@ def make_wandb_logger(project: str, name: str, save_dir: str, entity: str | None
         log.warning("No W&B credentials found: logging offline to %s/wandb (sync later with `wandb sync`)", save_dir)
         mode = "offline"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, entity=entity, name=name, save_dir=save_dir, group=group, tags=list(tags or []),
-                       mode=mode, settings={"init_timeout": 120})
+    return WandbLogger(
+        project=project,
+        entity=entity,
+        name=name,
+        save_dir=save_dir,
+        group=group,
+        tags=list(tags or []),
+        mode=mode,
+        settings={"init_timeout": 120},
+    )
 
 
 def publish_run(logger, config: dict, images: dict[str, Path]) -> None:
