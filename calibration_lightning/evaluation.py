@@ -9,6 +9,7 @@ from torch import Tensor
 
 from calibration_lightning.calibration.confidence import letter_probabilities
 from calibration_lightning.calibration.metrics import all_metrics
+from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.data.records import LETTERS, MCRecord
 
 Scored = dict[str, Tensor]  # letter_logits [N, K], labels [N], n_choices [N], index [N], in split order
@@ -21,6 +22,20 @@ def evaluate(trainer: L.Trainer, module, datamodule) -> dict[str, Scored]:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     return dict(module.scored)
+
+
+def regime(scored: dict[str, Scored], n_bins: int, tolerance: float) -> dict | None:
+    """The regime diagnosis from the validation and test scores (None without a validation split)."""
+    if "val" not in scored:
+        return None
+    return diagnose(
+        probabilities(scored["val"]),
+        scored["val"]["labels"],
+        probabilities(scored["test"]),
+        scored["test"]["labels"],
+        n_bins,
+        tolerance,
+    )
 
 
 def transform_logits(scored: dict[str, Scored], fn: Callable[[Tensor], Tensor]) -> dict[str, Scored]:

@@ -14,7 +14,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning import evaluation
-from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.config_checks import check_config
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule
 from calibration_lightning.data.prompts import PromptFormat
@@ -24,12 +23,9 @@ from calibration_lightning.models.adapters import (
     LoraSettings,
     ModelSettings,
     base_model_scoring,
-    compile_layers,
-    enable_gradient_checkpointing,
     load_model,
     load_tokenizer,
     merged_adapters,
-    use_gradient_checkpointing,
 )
 from calibration_lightning.module import CalibrationModule, OptimSettings
 from calibration_lightning.outputs.checkpoints import AtomicCheckpointIO, EpochEndCheckpoint
@@ -140,34 +136,14 @@ def run(cfg: DictConfig) -> dict:
     )
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
     device = _device(cfg)
-    model = load_model(source, settings, device)
-    tokens = (
-        cfg.dataset.batch_size * max((len(e.input_ids) for e in dm.encoded["train"].examples), default=0)
-        if "train" in dm.encoded
-        else 0
-    )
-    if use_gradient_checkpointing(model, settings.gradient_checkpointing, tokens, device):
-        enable_gradient_checkpointing(model)
-    if settings.compile:
-        compile_layers(model)
+    model = load_model(source, settings, device, tokens_per_batch=cfg.dataset.batch_size * dm.longest("train"))
     module = CalibrationModule(model, None, dm.letter_ids, OptimSettings(), cfg.n_bins, dm.eval_set_names)
     logger = build(cfg.logger) if cfg.logger else False
 
     trainer = build_trainer(cfg, out_dir, logger)
     with base_model_scoring(module.model):
         before = evaluation.evaluate(trainer, module, dm)
-    regime = (
-        diagnose(
-            evaluation.probabilities(before["val"]),
-            before["val"]["labels"],
-            evaluation.probabilities(before["test"]),
-            before["test"]["labels"],
-            cfg.n_bins,
-            cfg.regime.tolerance,
-        )
-        if "val" in before
-        else None
-    )
+    regime = evaluation.regime(before, cfg.n_bins, cfg.regime.tolerance)
     method = cfg.method.by_regime[regime["verdict"]] if cfg.method.get("by_regime") else cfg.method
     if method is not cfg.method:
         log.info(

@@ -93,6 +93,11 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         self.encoded: dict[str, EncodedSplit] = {}
         self.train_sampler: LengthGroupedBatchSampler | None = None
 
+    def longest(self, split: str) -> int:
+        """Token length of the longest prompt of ``split`` (0 if the split is empty)."""
+        self.setup()
+        return max((len(e.input_ids) for e in self.encoded[split].examples), default=0) if split in self.encoded else 0
+
     @property
     def eval_set_names(self) -> list[str]:
         """``test`` followed by the extra evaluation sets, in test-dataloader order."""

@@ -66,8 +66,11 @@ def load_tokenizer(source: str, settings: ModelSettings):
     return tokenizer
 
 
-def load_model(source: str, settings: ModelSettings, device: str = "cpu", with_lora: bool = True):
-    """The base model in ``settings.dtype`` (optionally nf4-quantized), wrapped in LoRA adapters.
+def load_model(
+    source: str, settings: ModelSettings, device: str = "cpu", with_lora: bool = True, tokens_per_batch: int = 0
+):
+    """The base model in ``settings.dtype`` (optionally nf4-quantized), wrapped in LoRA adapters, with
+    gradient checkpointing (resolved for ``tokens_per_batch``) and regional compilation as configured.
 
     Only adapter weights are trainable; every base weight has ``requires_grad=False``.
     """
@@ -95,7 +98,12 @@ def load_model(source: str, settings: ModelSettings, device: str = "cpu", with_l
     # on an 8B model, and slower); frozen bf16 weights around 4-bit layers train LoRA just as well.
     if not with_lora:
         return model.requires_grad_(False)
-    return add_lora(model, settings.lora)
+    model = add_lora(model, settings.lora)
+    if use_gradient_checkpointing(model, settings.gradient_checkpointing, tokens_per_batch, device):
+        enable_gradient_checkpointing(model)
+    if settings.compile:
+        compile_layers(model)
+    return model
 
 
 def add_lora(model, lora: LoraSettings):
