@@ -100,7 +100,7 @@ def lightning_step(source: str, dm, steps: int) -> float:
         use_distributed_sampler=False,
         limit_train_batches=steps + 2,
     )
-    trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    trainer.fit(module, datamodule=dm)
     return statistics.median(timer.times[2:])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import hydra
 from omegaconf import DictConfig
@@ -22,6 +23,9 @@ def main(cfg: DictConfig) -> float | None:
     # Lightning's start-up notices (accelerator, tips) come once per Trainer and twice through Hydra's
     # root handler; warnings and errors still show.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # Deprecation notices raised inside transformers / Lightning themselves: nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     try:
         result = run(cfg)
     except UserError as e:

@@ -153,10 +153,6 @@ class CalibrationModule(L.LightningModule):
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def transfer_batch_to_device(self, batch: dict[str, Tensor], device, dataloader_idx: int) -> dict[str, Tensor]:
-        """Our batches are flat dicts of tensors: move them directly (Lightning's generic walk costs ms a step)."""
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
     # -- optimisation and checkpoints ------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
