@@ -44,3 +44,22 @@ def test_short_cft_run_on_smollm2_moves_calibration(make_cfg, tmp_path):
     assert result["after"]["conf_ece"] < metrics["before"]["conf_ece"]
     predictions = [json.loads(x) for x in (tmp_path / "run" / "predictions_before.jsonl").read_text().splitlines()]
     assert sum(p["prediction"] == "A" for p in predictions) / len(predictions) > 0.8
+
+
+def test_report_from_real_default_runs(make_cfg, tmp_path):
+    """The report table over real SmolLM2 runs of several methods equals their metrics.json."""
+    import csv
+
+    from calibration_lightning.report import main as report_main
+
+    small = ["dataset.split.train=8", "dataset.split.val=32", "dataset.split.test=32"]
+    for method in ("none", "ts"):
+        run(make_cfg(f"method={method}", *small, out=f"runs/{method}"))
+    assert report_main([str(tmp_path / "runs")]) == 0
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "runs" / "report.csv").open())}
+    assert list(rows) == ["none", "ts"] and all(r["model"] == "smollm2_135m" for r in rows.values())
+    for method, row in rows.items():
+        after = json.loads((tmp_path / "runs" / method / "metrics.json").read_text())["after"]
+        assert float(row["test conf-ECE"]) == pytest.approx(after["conf_ece"], abs=5e-5)
+        assert float(row["test acc"]) == pytest.approx(after["accuracy"], abs=5e-5)
+    assert float(rows["ts"]["test acc"]) == float(rows["none"]["test acc"])  # TS never changes predictions
