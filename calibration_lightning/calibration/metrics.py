@@ -38,6 +38,17 @@ def _top_label_gaps(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor,
     return _bin_gaps(bin_index(conf, n_bins), conf, hit, n_bins)
 
 
+def bin_statistics(probs: Tensor, labels: Tensor, n_bins: int = 10) -> tuple[Tensor, Tensor]:
+    """Per top-label confidence bin: accuracy and count (``[n_bins]`` each; accuracy 0 where empty).
+
+    RCFT's E-step (a_b, N_b) and the regime's histogram binning both read these.
+    """
+    conf, hit = top_label(probs, labels)
+    idx = bin_index(conf, n_bins)
+    count = binned_sums(idx, torch.ones_like(conf), n_bins)
+    return binned_sums(idx, hit, n_bins) / count.clamp_min(1), count
+
+
 def confidence_ece(confidence: Tensor, correct: Tensor, n_bins: int = 10) -> Tensor:
     """ECE of arbitrary confidences ``[N]`` against correctness ``[N]`` (e.g. after recalibration)."""
     gap, count = _bin_gaps(bin_index(confidence, n_bins), confidence, correct.to(confidence.dtype), n_bins)

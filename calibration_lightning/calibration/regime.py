@@ -25,14 +25,7 @@ import torch
 from torch import Tensor
 
 from calibration_lightning.calibration.binning import bin_index, binned_sums
-from calibration_lightning.calibration.metrics import confidence_ece, top_label
-
-
-def _fit_bins(fit_probs: Tensor, fit_labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
-    fit_conf, fit_hit = top_label(fit_probs, fit_labels)
-    idx = bin_index(fit_conf, n_bins)
-    count = binned_sums(idx, torch.ones_like(fit_conf), n_bins)
-    return binned_sums(idx, fit_hit, n_bins) / count.clamp_min(1), count
+from calibration_lightning.calibration.metrics import bin_statistics, confidence_ece, top_label
 
 
 def histogram_binning(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bins: int = 10) -> Tensor:
@@ -43,7 +36,7 @@ def histogram_binning(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bi
     Returns:
         ``[N]`` recalibrated confidences of ``probs``' top options.
     """
-    acc, count = _fit_bins(fit_probs, fit_labels, n_bins)
+    acc, count = bin_statistics(fit_probs, fit_labels, n_bins)
     conf = probs.max(dim=1).values
     target_idx = bin_index(conf, n_bins)
     return torch.where(count[target_idx] > 0, acc[target_idx], conf)
@@ -51,7 +44,7 @@ def histogram_binning(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bi
 
 def sampling_floor(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bins: int = 10) -> float:
     """Expected ECE left by finite samples after histogram binning (see the module docstring)."""
-    acc, fit_count = _fit_bins(fit_probs, fit_labels, n_bins)
+    acc, fit_count = bin_statistics(fit_probs, fit_labels, n_bins)
     idx = bin_index(probs.max(dim=1).values, n_bins)
     count = binned_sums(idx, torch.ones(len(idx), dtype=acc.dtype), n_bins)
     used = (count > 0) & (fit_count > 0)

@@ -5,19 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from calibration_lightning.calibration.binning import bin_index, binned_sums
-from calibration_lightning.calibration.metrics import top_label
+from calibration_lightning.calibration.binning import bin_index
+from calibration_lightning.calibration.metrics import bin_statistics  # noqa: F401  (the E-step's statistics)
 from calibration_lightning.calibration.targets import rank_preserving_targets
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.losses.base import LossHead, LossOutput, StepOutputs
-
-
-def bin_statistics(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
-    """E-step: per confidence bin, the accuracy a_b and the count N_b (``[n_bins]`` each; a_b = 0 if empty)."""
-    conf, hit = top_label(probs, labels)
-    idx = bin_index(conf, n_bins)
-    count = binned_sums(idx, torch.ones_like(conf), n_bins)
-    return binned_sums(idx, hit, n_bins) / count.clamp_min(1), count
 
 
 def ece_regularizer(probs: Tensor, targets: Tensor, sample_bin: Tensor, bin_count: Tensor) -> Tensor:

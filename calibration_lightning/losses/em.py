@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 
 from calibration_lightning.calibration.confidence import letter_probabilities
+from calibration_lightning.calibration.metrics import bin_statistics
 from calibration_lightning.errors import ConfigError
-from calibration_lightning.losses.ece import bin_statistics
 
 
 class EStepRefresh(L.Callback):
@@ -49,5 +48,4 @@ class EStepRefresh(L.Callback):
             return
         step = trainer.global_step
         if step > 0 and step % self.every == 0 and int(module.loss_head.estep_step) != step:
-            with torch.no_grad():
-                self._refresh(trainer, module)
+            self._refresh(trainer, module)  # module.score runs under no_grad
