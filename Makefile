@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 ARGS ?=
 
-.PHONY: help install demo run test test-fast lint reproduce bench clean
+.PHONY: help install demo run test test-fast lint reproduce bench gpu-check gpu-wheels clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ reproduce:  ## the paper's table: 4 models x 5 methods, in-domain + ARC-Challeng
 
 bench:  ## CPU benchmarks (bench/README.md)
 	$(PY) bench/cpu_bench.py $(ARGS)
+
+gpu-check:  ## every GPU path + the GPU benchmark in one command (bench/README.md); ARGS=--cpu-dry-run on a CPU
+	$(PY) bench/gpu_check.py $(ARGS)
+
+gpu-wheels:  ## download and split the wheels gpu-check installs on a bare GPU image (into .gpu/, ignored)
+	$(PY) bench/gpu_wheels.py $(ARGS)
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf outputs multirun

@@ -164,11 +164,15 @@ def time_training(model, head, letters, train, args, device) -> dict:
     return {"tokens_per_s": round(args.batch * args.seq / s, 1), "peak_GiB": None if peak is None else round(peak, 2)}
 
 
-def time_scoring(model, letters, score, context, args, device) -> float:
+def time_scoring(model, letters, score, context, args, device) -> dict:
     module = CalibrationModule(model, None, letters.tolist(), OptimSettings(), 10).to(device).eval()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     with context, torch.inference_mode():
         s = timed(lambda: module._score_batch(score), device, args.warmup, args.iters)
-    return round(args.eval_batch * args.seq / s, 1)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return {"tokens_per_s": round(args.eval_batch * args.seq / s, 1), "peak_GiB": None if peak is None else round(peak, 2)}
 
 
 def run_ours(args, device, dtype) -> list[dict]:
@@ -178,8 +182,13 @@ def run_ours(args, device, dtype) -> list[dict]:
     score = batch_of(cfg, args.eval_batch, args.seq, device, letters)
     rows = []
     for quant in args.quants.split(","):
+        t0 = time.perf_counter()
+        model = build(cfg, quant, device, dtype, checkpointing=False)
+        sync(device)
+        print({"quant": quant, "build_s": round(time.perf_counter() - t0, 1)}, flush=True)
         for checkpointing in (False, True):
-            model = build(cfg, quant, device, dtype, checkpointing)
+            if checkpointing:  # the same model: building an 8B nf4 model twice costs more than the timings
+                enable_gradient_checkpointing(model)
             for loss_name in ("cft", "rcft"):
                 head = CompletionSFT() if loss_name == "cft" else ECERegularizedSFT(SequenceSFT(), lam=1.0)
                 if loss_name == "rcft":
@@ -192,18 +201,12 @@ def run_ours(args, device, dtype) -> list[dict]:
                     ("score_trained", merged_adapters(model, "auto")),
                     ("score_base_path", base_model_scoring(model)),
                 ):
-                    rows.append(
-                        {
-                            "quant": quant,
-                            "case": label,
-                            "tokens_per_s": time_scoring(model, letters, score, context, args, device),
-                        }
-                    )
+                    rows.append({"quant": quant, "case": label, **time_scoring(model, letters, score, context, args, device)})
                     print(rows[-1], flush=True)
-            del model
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -224,7 +227,8 @@ def run_anchor(args) -> list[dict]:
         "--iters",
         str(args.iters),
     ]
-    for flags in (["--gc", "0", "--dropout", "0"], ["--gc", "1", "--dropout", "0.05"]):
+    # Fast settings for every case; the paper's (checkpointing, dropout 0.05) for the training memory figures.
+    for flags in (["--gc", "0", "--dropout", "0"], ["--gc", "1", "--dropout", "0.05", "--cases", "A,C"]):
         out = subprocess.run([sys.executable, args.anchor, *common, *flags], capture_output=True, text=True)
         for line in out.stdout.splitlines():
             if line.startswith("{'quant'"):

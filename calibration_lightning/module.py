@@ -178,8 +178,12 @@ class CalibrationModule(L.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")
         }
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():  # LoRA dropout on a GPU draws from the CUDA generators
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:  # LoRA dropout continues with the same draws as an uninterrupted run
             torch.set_rng_state(checkpoint["rng"]["torch"])
             random.setstate(checkpoint["rng"]["python"])
+            if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])

@@ -29,8 +29,9 @@ class EStepRefresh(L.Callback):
         scored = module.score(trainer.datamodule.split_dataloader("train"))
         probs = letter_probabilities(scored["letter_logits"], scored["n_choices"])
         acc, count = bin_statistics(probs, scored["labels"], head.n_bins)
-        hits = trainer.strategy.reduce(acc * count, reduce_op="sum")
-        count = trainer.strategy.reduce(count, reduce_op="sum")
+        # Collectives run on the module's device: NCCL cannot all-reduce CPU tensors.
+        hits = trainer.strategy.reduce((acc * count).to(module.device), reduce_op="sum")
+        count = trainer.strategy.reduce(count.to(module.device), reduce_op="sum")
         acc = hits / count.clamp_min(1)
         head.set_bin_statistics(
             acc.to(head.bin_accuracy), count.to(head.bin_count), trainer.current_epoch, trainer.global_step

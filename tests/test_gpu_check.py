@@ -1,0 +1,40 @@
+"""`make gpu-check` at the tiny shape on the CPU: every step of the GPU check runs and checks what it claims."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_check_cpu_dry_run(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--cpu-dry-run", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = report["steps"]
+    assert list(steps) == ["environment", "cli_runs", "resume", "merge", "bench"]
+    assert all(s["ok"] for s in steps.values()) and report["ok"]
+    runs = steps["cli_runs"]["runs"]
+    assert set(runs) == {"cft_default", "rcft_bf16_compile", "ts", "label_smoothing", "ddp_rcft", "fsdp_cft_bf16",
+                         "resume_reference"}  # fmt: skip
+    assert runs["fsdp_cft_bf16"]["skipped"]  # Lightning's FSDP needs CUDA
+    for name, r in runs.items():
+        if "skipped" not in r:
+            assert r["returncode"] == 0 and r["max_diff_vs_recomputed"] <= 1e-5, name
+    # The E-step under DDP (gloo here, NCCL on a GPU) gives what the single-process run gives.
+    assert runs["ddp_rcft"]["conf_ece_after"] == runs["rcft_bf16_compile"]["conf_ece_after"]
+    resume = steps["resume"]
+    assert resume["killed_at_step"] >= 1 and not resume["finished_before_kill"] and resume["identical"]
+    assert steps["merge"]["max_abs_diff_merged_vs_unmerged"] < 1e-5 and steps["merge"]["questions"] == 24
+    bench = json.loads((tmp_path / "gpu_bench.json").read_text())
+    cases = {(r["case"], r.get("checkpointing")) for r in bench["ours"]}
+    assert {("train_cft", False), ("train_rcft", True), ("score_trained", None)} <= cases
+    assert all(r["tokens_per_s"] > 0 for r in bench["ours"])
+    assert (tmp_path / "gpu_check.log").read_text().count("=====") >= 2
