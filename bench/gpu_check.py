@@ -136,6 +136,7 @@ def cli_runs(dry: bool) -> list[CliRun]:
     return [
         CliRun("cft_default", [*base, "method=cft"]),
         CliRun("rcft_bf16_compile", [*base, "method=rcft", "model.quantize=none", *compile_]),
+        CliRun("rcft_bf16", [*base, "method=rcft", "model.quantize=none"]),
         CliRun("ts", [*base, "method=ts"]),
         CliRun("label_smoothing", [*base, "method=label_smoothing"]),
         CliRun("ddp_rcft", [*base, "trainer=ddp", "trainer.devices=1", "method=rcft"],

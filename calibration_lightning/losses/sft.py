@@ -21,10 +21,14 @@ class CompletionSFT(LossHead):
 
 
 def sequence_nll(token_logits: Tensor, token_ids: Tensor, token_mask: Tensor) -> Tensor:
-    """Mean next-token NLL over every real token of prompt + answer (``[B, T, V]``, ``[B, T]``, ``[B, T]``)."""
-    logits = token_logits[:, :-1].float()
-    targets = token_ids[:, 1:].masked_fill(token_mask[:, 1:] == 0, -100)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    """Mean next-token NLL of prompt + answer (``[B, T, V]``, ``[B, T]``, ``[B, T]``), each row as if unpadded.
+
+    A token counts when it and the position predicting it are both real: the first real token of a
+    left-padded row is not predicted from a pad position (an unpadded row has nothing before it).
+    Only those positions enter the loss, so pad positions get no gradient at all.
+    """
+    counted = (token_mask[:, 1:] != 0) & (token_mask[:, :-1] != 0)
+    return F.cross_entropy(token_logits[:, :-1][counted].float(), token_ids[:, 1:][counted])
 
 
 class SequenceSFT(LossHead):

@@ -85,12 +85,27 @@ def bundled_smollm2() -> str:
         log.info("Converting %s to safetensors in %s (once)", gguf.name, out)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        config = loaded.config
+        # The weights are de-quantized: the GGUF quantization_config must not follow them, else a later
+        # load with another quantization (nf4 on CUDA) is refused ("quantized with GgufConfig").
+        config.__dict__.pop("quantization_config", None)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
-    return str(_publish(convert, cache_dir() / "smollm2-135m-instruct"))
+    folder = _publish(convert, cache_dir() / "smollm2-135m-instruct")
+    _drop_gguf_quantization_config(folder)  # folders converted before the fix above
+    return str(folder)
+
+
+def _drop_gguf_quantization_config(folder: Path) -> None:
+    from calibration_lightning.outputs.files import atomic_write
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("quantization_config", {}).get("quant_method") == "gguf":
+        del config["quantization_config"]
+        atomic_write(folder / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
 
 
 def tiny(
