@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ class CalibrationModule(L.LightningModule):
     # -- evaluation ---------------------------------------------------------------------------
     def _score_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Letter logits and ids of the batch's real questions (DDP padding copies dropped)."""
-        letter_logits = self(batch).letter_logits
+        with self._fsdp_evaluation():
+            letter_logits = self(batch).letter_logits.detach()
         keep = batch["keep"]
         return {
             "letter_logits": letter_logits[keep],
@@ -104,6 +106,18 @@ class CalibrationModule(L.LightningModule):
             "n_choices": batch["n_choices"][keep],
             "index": batch["index"][keep],
         }
+
+    def _fsdp_evaluation(self):
+        """Autograd on for evaluation forwards under FSDP.
+
+        PyTorch's FSDP (``use_orig_params``) keeps the plain-tensor parameter views of a no-grad forward
+        while parameters stay unsharded (one device: NO_SHARD), so a run that evaluates before ``fit``
+        would train LoRA weights that no longer require grad. Outputs are detached; nothing is kept.
+        """
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        fsdp = self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
+        return torch.enable_grad() if fsdp else contextlib.nullcontext()
 
     def _collect(self, split: str, scored: dict[str, Tensor]) -> None:
         self._buffers_out.setdefault(split, []).append({k: v.detach().cpu() for k, v in scored.items()})
