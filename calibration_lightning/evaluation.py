@@ -7,7 +7,7 @@ from collections.abc import Callable
 import lightning as L
 from torch import Tensor
 
-from calibration_lightning.calibration.confidence import letter_probabilities
+from calibration_lightning.calibration.confidence import set_probabilities
 from calibration_lightning.calibration.metrics import all_metrics
 from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.data.records import LETTERS, MCRecord
@@ -44,7 +44,9 @@ def transform_logits(scored: dict[str, Scored], fn: Callable[[Tensor], Tensor]) 
 
 
 def probabilities(scored: Scored) -> Tensor:
-    return letter_probabilities(scored["letter_logits"], scored["n_choices"])
+    """``[N, K_set]`` probabilities over each row's own options, K_set = the most options any row of the
+    set has: a set's classes are its own options, whatever the width of other sets in the run."""
+    return set_probabilities(scored["letter_logits"], scored["n_choices"])
 
 
 def metrics(scored: Scored, n_bins: int) -> dict:
@@ -65,8 +67,8 @@ def prediction_rows(scored: Scored, records: list[MCRecord]) -> list[dict]:
                 "gold": LETTERS[rec.answer],
                 "prediction": LETTERS[pred],
                 "correct": pred == rec.answer,
-                "confidence": round(float(p[pred]), 6),
-                "probabilities": {LETTERS[j]: round(float(p[j]), 6) for j in range(k)},
+                "confidence": float(p[pred]),  # unrounded: every metric is recomputable from this file
+                "probabilities": {LETTERS[j]: float(p[j]) for j in range(k)},
             }
         )
     return rows

@@ -135,7 +135,7 @@ class CalibrationModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         scored = self._score_batch(batch)
-        self.val_metrics.update(letter_probabilities(scored["letter_logits"]), scored["labels"])
+        self.val_metrics.update(letter_probabilities(scored["letter_logits"]), scored["labels"], scored["n_choices"])
         self._collect("val", scored)
 
     def on_validation_epoch_end(self) -> None:
@@ -145,7 +145,9 @@ class CalibrationModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         scored = self._score_batch(batch)
-        self.test_metrics[dataloader_idx].update(letter_probabilities(scored["letter_logits"]), scored["labels"])
+        self.test_metrics[dataloader_idx].update(
+            letter_probabilities(scored["letter_logits"]), scored["labels"], scored["n_choices"]
+        )
         self._collect(self.eval_set_names[dataloader_idx], scored)
 
     def on_test_epoch_end(self) -> None:

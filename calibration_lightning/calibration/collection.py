@@ -25,13 +25,18 @@ class _ProbabilityMetric(Metric):
         self.n_bins = n_bins
         self.add_state("probs", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
+        self.add_state("n_choices", default=[], dist_reduce_fx="cat")
 
-    def update(self, probs: Tensor, labels: Tensor) -> None:
+    def update(self, probs: Tensor, labels: Tensor, n_choices: Tensor | None = None) -> None:
+        """``n_choices [N]``: options per row; the set's classes are its widest row's (default: all K)."""
         self.probs.append(probs.detach().float())
         self.labels.append(labels.detach().long())
+        width = n_choices.detach().long() if n_choices is not None else labels.new_full(labels.shape, probs.shape[1])
+        self.n_choices.append(width)
 
     def compute(self) -> Tensor:
         probs, labels = dim_zero_cat(self.probs), dim_zero_cat(self.labels)
+        probs = probs[:, : int(dim_zero_cat(self.n_choices).max())].contiguous()
         fn = type(self).fn
         return fn(probs, labels, self.n_bins) if self.binned else fn(probs, labels)
 

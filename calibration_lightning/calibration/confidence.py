@@ -30,3 +30,9 @@ def letter_probabilities(letter_logits: Tensor, n_choices: Tensor | None = None)
         ``[N, K]`` float32 probabilities; prediction = argmax, confidence = max.
     """
     return torch.softmax(mask_letter_logits(letter_logits.float(), n_choices), dim=-1)
+
+
+def set_probabilities(letter_logits: Tensor, n_choices: Tensor) -> Tensor:
+    """``letter_probabilities`` cut to the set's own width: the most options any of its rows has."""
+    width = int(n_choices.max()) if n_choices.numel() else letter_logits.shape[1]
+    return letter_probabilities(letter_logits, n_choices)[:, :width].contiguous()
