@@ -172,7 +172,10 @@ def time_scoring(model, letters, score, context, args, device) -> dict:
     with context, torch.inference_mode():
         s = timed(lambda: module._score_batch(score), device, args.warmup, args.iters)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"tokens_per_s": round(args.eval_batch * args.seq / s, 1), "peak_GiB": None if peak is None else round(peak, 2)}
+    return {
+        "tokens_per_s": round(args.eval_batch * args.seq / s, 1),
+        "peak_GiB": None if peak is None else round(peak, 2),
+    }
 
 
 def run_ours(args, device, dtype) -> list[dict]:
@@ -201,7 +204,9 @@ def run_ours(args, device, dtype) -> list[dict]:
                     ("score_trained", merged_adapters(model, "auto")),
                     ("score_base_path", base_model_scoring(model)),
                 ):
-                    rows.append({"quant": quant, "case": label, **time_scoring(model, letters, score, context, args, device)})
+                    rows.append(
+                        {"quant": quant, "case": label, **time_scoring(model, letters, score, context, args, device)}
+                    )
                     print(rows[-1], flush=True)
         del model
         gc.collect()

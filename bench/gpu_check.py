@@ -35,7 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ANCHORS = [ROOT / "bench" / ".anchor" / "plain_peft_anchor.py", ROOT.parent / "shared" / "bench" / "plain_peft_anchor.py"]
+ANCHORS = [
+    ROOT / "bench" / ".anchor" / "plain_peft_anchor.py",
+    ROOT.parent / "shared" / "bench" / "plain_peft_anchor.py",
+]
 NEEDED = {  # import name -> distribution, for what our runs import on a GPU machine
     "torch": "torch",
     "transformers": "transformers",
@@ -75,7 +78,9 @@ def install_wheels(folder: Path, site: Path) -> list[str]:
     import importlib.util
 
     missing = {dist.replace("-", "_").lower() for mod, dist in NEEDED.items() if importlib.util.find_spec(mod) is None}
-    wanted = [w for w in reassemble_wheels(folder) if w.name.split("-")[0].lower() in missing | {"antlr4_python3_runtime"}]
+    wanted = [
+        w for w in reassemble_wheels(folder) if w.name.split("-")[0].lower() in missing | {"antlr4_python3_runtime"}
+    ]
     if wanted:
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prepare_model() -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", "from calibration_lightning.models.loading import bundled_smollm2; print(bundled_smollm2())"],
+        [sys.executable, "-c", "from calibration_lightning.models.loading import bundled_smollm2 as b; print(b())"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     return {"ok": proc.returncode == 0, "path": proc.stdout.strip(), "stderr": proc.stderr[-1500:]}
@@ -375,7 +380,9 @@ def _merge(work: Path, out: Path, dry: bool) -> dict:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # bf16 merging rounds W + BA once: letter probabilities move by a few 1e-3 at most, predictions rarely.
     limit = 1e-5 if dry else 0.05
-    result["ok"] = result["max_abs_diff_merged_vs_unmerged"] <= limit and result["max_abs_diff_merged_vs_run_file"] <= limit
+    result["ok"] = (
+        result["max_abs_diff_merged_vs_unmerged"] <= limit and result["max_abs_diff_merged_vs_run_file"] <= limit
+    )
     return result
 
 
@@ -393,8 +400,13 @@ def _bench(args, dry: bool) -> dict:
     result_file = args.out / "gpu_bench.json"
     rows = json.loads(result_file.read_text()) if result_file.exists() else {}
     errors = [r for r in rows.get("ours", []) if "error" in r]
-    return {"ok": proc.returncode == 0 and not errors and bool(rows.get("ours")), "errors": errors,
-            "anchor_rows": len(rows.get("anchor", [])), "table": proc.stdout[-4000:], "stderr": proc.stderr[-2000:]}  # fmt: skip
+    return {
+        "ok": proc.returncode == 0 and not errors and bool(rows.get("ours")),
+        "errors": errors,
+        "anchor_rows": len(rows.get("anchor", [])),
+        "table": proc.stdout[-4000:],
+        "stderr": proc.stderr[-2000:],
+    }
 
 
 if __name__ == "__main__":

@@ -56,5 +56,7 @@ def check_config(cfg: DictConfig) -> None:
         _require(cfg, f"dataset.split.{split}", lambda v: is_num(v) and v >= 0, "must be a count >= 0 or a fraction")
     if cfg.method.get("train") and not OmegaConf.select(cfg, "dataset.split.train"):
         raise ConfigError(f"method={cfg.method.name} trains, but dataset.split.train is 0")
-    if cfg.method.get("calibrator") is not None and not OmegaConf.select(cfg, "dataset.split.val"):
+    _require(cfg, "regime.accuracy_tolerance", lambda v: is_num(v) and 0 <= v <= 1, "must be in [0, 1]")
+    needs_val = cfg.method.get("calibrator") is not None or cfg.method.get("candidates")
+    if needs_val and not OmegaConf.select(cfg, "dataset.split.val"):
         raise ConfigError(f"method={cfg.method.name} fits on the validation split, but dataset.split.val is 0")

@@ -18,7 +18,8 @@ from calibration_lightning.config_checks import check_config
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.splits import Splits, split_records
-from calibration_lightning.errors import UserError
+from calibration_lightning.errors import ConfigError, UserError
+from calibration_lightning.method_selection import choose_method
 from calibration_lightning.models.adapters import (
     LoraSettings,
     ModelSettings,
@@ -54,17 +55,24 @@ def _model_settings(model_cfg: DictConfig) -> ModelSettings:
     return ModelSettings(**{k: v for k, v in fields.items() if k not in ("name", "loader")}, lora=lora)
 
 
-def build_trainer(cfg: DictConfig, out_dir: Path, logger) -> L.Trainer:
-    """The run's one Lightning Trainer (one, so that DDP launches its processes once)."""
+def build_trainer(
+    cfg: DictConfig, out_dir: Path, logger, method: DictConfig | None = None, ckpt_dir: Path | None = None
+) -> L.Trainer:
+    """A Lightning Trainer: for evaluation only (``method=None``), or for training ``method`` with its
+    callbacks, its ``max_epochs`` and checkpoints in ``ckpt_dir``, all given to the constructor."""
     kwargs = dict(build(cfg.trainer, _convert_="all"))  # a strategy may itself be a _target_ node
     every = kwargs.pop("checkpoint_every_n_steps")
-    callbacks = [EpochEndCheckpoint(out_dir / "checkpoints" / "last.ckpt")]
-    if every:
-        callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every
+    callbacks, checkpointing = [], False
+    if method is not None:
+        callbacks = [EpochEndCheckpoint(ckpt_dir / "last.ckpt"), *(build(c) for c in method.callbacks)]
+        kwargs["max_epochs"] = method.epochs
+        if every:
+            checkpointing = True
+            callbacks.append(
+                L.pytorch.callbacks.ModelCheckpoint(
+                    dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=every
+                )
             )
-        )
     # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.
     return L.Trainer(
         **kwargs,
@@ -72,7 +80,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger) -> L.Trainer:
         default_root_dir=out_dir,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=bool(every),  # else Lightning adds a default ModelCheckpoint of its own
+        enable_checkpointing=checkpointing,  # else Lightning adds a default ModelCheckpoint of its own
         enable_model_summary=False,
         use_distributed_sampler=False,
     )
@@ -111,6 +119,50 @@ def load_data(cfg: DictConfig) -> tuple[Splits, dict]:
     return splits, eval_sets
 
 
+def check_splits(cfg: DictConfig, splits: Splits) -> None:
+    """Refuse, before any model loads, a split the method needs that came out empty."""
+    name = cfg.method.name
+    needs = {"test": True, "train": bool(cfg.method.get("train") or cfg.method.get("candidates"))}
+    needs["val"] = bool(cfg.method.get("calibrator") or cfg.method.get("candidates"))
+    why = {"train": "trains on it", "val": "fits or chooses on it", "test": "reports on it"}
+    for split, needed in needs.items():
+        if needed and not getattr(splits, split):
+            raise ConfigError(
+                f"dataset.split.{split}: the {split} split is empty, and method={name} {why[split]}; "
+                f"give dataset.split.{split} a count > 0 or a fraction (or use a larger data file)"
+            )
+
+
+def adapter_weights(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the LoRA weights (what ``save_pretrained`` writes)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def set_adapter_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, weights)
+
+
+def train_and_evaluate(
+    cfg: DictConfig, method: DictConfig, model, dm, out_dir: Path, ckpt_dir: Path, logger, merge
+) -> tuple[dict, dict]:
+    """Fit ``method`` on the training split (resuming from ``ckpt_dir`` when asked), then score every
+    evaluation split. Returns the scores and the trained adapter weights."""
+    module = CalibrationModule(
+        model, build(method.loss), dm.letter_ids, OptimSettings(**method.optim), cfg.n_bins, dm.eval_set_names
+    )
+    trainer = build_trainer(cfg, out_dir, logger, method, ckpt_dir)
+    model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None, weights_only=True)
+    with merged_adapters(model, merge):
+        after = evaluation.evaluate(trainer, module, dm)
+    return after, adapter_weights(model)
+
+
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg`` and return the dict written to ``metrics.json``."""
     started = time.time()
@@ -121,6 +173,7 @@ def run(cfg: DictConfig) -> dict:
 
     # Data first: a bad file fails here, before any model loads.
     splits, eval_sets = load_data(cfg)
+    check_splits(cfg, splits)
     source = build(cfg.model.loader)
     settings = _model_settings(cfg.model)
     tokenizer = load_tokenizer(source, settings)
@@ -144,18 +197,7 @@ def run(cfg: DictConfig) -> dict:
     with base_model_scoring(module.model):
         before = evaluation.evaluate(trainer, module, dm)
     regime = evaluation.regime(before, cfg.n_bins, cfg.regime.tolerance)
-    method = cfg.method.by_regime[regime["verdict"]] if cfg.method.get("by_regime") else cfg.method
-    if method is not cfg.method:
-        log.info(
-            "method=auto: the model is %s (ECE after histogram binning %.4f vs tolerance %.2f + sampling floor "
-            "%.4f), so running %s",
-            regime["verdict"],
-            regime["recalibrated_ece"],
-            regime["tolerance"],
-            regime["sampling_floor"],
-            method.name,
-        )
-    extra = {"method": method.name, "requested_method": cfg.method.name, "regime": regime}
+    extra = {"method": cfg.method.name, "requested_method": cfg.method.name, "regime": regime}
     is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
     win_rate = build_win_rate(cfg, module.model, tokenizer, device) if cfg.win_rate.enabled and is_zero else None
     if is_zero:  # written now, so a failure during training leaves them behind
@@ -170,30 +212,37 @@ def run(cfg: DictConfig) -> dict:
             }
 
     after = before
-    if method.train:
-        module.loss_head = build(method.loss)
-        module.optim = OptimSettings(**method.optim)
-        trainer.callbacks.extend(build(c) for c in method.callbacks)
-        trainer.fit_loop.max_epochs = method.epochs
-        module.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
-        last = out_dir / "checkpoints" / "last.ckpt"
-        trainer.fit(
-            module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None, weights_only=True
-        )
+    candidates = dict(cfg.method.get("candidates") or ({cfg.method.name: cfg.method} if cfg.method.train else {}))
+    if candidates:
+        initial = adapter_weights(model)
+        trained = {}
+        for i, (name, method) in enumerate(candidates.items()):
+            set_adapter_weights(model, initial)
+            L.seed_everything(cfg.seed, workers=True, verbose=False)  # each candidate starts alike
+            ckpt_dir = out_dir / "checkpoints" / (name if len(candidates) > 1 else "")
+            # bf16 merging does not unfold exactly: only the last candidate's scoring may merge
+            merge = settings.merge_for_eval if i == len(candidates) - 1 else False
+            trained[name] = train_and_evaluate(cfg, method, model, dm, out_dir, ckpt_dir, logger, merge)
+        chosen = next(iter(trained))
+        if len(trained) > 1:
+            val = {name: evaluation.metrics(t[0]["val"], cfg.n_bins) for name, t in trained.items()}
+            extra["auto"] = choose_method(val, cfg.regime.accuracy_tolerance)
+            chosen = extra["auto"]["chosen"]
+            scores = {n: round(m["conf_ece"], 4) for n, m in val.items()}
+            log.info("method=auto: validation conf-ECE %s; keeping %s", scores, chosen)
+        after, weights = trained[chosen]
+        set_adapter_weights(model, weights)
+        extra["method"] = chosen
         if trainer.is_global_zero:
-            atomic_directory(out_dir / "adapter", module.model.save_pretrained)
-        with merged_adapters(module.model, settings.merge_for_eval):
-            after = evaluation.evaluate(trainer, module, dm)
+            atomic_directory(out_dir / "adapter", model.save_pretrained)
         if win_rate:
             extra["win_rate"]["after"] = write_win_rate(
                 out_dir,
                 "after",
-                *win_rate.evaluate(
-                    "after", module.model, tokenizer, merged_adapters(module.model, settings.merge_for_eval)
-                ),
+                *win_rate.evaluate("after", model, tokenizer, merged_adapters(model, settings.merge_for_eval)),
             )
-    if method.get("calibrator"):
-        calibrator = build(method.calibrator)
+    if cfg.method.get("calibrator"):
+        calibrator = build(cfg.method.calibrator)
         extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))
         after = evaluation.transform_logits(after, calibrator.transform)
 

@@ -22,8 +22,8 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert list(steps) == ["environment", "cli_runs", "resume", "merge", "bench"]
     assert all(s["ok"] for s in steps.values()) and report["ok"]
     runs = steps["cli_runs"]["runs"]
-    assert set(runs) == {"cft_default", "rcft_bf16_compile", "rcft_bf16", "ts", "label_smoothing", "ddp_rcft", "fsdp_cft_bf16",
-                         "resume_reference"}  # fmt: skip
+    assert set(runs) == {"cft_default", "rcft_bf16_compile", "rcft_bf16", "ts", "label_smoothing", "ddp_rcft",
+                         "fsdp_cft_bf16", "resume_reference"}  # fmt: skip
     assert runs["fsdp_cft_bf16"]["skipped"]  # Lightning's FSDP needs CUDA
     for name, r in runs.items():
         if "skipped" not in r:

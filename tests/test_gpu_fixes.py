@@ -22,7 +22,9 @@ def nan_prone_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
     t, s = scores.shape[-2:]
     allowed = torch.ones(t, s, dtype=torch.bool).tril() if is_causal else torch.ones(t, s, dtype=torch.bool)
     if attn_mask is not None:
-        allowed = allowed & (attn_mask if attn_mask.dtype == torch.bool else attn_mask > torch.finfo(attn_mask.dtype).min / 2)
+        allowed = allowed & (
+            attn_mask if attn_mask.dtype == torch.bool else attn_mask > torch.finfo(attn_mask.dtype).min / 2
+        )
     return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ value
 
 
@@ -125,7 +127,9 @@ def test_estep_reduces_on_the_module_device(tiny_model, tiny_datamodule):
     from calibration_lightning.losses.ece import ECERegularizedSFT
     from calibration_lightning.module import CalibrationModule, OptimSettings
 
-    module = CalibrationModule(tiny_model, ECERegularizedSFT(SequenceSFT()), tiny_datamodule.letter_ids, OptimSettings())
+    module = CalibrationModule(
+        tiny_model, ECERegularizedSFT(SequenceSFT()), tiny_datamodule.letter_ids, OptimSettings()
+    )
     module._device = torch.device("meta")  # what module.device reports; scoring itself stays on the CPU
     module.score = lambda loader: CalibrationModule.score(module, loader)
     module._to_device = lambda batch: batch

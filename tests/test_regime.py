@@ -35,3 +35,22 @@ def test_verdicts():
     test_p, test_y = _rows([0.95] * 500, [False] * 500)
     d = diagnose(val_p, val_y, test_p, test_y)
     assert d["recalibrated_ece"] == pytest.approx(1.0) and d["verdict"] == "non-calibratable"
+
+
+def test_recalibrated_ece_is_per_original_bin():
+    """Val accuracies 0.52 / 0.58 in bins 5 and 6, test 0.42 / 0.68: binning errs by 0.10 in each bin.
+
+    Re-binning the recalibrated values (0.52 and 0.58 fall in bins 5 and 5) would let the two errors cancel.
+    """
+    val_p, val_y = _rows([0.55] * 50 + [0.65] * 50, [True] * 26 + [False] * 24 + [True] * 29 + [False] * 21)
+    test_p, test_y = _rows([0.55] * 50 + [0.65] * 50, [True] * 21 + [False] * 29 + [True] * 34 + [False] * 16)
+    d = diagnose(val_p, val_y, test_p, test_y)
+    assert d["recalibrated_ece"] == pytest.approx(0.10, abs=1e-6)
+
+
+def test_a_bin_empty_on_val_keeps_its_confidences():
+    val_p, val_y = _rows([0.95] * 10, [True] * 9 + [False])
+    test_p, test_y = _rows([0.95] * 10 + [0.45] * 10, [True] * 9 + [False] + [True] * 2 + [False] * 8)
+    d = diagnose(val_p, val_y, test_p, test_y)
+    # bin 9: 0.9 vs test 0.9 -> 0; bin 4 (not on val): confidence 0.45 vs accuracy 0.2 -> 0.25 on half the rows
+    assert d["recalibrated_ece"] == pytest.approx(0.125, abs=1e-6)

@@ -175,3 +175,16 @@ def test_checkpoint_at_every_epoch_end_and_atomic_writes(make_cfg, tmp_path, mon
     # 24 questions / batch 4 = 6 steps an epoch: saved at the end of each epoch, via a temporary file
     assert [step for _, step in saved] == [6, 12] and all(name.startswith(".last.ckpt") for name, _ in saved)
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_no_validation_split(tmp_path):
+    """A training method runs without validation; a method that chooses or fits on val is refused."""
+    base = ["model=tiny", "dataset.split.train=16", "dataset.split.val=0", "dataset.split.test=16", "logger=none"]
+    trained = cli(*base, "method=cft", f"hydra.run.dir={tmp_path}/cft")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    metrics = json.loads((tmp_path / "cft" / "metrics.json").read_text())
+    assert metrics["regime"] is None and metrics["after"]["n"] == 16
+    for method in ("auto", "ts"):
+        refused = cli(*base, f"method={method}", f"hydra.run.dir={tmp_path}/{method}")
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "error:" in refused.stderr and "dataset.split.val" in refused.stderr

@@ -54,8 +54,26 @@ def test_every_method_runs_on_tiny(make_cfg, tmp_path, method, trained):
         assert metrics["temperature"] > 0
         assert metrics["after"]["accuracy"] == metrics["before"]["accuracy"]
     if method == "auto":
-        expected = "cft" if metrics["regime"]["verdict"] == "calibratable" else "rcft"
-        assert metrics["method"] == expected and metrics["requested_method"] == "auto"
+        auto = metrics["auto"]
+        assert set(auto["candidates"]) == {"cft", "rcft"} and metrics["requested_method"] == "auto"
+        assert all(c["n"] == 16 for c in auto["candidates"].values())  # validation metrics, not test
+        assert metrics["method"] == auto["chosen"]
+
+
+def test_auto_candidates_equal_the_standalone_runs(make_cfg, tmp_path):
+    """Each candidate of method=auto trains exactly as the method run alone; the one kept is written."""
+    auto = run(make_cfg("model=tiny", "method=auto", *TINY_SPLIT, out="auto"))
+    alone = {m: run(make_cfg("model=tiny", f"method={m}", *TINY_SPLIT, out=m)) for m in ("cft", "rcft")}
+    metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert auto["after"] == alone[metrics["method"]]["after"]
+    for m in ("cft", "rcft"):  # a candidate's validation metrics = the standalone run's last logged val metrics
+        header, *lines = (tmp_path / m / "logs" / "metrics.csv").read_text().splitlines()
+        cols = header.split(",")
+        last_val = [row.split(",") for row in lines if row.split(",")[cols.index("val/conf_ece")]][-1]
+        for key in ("conf_ece", "accuracy", "nll"):
+            assert metrics["auto"]["candidates"][m][key] == pytest.approx(
+                float(last_val[cols.index(f"val/{key}")]), abs=1e-6
+            )
 
 
 def test_rcft_logs_loss_parts_and_bin_accuracies(make_cfg, tmp_path):

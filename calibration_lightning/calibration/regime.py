@@ -1,20 +1,24 @@
-"""Calibratable vs non-calibratable: what we can compute without the paper's exact bound.
+"""The regime diagnosis: a report of how much miscalibration a confidence-only fix removes.
 
-Two quantities, both measured on the test split:
+It does not decide anything (``method=auto`` chooses by training both candidates, see
+``calibration_lightning.method_selection``); it describes the aligned model before training. Measured on
+the test split:
 
 * ``ece_lower_bound = |accuracy - mean confidence|``: always valid, since ECE is a weighted
   mean of per-bin gaps whose signed weighted sum is exactly that difference.
-* ``recalibrated_ece``: the ECE left after a monotone recalibration of confidence (histogram
-  binning fitted on the validation split, applied to the test split). It keeps every
-  prediction, so it estimates the calibration reachable without changing accuracy.
+* ``recalibrated_ece``: the ECE left after histogram binning fitted on the validation split and applied
+  to the test split, computed per original confidence bin: ``sum_b n_b / N * |acc_test(b) - acc_val(b)|``
+  (a bin empty on val keeps its confidences). Re-binning the recalibrated values instead would let the
+  errors of different original bins cancel. It keeps every prediction, so it estimates the calibration
+  reachable without changing accuracy, if val and test come from one distribution.
+* ``sampling_floor``: the recalibrated ECE a perfectly recalibratable model would still show from finite
+  samples: per bin, the expected absolute difference of two independent accuracy estimates (val bin of
+  m_b, test bin of n_b questions), ``sqrt(2/pi) * sqrt(a_b (1 - a_b) (1/n_b + 1/m_b))``, weighted by n_b / N.
 
-Verdict: ``calibratable`` when ``recalibrated_ece <= tolerance + sampling_floor`` (a confidence-only
-change, which is what CFT mostly makes, removes the miscalibration on held-out data), otherwise
-``non-calibratable`` (predictions themselves must move: RCFT). ``sampling_floor`` is the ECE a
-perfectly recalibrated model would still show from finite samples: per bin, the expected absolute
-difference of two independent accuracy estimates (val bin of m_b, test bin of n_b questions),
-``sqrt(2/pi) * sqrt(a_b (1 - a_b) (1/n_b + 1/m_b))``, weighted by ``n_b / N``. It vanishes for large
-splits and keeps small ones (a few hundred questions) from being judged on noise.
+``verdict``: ``calibratable`` when ``recalibrated_ece <= tolerance + sampling_floor``. What it does not
+measure: whether fine-tuning (CFT, which also moves predictions) reaches that calibration, or whether
+the model's accuracy is at the ceiling that the paper's bound concerns; the paper's bound needs
+quantities we cannot compute (PAPER.md).
 """
 
 from __future__ import annotations
@@ -42,6 +46,16 @@ def histogram_binning(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bi
     return torch.where(count[target_idx] > 0, acc[target_idx], conf)
 
 
+def recalibrated_ece(val_probs: Tensor, val_labels: Tensor, probs: Tensor, labels: Tensor, n_bins: int = 10) -> float:
+    """ECE of ``probs`` after histogram binning fitted on the val split, per original confidence bin."""
+    val_acc, val_count = bin_statistics(val_probs, val_labels, n_bins)
+    conf, hit = top_label(probs, labels)
+    idx = bin_index(conf, n_bins)
+    count = binned_sums(idx, torch.ones_like(conf), n_bins)
+    mapped = torch.where(val_count > 0, val_acc * count, binned_sums(idx, conf, n_bins))  # recalibrated sums
+    return float((binned_sums(idx, hit, n_bins) - mapped).abs().sum() / max(len(conf), 1))
+
+
 def sampling_floor(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bins: int = 10) -> float:
     """Expected ECE left by finite samples after histogram binning (see the module docstring)."""
     acc, fit_count = bin_statistics(fit_probs, fit_labels, n_bins)
@@ -63,9 +77,8 @@ def diagnose(
 ) -> dict:
     """The regime diagnosis written to metrics.json under ``regime`` (see module docstring)."""
     conf, hit = top_label(test_probs, test_labels)
-    recal = histogram_binning(val_probs, val_labels, test_probs, n_bins)
     accuracy, mean_conf = float(hit.mean()), float(conf.mean())
-    recalibrated = float(confidence_ece(recal, hit, n_bins))
+    recalibrated = recalibrated_ece(val_probs, val_labels, test_probs, test_labels, n_bins)
     floor = sampling_floor(val_probs, val_labels, test_probs, n_bins)
     return {
         "accuracy": accuracy,

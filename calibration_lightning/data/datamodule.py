@@ -184,8 +184,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
             )
         return DataLoader(data, batch_sampler=self.train_sampler, collate_fn=self.collate, generator=_own_generator())
 
-    def val_dataloader(self) -> DataLoader:
-        return self.split_dataloader("val")
+    def val_dataloader(self) -> DataLoader | list:
+        return self.split_dataloader("val") if self.records["val"] else []  # no val split: no validation
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.split_dataloader(name) for name in self.eval_set_names]

@@ -97,8 +97,12 @@ def write_summary(out_dir: Path, cfg: DictConfig, before: dict, after: dict, ext
     table = format_table(rows)
     if "temperature" in extra:
         table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"
-    if extra.get("requested_method") != extra["method"]:
-        table += f"\nmethod={extra['requested_method']} chose {extra['method']} (regime: {extra['regime']['verdict']})"
+    if "auto" in extra:
+        auto = extra["auto"]
+        table += "\n\nmethod=auto candidates on the validation split:\n" + format_table(
+            [(f"val after ({name})", m) for name, m in auto["candidates"].items()]
+        )
+        table += f"\nmethod=auto chose {auto['chosen']}: {auto['rule']} ({auto['accuracy_tolerance']})"
     for phase, wr in (extra.get("win_rate") or {}).items():
         table += (
             f"\nwin rate {phase}: {wr['win_rate']:.3f} (95% CI {wr['ci95'][0]:.3f}-{wr['ci95'][1]:.3f}, "
