@@ -28,28 +28,17 @@ def probe(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     from calibration_lightning.calibration.confidence import letter_probabilities
-    from calibration_lightning.data.datamodule import MultipleChoiceDataModule
-    from calibration_lightning.data.prompts import PromptFormat
     from calibration_lightning.data.records import LETTERS
     from calibration_lightning.models.adapters import load_model, load_tokenizer, merged_adapters
     from calibration_lightning.module import CalibrationModule, OptimSettings
-    from calibration_lightning.run import _model_settings, build, load_data
+    from calibration_lightning.run import _model_settings, build, build_datamodule, load_data
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     splits, eval_sets = load_data(cfg)
     source = build(cfg.model.loader)
     settings = dataclasses.replace(_model_settings(cfg.model), compile=False, gradient_checkpointing=False)
     tokenizer = load_tokenizer(source, settings)
-    dm = MultipleChoiceDataModule(
-        splits,
-        tokenizer,
-        PromptFormat(**cfg.dataset.prompt),
-        cfg.dataset.batch_size,
-        cfg.dataset.eval_batch_size,
-        cfg.dataset.max_length,
-        cfg.seed,
-        eval_sets,
-    )
+    dm = build_datamodule(cfg, splits, eval_sets, tokenizer)
     dm.setup()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(source, settings, device)

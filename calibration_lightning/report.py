@@ -34,6 +34,7 @@ class RunResult:
     sets: dict[str, dict]  # evaluation set -> after-training metrics (test set first)
     before: dict[str, dict]
     win_rate: float | None = None  # after training, when the run measured it
+    n_bins: int = 10  # the bins the run's own metrics used (its config.yaml)
 
 
 def find_runs(dirs: list[Path]) -> list[RunResult]:
@@ -58,6 +59,7 @@ def find_runs(dirs: list[Path]) -> list[RunResult]:
                     sets,
                     before,
                     win_rate.get("win_rate"),
+                    int(config.get("n_bins", 10)),
                 )
             )
     return runs
@@ -100,7 +102,7 @@ def to_csv(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def reliability_figure(runs: list[RunResult], path: Path, n_bins: int = 10) -> None:
+def reliability_figure(runs: list[RunResult], path: Path) -> None:
     """One after-training confidence reliability diagram per run, side by side."""
     import matplotlib
 
@@ -114,7 +116,7 @@ def reliability_figure(runs: list[RunResult], path: Path, n_bins: int = 10) -> N
         conf = torch.tensor([r["confidence"] for r in rows], dtype=torch.float64)
         hit = torch.tensor([float(r["correct"]) for r in rows], dtype=torch.float64)
         plot_reliability(
-            ax, conf, hit, n_bins, f"{run.model} / {run.method}\nconf-ECE {run.sets['test']['conf_ece']:.3f}"
+            ax, conf, hit, run.n_bins, f"{run.model} / {run.method}\nconf-ECE {run.sets['test']['conf_ece']:.3f}"
         )
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

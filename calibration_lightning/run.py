@@ -119,6 +119,20 @@ def load_data(cfg: DictConfig) -> tuple[Splits, dict]:
     return splits, eval_sets
 
 
+def build_datamodule(cfg: DictConfig, splits: Splits, eval_sets: dict, tokenizer) -> MultipleChoiceDataModule:
+    """The run's datamodule: prompts, batch sizes and truncation from ``cfg.dataset``."""
+    return MultipleChoiceDataModule(
+        splits,
+        tokenizer,
+        PromptFormat(**cfg.dataset.prompt),
+        cfg.dataset.batch_size,
+        cfg.dataset.eval_batch_size,
+        cfg.dataset.max_length,
+        cfg.seed,
+        eval_sets,
+    )
+
+
 def check_splits(cfg: DictConfig, splits: Splits) -> None:
     """Refuse, before any model loads, a split the method needs that came out empty."""
     name = cfg.method.name
@@ -177,16 +191,7 @@ def run(cfg: DictConfig) -> dict:
     source = build(cfg.model.loader)
     settings = _model_settings(cfg.model)
     tokenizer = load_tokenizer(source, settings)
-    dm = MultipleChoiceDataModule(
-        splits,
-        tokenizer,
-        PromptFormat(**cfg.dataset.prompt),
-        cfg.dataset.batch_size,
-        cfg.dataset.eval_batch_size,
-        cfg.dataset.max_length,
-        cfg.seed,
-        eval_sets,
-    )
+    dm = build_datamodule(cfg, splits, eval_sets, tokenizer)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
     device = _device(cfg)
     model = load_model(source, settings, device, tokens_per_batch=cfg.dataset.batch_size * dm.longest("train"))

@@ -75,7 +75,6 @@ def test_trainer_configs_instantiate(trainer):
 
         assert isinstance(kwargs["strategy"], FSDPStrategy)
         assert LlamaDecoderLayer in kwargs["strategy"].kwargs["auto_wrap_policy"]._module_classes
-    assert "checkpoint_every_n_steps" in kwargs
 
 
 def test_slurm_launcher_composes():
@@ -83,3 +82,12 @@ def test_slurm_launcher_composes():
         cfg = compose("config", overrides=["hydra/launcher=slurm", "output_dir=/tmp/x"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize("method", ["rcft", "auto"])
+def test_rcft_bins_follow_the_run_bins(method):
+    """One bin count: the E-step and L_ECE of RCFT use the run's n_bins (also as an auto candidate)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"method={method}", "n_bins=15", "output_dir=/tmp/x"])
+    rcft = cfg.method if method == "rcft" else cfg.method.candidates.rcft
+    assert rcft.loss.n_bins == 15

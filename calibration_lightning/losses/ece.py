@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from calibration_lightning.calibration.binning import bin_index
-from calibration_lightning.calibration.metrics import bin_statistics  # noqa: F401  (the E-step's statistics)
 from calibration_lightning.calibration.targets import rank_preserving_targets
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.losses.base import LossHead, LossOutput, StepOutputs
