@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from calibration_lightning import fit_temperature, rank_preserving_targets
-from calibration_lightning.losses.ece import bin_statistics, ece_regularizer
+from calibration_lightning.calibration.metrics import bin_statistics
+from calibration_lightning.losses.ece import ece_regularizer
 
 
 def _by_formula(p, a):
