@@ -170,8 +170,6 @@ def recomputed(run_dir: Path, phase: str, n_bins: int = 10) -> dict:
     rows = [json.loads(line) for line in (run_dir / f"predictions_{phase}.jsonl").read_text().splitlines()]
     bins: dict[int, list[tuple[float, bool]]] = {}
     for r in rows:
-        if r.get("split", "test") != "test":
-            continue
         b = min(int(r["confidence"] * n_bins), n_bins - 1)
         bins.setdefault(b, []).append((r["confidence"], r["correct"]))
     n = sum(len(v) for v in bins.values())
@@ -252,7 +250,7 @@ def kill_after_first_checkpoint(run: CliRun, work: Path, threads: int, timeout: 
     return {"killed_at_step": max(steps, default=None), "finished_before_kill": finished_first}
 
 
-def resume_step(dry: bool, work: Path, reference: dict | None, threads: int, timeout: float) -> dict:
+def resume_step(dry: bool, work: Path, threads: int, timeout: float) -> dict:
     base = DRY_BASE if dry else []
     run = CliRun("resume_killed", [*base, *RESUME])
     kill = kill_after_first_checkpoint(run, work, threads, timeout / 2)
@@ -338,14 +336,14 @@ def main(argv: list[str] | None = None) -> int:
             if not dry:  # convert the bundled GGUF once, before parallel runs race to do it
                 report.step("prepare_model", lambda: _prepare_model())
             runs = cli_runs(dry) if "cli_runs" in steps else [r for r in cli_runs(dry) if r.name == "resume_reference"]
-            group = report.step(
+            report.step(
                 "cli_runs",
                 lambda: (lambda r: {"ok": all(v["ok"] for v in r.values()), "runs": r})(
                     run_cli_group(runs, work, parallel, threads, dry, timeout=600 if dry else 300)
                 ),
             )
         if "resume" in steps:
-            report.step("resume", lambda: resume_step(dry, work, group, threads, timeout=400 if dry else 240))
+            report.step("resume", lambda: resume_step(dry, work, threads, timeout=400 if dry else 240))
         if "merge" in steps:
             report.step("merge", lambda: _merge(work, args.out, dry))
         if "bench" in steps:

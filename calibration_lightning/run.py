@@ -162,9 +162,9 @@ def set_adapter_weights(model, weights: dict[str, torch.Tensor]) -> None:
 
 def train_and_evaluate(
     cfg: DictConfig, method: DictConfig, model, dm, out_dir: Path, ckpt_dir: Path, logger, merge
-) -> tuple[dict, dict]:
+) -> dict:
     """Fit ``method`` on the training split (resuming from ``ckpt_dir`` when asked), then score every
-    evaluation split. Returns the scores and the trained adapter weights."""
+    evaluation split (``merge``: with the adapters folded in, as ``model.merge_for_eval``)."""
     module = CalibrationModule(
         model, build(method.loss), dm.letter_ids, OptimSettings(**method.optim), cfg.n_bins, dm.eval_set_names
     )
@@ -173,8 +173,7 @@ def train_and_evaluate(
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.exists() else None, weights_only=True)
     with merged_adapters(model, merge):
-        after = evaluation.evaluate(trainer, module, dm)
-    return after, adapter_weights(model)
+        return evaluation.evaluate(trainer, module, dm)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -219,24 +218,28 @@ def run(cfg: DictConfig) -> dict:
     after = before
     candidates = dict(cfg.method.get("candidates") or ({cfg.method.name: cfg.method} if cfg.method.train else {}))
     if candidates:
-        initial = adapter_weights(model)
-        trained = {}
+        several = len(candidates) > 1  # method=auto: every candidate starts from the same initial adapters
+        initial = adapter_weights(model) if several else None
+        trained, weights = {}, {}
         for i, (name, method) in enumerate(candidates.items()):
-            set_adapter_weights(model, initial)
+            if several:
+                set_adapter_weights(model, initial)
             L.seed_everything(cfg.seed, workers=True, verbose=False)  # each candidate starts alike
-            ckpt_dir = out_dir / "checkpoints" / (name if len(candidates) > 1 else "")
+            ckpt_dir = out_dir / "checkpoints" / (name if several else "")
             # bf16 merging does not unfold exactly: only the last candidate's scoring may merge
             merge = settings.merge_for_eval if i == len(candidates) - 1 else False
             trained[name] = train_and_evaluate(cfg, method, model, dm, out_dir, ckpt_dir, logger, merge)
+            if several:
+                weights[name] = adapter_weights(model)
         chosen = next(iter(trained))
-        if len(trained) > 1:
-            val = {name: evaluation.metrics(t[0]["val"], cfg.n_bins) for name, t in trained.items()}
+        if several:
+            val = {name: evaluation.metrics(scored["val"], cfg.n_bins) for name, scored in trained.items()}
             extra["auto"] = choose_method(val, cfg.regime.accuracy_tolerance)
             chosen = extra["auto"]["chosen"]
             scores = {n: round(m["conf_ece"], 4) for n, m in val.items()}
             log.info("method=auto: validation conf-ECE %s; keeping %s", scores, chosen)
-        after, weights = trained[chosen]
-        set_adapter_weights(model, weights)
+            set_adapter_weights(model, weights[chosen])
+        after = trained[chosen]
         extra["method"] = chosen
         if trainer.is_global_zero:
             atomic_directory(out_dir / "adapter", model.save_pretrained)
