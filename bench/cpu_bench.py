@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule  # noqa: E402
 from calibration_lightning.data.prompts import PromptFormat  # noqa: E402
-from calibration_lightning.data.sampling import LengthGroupedBatchSampler, length_sorted_batches  # noqa: E402
+from calibration_lightning.data.sampling import LengthGroupedBatchSampler, LengthSortedBatches  # noqa: E402
 from calibration_lightning.data.sources import bundled_mmlu  # noqa: E402
 from calibration_lightning.data.splits import split_records  # noqa: E402
-from calibration_lightning.models.adapters import ModelSettings, load_model, load_tokenizer  # noqa: E402
-from calibration_lightning.models.loading import bundled_smollm2, tiny  # noqa: E402
+from calibration_lightning.models.loading import ModelSettings, load_model, load_tokenizer  # noqa: E402
+from calibration_lightning.models.sources import bundled_smollm2, tiny  # noqa: E402
 
 
 def datamodule(tokenizer, n_train: int, n_test: int, batch: int) -> MultipleChoiceDataModule:
@@ -83,7 +83,7 @@ def lightning_step(source: str, dm, steps: int) -> float:
 
     torch.manual_seed(0)
     model = load_model(source, ModelSettings(), "cpu")
-    module = CalibrationModule(model, CompletionSFT(), dm.letter_ids, OptimSettings(lr=1e-4), 10, ["test"])
+    module = CalibrationModule(model, CompletionSFT(), dm.letter_ids, OptimSettings(lr=1e-4), 10)
     module.model.train()
     timer = type("Timer", (StepTimer, L.Callback), {})()
     trainer = L.Trainer(
@@ -175,7 +175,7 @@ def bench_score(name: str, source: str, n: int) -> None:
     tokenizer = load_tokenizer(source, ModelSettings())
     dm = datamodule(tokenizer, 0, n, 8)
     model = load_model(source, ModelSettings(), "cpu").eval()
-    module = CalibrationModule(model, None, dm.letter_ids, OptimSettings(), 10, ["test"]).eval()
+    module = CalibrationModule(model, None, dm.letter_ids, OptimSettings(), 10).eval()
     loader = dm.split_dataloader("test")
     letters = torch.tensor(dm.letter_ids)
 
@@ -235,7 +235,7 @@ def bench_padding() -> None:
             return (padded - real) / real
 
         ours_train = waste(train, LengthGroupedBatchSampler(train, 8, seed=0).batches(0))
-        ours_test = waste(test, length_sorted_batches(test, 16))
+        ours_test = waste(test, list(LengthSortedBatches(test, 16)))
         order = list(range(len(train)))
         random.Random(0).shuffle(order)
         random_train = waste(train, [order[i : i + 8] for i in range(0, len(order), 8)])

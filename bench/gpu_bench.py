@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from calibration_lightning.losses.ece import ECERegularizedSFT  # noqa: E402
 from calibration_lightning.losses.sft import CompletionSFT, SequenceSFT  # noqa: E402
-from calibration_lightning.models.adapters import (  # noqa: E402
+from calibration_lightning.models.loading import (  # noqa: E402
     LoraSettings,
     add_lora,
     base_model_scoring,

@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prepare_model() -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", "from calibration_lightning.models.loading import bundled_smollm2 as b; print(b())"],
+        [sys.executable, "-c", "from calibration_lightning.models.sources import bundled_smollm2 as b; print(b())"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     return {"ok": proc.returncode == 0, "path": proc.stdout.strip(), "stderr": proc.stderr[-1500:]}

@@ -27,16 +27,17 @@ def probe(run_dir: Path) -> dict:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from calibration_lightning.assembly import build_datamodule, load_data
     from calibration_lightning.calibration.confidence import letter_probabilities
+    from calibration_lightning.config import build
     from calibration_lightning.data.records import LETTERS
-    from calibration_lightning.models.adapters import load_model, load_tokenizer, merged_adapters
+    from calibration_lightning.models.loading import ModelSettings, load_model, load_tokenizer, merged_adapters
     from calibration_lightning.module import CalibrationModule, OptimSettings
-    from calibration_lightning.run import _model_settings, build, build_datamodule, load_data
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     splits, eval_sets = load_data(cfg)
     source = build(cfg.model.loader)
-    settings = dataclasses.replace(_model_settings(cfg.model), compile=False, gradient_checkpointing=False)
+    settings = dataclasses.replace(ModelSettings.from_config(cfg.model), compile=False, gradient_checkpointing=False)
     tokenizer = load_tokenizer(source, settings)
     dm = build_datamodule(cfg, splits, eval_sets, tokenizer)
     dm.setup()

@@ -9,7 +9,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from calibration_lightning.config_checks import CONF_DIR
+from calibration_lightning.config import CONF_DIR
 from calibration_lightning.errors import UserError
 
 log = logging.getLogger("calibration_lightning")
@@ -26,6 +26,8 @@ def main(cfg: DictConfig) -> float | None:
     # Deprecation notices raised inside transformers / Lightning themselves: nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Our evaluation batch sampler returns every index once (length-sorted); Lightning cannot know that.
+    warnings.filterwarnings("ignore", message=".*custom batch sampler.*for prediction.*")
     try:
         result = run(cfg)
     except UserError as e:

@@ -19,3 +19,13 @@ class TokenizerError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (e.g. the loss became non-finite)."""
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require(key: str, value, ok: bool, message: str) -> None:
+    """Raise ``ConfigError("KEY=VALUE: MESSAGE")`` unless ``ok``: the one form of every range check."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {message}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning as L
+import torch
 from torch import Tensor
 
 from calibration_lightning.calibration.confidence import set_probabilities
@@ -15,13 +16,36 @@ from calibration_lightning.data.records import LETTERS, MCRecord
 Scored = dict[str, Tensor]  # letter_logits [N, K], labels [N], n_choices [N], index [N], in split order
 
 
-def evaluate(trainer: L.Trainer, module, datamodule) -> dict[str, Scored]:
-    """Letter logits of the validation split and of every test set (``test`` first)."""
-    module.scored.clear()
-    if datamodule.records["val"]:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    return dict(module.scored)
+def evaluate(trainer: L.Trainer, module, datamodule, n_bins: int) -> dict[str, Scored]:
+    """Score the validation split and every test set (``test`` first) with ``trainer.predict``.
+
+    This is the one scoring path of a run: the returned tensors (gathered from every process, in split
+    order) are what metrics.json, the prediction files, the diagrams and the printed table are made from,
+    and each split's metrics are logged from them as ``val/*``, ``test/*`` and ``test/NAME/*``.
+    """
+    outputs = trainer.predict(module, datamodule=datamodule)
+    names = datamodule.predict_split_names
+    per_split = outputs if len(names) > 1 else [outputs]
+    scored = {name: _gathered(trainer, parts) for name, parts in zip(names, per_split)}
+    if trainer.logger and trainer.is_global_zero:
+        logged = {}
+        for name, s in scored.items():
+            prefix = "val" if name == "val" else "test" if name == "test" else f"test/{name}"
+            logged.update({f"{prefix}/{k}": v for k, v in metrics(s, n_bins).items() if k != "n"})
+        trainer.logger.log_metrics(logged, step=trainer.global_step)
+        trainer.logger.save()
+    return scored
+
+
+def _gathered(trainer: L.Trainer, parts: list[Scored]) -> Scored:
+    """One split's batches from every process, concatenated and sorted by question index."""
+    if trainer.world_size > 1:
+        everyone = [None] * trainer.world_size
+        torch.distributed.all_gather_object(everyone, parts)  # pickled: no device placement to get wrong
+        parts = [p for rank_parts in everyone for p in rank_parts]
+    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    order = merged["index"].argsort()
+    return {k: v[order] for k, v in merged.items()}
 
 
 def regime(scored: dict[str, Scored], n_bins: int, tolerance: float) -> dict | None:

@@ -13,17 +13,40 @@ from torch import Tensor
 
 from calibration_lightning.calibration.collection import calibration_metrics
 from calibration_lightning.calibration.confidence import letter_probabilities, mask_letter_logits
-from calibration_lightning.errors import TrainingError
+from calibration_lightning.errors import TrainingError, is_number, require
 from calibration_lightning.losses.base import LossHead, StepOutputs
 from calibration_lightning.models.scoring import causal_lm_logits
 
 
 @dataclass
 class OptimSettings:
+    """``method.optim``: AdamW and its schedule. Out-of-range values raise ConfigError naming the key."""
+
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     scheduler: str = "cosine"  # cosine | constant
+
+    def __post_init__(self) -> None:
+        require("method.optim.lr", self.lr, is_number(self.lr) and self.lr > 0, "the learning rate must be > 0")
+        require(
+            "method.optim.weight_decay",
+            self.weight_decay,
+            is_number(self.weight_decay) and self.weight_decay >= 0,
+            "must be >= 0",
+        )
+        require(
+            "method.optim.warmup_ratio",
+            self.warmup_ratio,
+            is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
+            "must be in [0, 1)",
+        )
+        require(
+            "method.optim.scheduler",
+            self.scheduler,
+            self.scheduler in ("cosine", "constant"),
+            "allowed: cosine, constant",
+        )
 
 
 class CalibrationModule(L.LightningModule):
@@ -34,8 +57,10 @@ class CalibrationModule(L.LightningModule):
         loss_head: the method's loss (None for evaluation-only methods).
         letter_ids: token ids of the option letters A, B, ... (``K_max`` of them).
         optim: optimizer and schedule settings.
-        n_bins: calibration bins of the logged metrics.
-        eval_set_names: names of the test dataloaders, in order.
+        n_bins: calibration bins of the validation metrics logged during fit.
+
+    Evaluation outside fit goes through ``predict_step`` (``evaluation.evaluate``), which returns the
+    scored tensors; every reported metric is computed from them once.
     """
 
     def __init__(
@@ -45,19 +70,11 @@ class CalibrationModule(L.LightningModule):
         letter_ids: list[int],
         optim: OptimSettings,
         n_bins: int = 10,
-        eval_set_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.model, self.loss_head, self.optim = model, loss_head, optim
         self.register_buffer("letter_ids", torch.tensor(letter_ids), persistent=False)
-        self.eval_set_names = eval_set_names or ["test"]
-        self.val_metrics = calibration_metrics(n_bins).clone(prefix="val/")
-        self.test_metrics = torch.nn.ModuleList(
-            calibration_metrics(n_bins).clone(prefix="test/" if i == 0 else f"test/{name}/")
-            for i, name in enumerate(self.eval_set_names)
-        )
-        self.scored: dict[str, dict[str, Tensor]] = {}  # split -> letter logits etc. of the last evaluation
-        self._buffers_out: dict[str, list[dict[str, Tensor]]] = {}
+        self.val_metrics = calibration_metrics(n_bins).clone(prefix="val/")  # validation during fit
         self.strict_loading = False  # checkpoints hold adapters and loss-head state, not the frozen base
 
     def forward(self, batch: dict[str, Tensor], full_sequence: bool = False) -> StepOutputs:
@@ -119,47 +136,22 @@ class CalibrationModule(L.LightningModule):
         fsdp = self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
         return torch.enable_grad() if fsdp else contextlib.nullcontext()
 
-    def _collect(self, split: str, scored: dict[str, Tensor]) -> None:
-        self._buffers_out.setdefault(split, []).append({k: v.detach().cpu() for k, v in scored.items()})
-
-    def _finish(self, split: str) -> None:
-        parts = self._buffers_out.pop(split, [])
-        if self.trainer is not None and self.trainer.world_size > 1:
-            gathered = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, parts)
-            parts = [p for rank_parts in gathered for p in rank_parts]
-        if parts:
-            merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            order = merged["index"].argsort()
-            self.scored[split] = {k: v[order] for k, v in merged.items()}
-
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         scored = self._score_batch(batch)
         self.val_metrics.update(letter_probabilities(scored["letter_logits"]), scored["labels"], scored["n_choices"])
-        self._collect("val", scored)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=False)
         self.val_metrics.reset()
-        self._finish("val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        scored = self._score_batch(batch)
-        self.test_metrics[dataloader_idx].update(
-            letter_probabilities(scored["letter_logits"]), scored["labels"], scored["n_choices"]
-        )
-        self._collect(self.eval_set_names[dataloader_idx], scored)
-
-    def on_test_epoch_end(self) -> None:
-        for name, metrics in zip(self.eval_set_names, self.test_metrics):
-            if name in self._buffers_out or metrics.update_called:
-                self.log_dict(metrics.compute(), add_dataloader_idx=False)
-                metrics.reset()
-            self._finish(name)
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """The scored tensors of one batch, on the CPU: what ``evaluation.evaluate`` gathers."""
+        return {k: v.cpu() for k, v in self._score_batch(batch).items()}
 
     @torch.no_grad()
     def score(self, loader) -> dict[str, Tensor]:
-        """Letter logits of every batch in ``loader`` (this process's share), in eval mode."""
+        """Letter logits of every batch in ``loader`` (this process's share), in eval mode: ``_score_batch``,
+        as ``predict_step``, for the E-step inside ``fit``, where ``trainer.predict`` cannot run."""
         was_training = self.training
         self.eval()
         parts = [{k: v.detach().cpu() for k, v in self._score_batch(self._to_device(b)).items()} for b in loader]
@@ -171,20 +163,17 @@ class CalibrationModule(L.LightningModule):
 
     # -- optimisation and checkpoints ------------------------------------------------------------
     def configure_optimizers(self):
+        """AdamW over the adapters; linear warm-up then cosine decay (or constant), stepped every batch."""
+        from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.optim.warmup_ratio * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if self.optim.scheduler == "constant":
-                return 1.0
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        if self.optim.scheduler == "constant":
+            scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+        else:
+            scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from calibration_lightning.config_checks import CONF_DIR
+from calibration_lightning.config import CONF_DIR
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.sources import bundled_mmlu
 from calibration_lightning.data.splits import split_records
-from calibration_lightning.models.adapters import ModelSettings, load_model, load_tokenizer
-from calibration_lightning.models.loading import tiny
+from calibration_lightning.models.loading import ModelSettings, load_model, load_tokenizer
+from calibration_lightning.models.sources import tiny
 
 TINY_SPLIT = ["dataset.split.train=24", "dataset.split.val=16", "dataset.split.test=24", "dataset.batch_size=4"]
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from calibration_lightning.data.letters import letter_token_ids
 from calibration_lightning.errors import TokenizerError
-from calibration_lightning.models.adapters import ModelSettings, load_tokenizer
-from calibration_lightning.models.letters import letter_token_ids
-from calibration_lightning.models.loading import bundled_smollm2
+from calibration_lightning.models.loading import ModelSettings, load_tokenizer
+from calibration_lightning.models.sources import bundled_smollm2
 from calibration_lightning.run import run
 
 pytestmark = pytest.mark.slow

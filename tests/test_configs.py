@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from calibration_lightning.config_checks import CONF_DIR, check_config, options
+from calibration_lightning.config import CONF_DIR, check_config, options
 from calibration_lightning.errors import ConfigError
 
 GROUPS = ("model", "method", "dataset", "trainer", "logger")
@@ -66,7 +66,7 @@ def test_rcft_ranges(override, key):
 @pytest.mark.parametrize("trainer", ["fsdp", "ddp", "gpu", "ddp_cpu", "default"])
 def test_trainer_configs_instantiate(trainer):
     """Strategies given as _target_ nodes (FSDP with its wrap policy) build without a GPU."""
-    from calibration_lightning.run import build
+    from calibration_lightning.config import build
 
     kwargs = build(_compose(f"trainer={trainer}", "model.quantize=none").trainer, _convert_="all")
     if trainer == "fsdp":

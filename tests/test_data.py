@@ -6,12 +6,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from calibration_lightning.data.letters import letter_token_ids
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.records import MCRecord
 from calibration_lightning.data.sources import bundled_mmlu, read_records_file
 from calibration_lightning.data.splits import split_records
 from calibration_lightning.errors import ConfigError, DataError, TokenizerError
-from calibration_lightning.models.letters import letter_token_ids
 
 GOOD = {"question": "2 + 2 = ?", "choices": ["3", "4", "5"], "answer": 1}
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from calibration_lightning.losses.em import EStepRefresh
 from calibration_lightning.losses.sft import SequenceSFT
-from calibration_lightning.models.loading import _drop_gguf_quantization_config, bundled_smollm2
 from calibration_lightning.models.scoring import causal_lm_logits, padded_attention_mask
+from calibration_lightning.models.sources import _drop_gguf_quantization_config, bundled_smollm2
 
 
 def nan_prone_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

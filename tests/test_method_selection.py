@@ -2,7 +2,7 @@
 
 import pytest
 
-from calibration_lightning.method_selection import choose_method
+from calibration_lightning.methods import choose_method
 
 
 def _m(acc, ece):

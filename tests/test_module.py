@@ -9,7 +9,7 @@ from tests.conftest import train_steps
 
 
 def _module(model, dm, head=None):
-    return CalibrationModule(model, head, dm.letter_ids, OptimSettings(lr=1e-2, warmup_ratio=0.0), 10, ["test"])
+    return CalibrationModule(model, head, dm.letter_ids, OptimSettings(lr=1e-2, warmup_ratio=0.0), 10)
 
 
 def _batch(dm, split="test", n=6):
@@ -92,7 +92,7 @@ def test_checkpoint_holds_adapters_and_head_state_only(tiny_model, tiny_datamodu
 
 def test_speed_levers_are_numerically_equivalent(tiny_model, tiny_datamodule):
     """Base-path scoring before training, merged adapters after, and gradient checkpointing change nothing."""
-    from calibration_lightning.models.adapters import base_model_scoring, enable_gradient_checkpointing, merged_adapters
+    from calibration_lightning.models.loading import base_model_scoring, enable_gradient_checkpointing, merged_adapters
 
     dm = tiny_datamodule
     module = _module(tiny_model, dm, CompletionSFT()).eval()

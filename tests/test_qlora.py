@@ -3,7 +3,7 @@
 import torch
 
 from calibration_lightning.losses.sft import CompletionSFT
-from calibration_lightning.models.adapters import ModelSettings, _is_quantized, load_model, merged_adapters
+from calibration_lightning.models.loading import ModelSettings, _is_quantized, load_model, merged_adapters
 from calibration_lightning.module import CalibrationModule, OptimSettings
 from tests.conftest import train_steps
 

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from calibration_lightning.config_checks import CONF_DIR, check_config
+from calibration_lightning.config import CONF_DIR, check_config
 from calibration_lightning.report import main as report_main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -123,14 +123,23 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 1e-12) -
     return -probs.gather(1, labels[:, None]).clamp_min(eps).log().mean()
 
 
+# Every reported metric, by the name used in logs, metrics.json and tables: (function, takes n_bins).
+METRICS = {
+    "conf_ece": (conf_ece, True),
+    "cw_ece": (classwise_ece, True),
+    "accuracy": (accuracy, False),
+    "brier": (brier_score, False),
+    "nll": (negative_log_likelihood, False),
+    "mce": (max_calibration_error, True),
+}
+
+
+def metric(name: str, probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
+    """The metric ``name`` of ``METRICS``."""
+    fn, binned = METRICS[name]
+    return fn(probs, labels, n_bins) if binned else fn(probs, labels)
+
+
 def all_metrics(probs: Tensor, labels: Tensor, n_bins: int = 10) -> dict[str, float]:
     """Every reported metric as plain floats, plus the sample count ``n``."""
-    return {
-        "conf_ece": float(conf_ece(probs, labels, n_bins)),
-        "cw_ece": float(classwise_ece(probs, labels, n_bins)),
-        "accuracy": float(accuracy(probs, labels)),
-        "brier": float(brier_score(probs, labels)),
-        "nll": float(negative_log_likelihood(probs, labels)),
-        "mce": float(max_calibration_error(probs, labels, n_bins)),
-        "n": int(labels.numel()),
-    }
+    return {**{name: float(metric(name, probs, labels, n_bins)) for name in METRICS}, "n": int(labels.numel())}

@@ -1,7 +1,7 @@
 """The regime diagnosis: a report of how much miscalibration a confidence-only fix removes.
 
 It does not decide anything (``method=auto`` chooses by training both candidates, see
-``calibration_lightning.method_selection``); it describes the aligned model before training. Measured on
+``calibration_lightning.methods``); it describes the aligned model before training. Measured on
 the test split:
 
 * ``ece_lower_bound = |accuracy - mean confidence|``: always valid, since ECE is a weighted

@@ -9,11 +9,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from calibration_lightning.data.letters import letter_token_ids
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.records import MCRecord
-from calibration_lightning.data.sampling import LengthGroupedBatchSampler, length_sorted_batches
+from calibration_lightning.data.sampling import LengthGroupedBatchSampler, LengthSortedBatches
 from calibration_lightning.data.splits import Splits
-from calibration_lightning.models.letters import letter_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         share = [examples[i] for i in order[rank::world]]
         per_rank = -(-len(examples) // world)
         share += [replace(examples[order[0]], keep=False)] * (per_rank - len(share))
-        batches = length_sorted_batches([len(e.input_ids) for e in share], self.eval_batch_size)
+        batches = LengthSortedBatches([len(e.input_ids) for e in share], self.eval_batch_size)
         return DataLoader(
             EncodedSplit(share), batch_sampler=batches, collate_fn=self.collate, generator=_own_generator()
         )
@@ -187,8 +187,13 @@ class MultipleChoiceDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         return self.split_dataloader("val") if self.records["val"] else []  # no val split: no validation
 
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self.split_dataloader(name) for name in self.eval_set_names]
+    @property
+    def predict_split_names(self) -> list[str]:
+        """The splits ``predict_dataloader`` scores, in order: val (when there is one), then every test set."""
+        return (["val"] if self.records["val"] else []) + self.eval_set_names
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [self.split_dataloader(name) for name in self.predict_split_names]
 
     def state_dict(self) -> dict:
         """The data position saved in checkpoints: epoch and batches trained in it (Lightning's own count)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration_lightning.data.records import MCRecord, make_record
-from calibration_lightning.data.sources import resolve_path
+from calibration_lightning.data.sources import parquet_rows, resolve_path
 from calibration_lightning.errors import DataError
 
 
@@ -46,11 +46,9 @@ def split_files(
 
 
 def _rows(files: list[Path]) -> Iterator[tuple[str, dict]]:
-    import pyarrow.parquet as pq
-
     for path in files:
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}: row {i}", row
+        for where, row in parquet_rows(path):
+            yield f"{path}: {where}", row
 
 
 def _load(

@@ -6,10 +6,20 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Evaluation batches: indices sorted by length (longest first), cut into batches."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+class LengthSortedBatches:
+    """Evaluation batches: indices sorted by length (longest first), cut into batches.
+
+    A batch sampler object (not a bare list): Lightning's prediction loop wraps its batch sampler."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class LengthGroupedBatchSampler:

@@ -107,7 +107,7 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read the file ({e.strerror})") from e
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     for line_no, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
@@ -142,7 +142,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"line {line_no}", row
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
@@ -153,7 +153,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"row {i}", row
 
 
-_READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+_READERS = {".jsonl": jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": parquet_rows}
 
 
 def read_records_file(path: str) -> list[MCRecord]:

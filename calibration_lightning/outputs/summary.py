@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-COLUMNS = ("conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce", "n")
+from calibration_lightning.calibration.metrics import METRICS
+
+COLUMNS = (*METRICS, "n")
 
 
 def format_table(rows: list[tuple[str, dict]], columns: tuple[str, ...] = COLUMNS) -> str:

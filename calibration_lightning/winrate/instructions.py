@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from calibration_lightning.data.sources import resolve_path
+from calibration_lightning.data.sources import jsonl_rows, resolve_path
 from calibration_lightning.errors import DataError
 
 Instruction = tuple[str, "str | None"]
@@ -38,14 +38,7 @@ def jsonl(path: str, limit: int | None = None) -> list[Instruction]:
     p = resolve_path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file (win_rate.instructions.path)")
-    rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}: line {n}: not valid JSON ({e.msg})") from e
-    return _from_rows(rows, str(p), limit)
+    return _from_rows([row for _, row in jsonl_rows(p)], str(p), limit)
 
 
 def alpaca_eval(limit: int | None = None, data_dir: str | None = None) -> list[Instruction]:

@@ -9,13 +9,13 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
+from calibration_lightning.data.letters import letter_token_ids
 from calibration_lightning.errors import ConfigError, UserError
-from calibration_lightning.models.letters import letter_token_ids
+from calibration_lightning.models.loading import base_model_scoring
 from calibration_lightning.models.scoring import causal_lm_logits
 from calibration_lightning.winrate.generation import chat_prompt
 
@@ -59,8 +59,8 @@ class LocalJudge:
         if self.source is None:
             self.model, self.tokenizer, self.name = run_model, run_tokenizer, "local:self"
             return
-        from calibration_lightning.models.adapters import ModelSettings, load_model, load_tokenizer
-        from calibration_lightning.models.loading import pretrained
+        from calibration_lightning.models.loading import ModelSettings, load_model, load_tokenizer
+        from calibration_lightning.models.sources import pretrained
 
         path = pretrained(self.source)
         self.tokenizer = load_tokenizer(path, ModelSettings())
@@ -76,7 +76,7 @@ class LocalJudge:
         letters = letter_token_ids(self.tokenizer, prompts[0], "", 2, add_special_tokens=special)
         device = next(self.model.parameters()).device
         model = self.model
-        context = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+        context = base_model_scoring(model)
         out = torch.empty(len(prompts))
         with context:
             for start in range(0, len(prompts), self.batch_size):

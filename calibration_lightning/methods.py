@@ -1,6 +1,21 @@
-"""``method=auto``: train every candidate method and keep the one the validation split prefers."""
+"""Training methods, built from their config, and ``method=auto``'s rule for keeping one of several."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Method:
+    """A training method as a run uses it: its loss head, optimizer settings, epochs and callbacks."""
+
+    name: str
+    loss: Any  # a LossHead
+    optim: Any  # an OptimSettings
+    epochs: int
+    callbacks: list = field(default_factory=list)
+
 
 RULE = (
     "train each candidate from the same initial adapters; among those whose validation accuracy is within "

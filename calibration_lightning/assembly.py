@@ -1,0 +1,116 @@
+"""The parts of a run, built from the composed config: data, datamodule, trainers, win rate, adapter weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from calibration_lightning.config import build
+from calibration_lightning.data.datamodule import MultipleChoiceDataModule
+from calibration_lightning.data.prompts import PromptFormat
+from calibration_lightning.data.splits import Splits, split_records
+from calibration_lightning.errors import ConfigError
+from calibration_lightning.methods import Method
+from calibration_lightning.outputs.checkpoints import AtomicCheckpointIO, EpochEndCheckpoint
+from calibration_lightning.winrate.evaluate import WinRate
+
+
+def device(cfg: DictConfig) -> str:
+    """Where the model loads: CUDA when the trainer may use a GPU and one is there."""
+    wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
+
+
+def build_trainer(
+    cfg: DictConfig, out_dir: Path, logger, method: Method | None = None, ckpt_dir: Path | None = None
+) -> L.Trainer:
+    """A Lightning Trainer: for evaluation only (``method=None``), or for training ``method`` with its
+    callbacks, its ``max_epochs`` and checkpoints in ``ckpt_dir``, all given to the constructor."""
+    kwargs = dict(build(cfg.trainer, _convert_="all"))  # a strategy may itself be a _target_ node
+    every = kwargs.pop("checkpoint_every_n_steps")
+    callbacks, checkpointing = [], False
+    if method is not None:
+        callbacks = [EpochEndCheckpoint(ckpt_dir / "last.ckpt"), *method.callbacks]
+        kwargs["max_epochs"] = method.epochs
+        if every:
+            checkpointing = True
+            callbacks.append(
+                L.pytorch.callbacks.ModelCheckpoint(
+                    dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=every
+                )
+            )
+    # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.
+    return L.Trainer(
+        **kwargs,
+        logger=logger,
+        default_root_dir=out_dir,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=checkpointing,  # else Lightning adds a default ModelCheckpoint of its own
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+
+
+def build_win_rate(cfg: DictConfig, model, tokenizer, device: str) -> WinRate:
+    """The win-rate evaluation (``win_rate=on``) with its judge (``judge=local|openai``) bound to this run."""
+    judge = build(cfg.judge)
+    judge.bind(model, tokenizer, device)
+    wr = cfg.win_rate
+    return WinRate(build(wr.instructions), judge, wr.max_new_tokens, wr.batch_size, wr.greedy, cfg.seed)
+
+
+def load_data(cfg: DictConfig) -> tuple[Splits, dict]:
+    """Train / val (/ test) from ``dataset.source``; test from ``dataset.test_source`` when the dataset
+    has its own test split; extra evaluation sets (e.g. out-of-domain) from ``eval_sets``."""
+    test_node = cfg.dataset.get("test_source")
+    split = dict(cfg.dataset.split)
+    if test_node:
+        split["test"] = 0
+    splits = split_records(build(cfg.dataset.source), **split)
+    if test_node:
+        splits = Splits(splits.train, splits.val, build(test_node))
+    eval_sets = {name: build(node) for name, node in (cfg.get("eval_sets") or {}).items()}
+    return splits, eval_sets
+
+
+def build_datamodule(cfg: DictConfig, splits: Splits, eval_sets: dict, tokenizer) -> MultipleChoiceDataModule:
+    """The run's datamodule: prompts, batch sizes and truncation from ``cfg.dataset``."""
+    return MultipleChoiceDataModule(
+        splits,
+        tokenizer,
+        PromptFormat(**cfg.dataset.prompt),
+        cfg.dataset.batch_size,
+        cfg.dataset.eval_batch_size,
+        cfg.dataset.max_length,
+        cfg.seed,
+        eval_sets,
+    )
+
+
+def check_splits(cfg: DictConfig, splits: Splits, methods: dict[str, Method]) -> None:
+    """Refuse, before any model loads, a split the method needs that came out empty."""
+    needs = {"train": bool(methods), "val": bool(cfg.method.get("calibrator")) or len(methods) > 1, "test": True}
+    why = {"train": "trains on it", "val": "fits or chooses on it", "test": "reports on it"}
+    for split, needed in needs.items():
+        if needed and not getattr(splits, split):
+            raise ConfigError(
+                f"dataset.split.{split}: the {split} split is empty, and method={cfg.method.name} {why[split]}; "
+                f"give dataset.split.{split} a count > 0 or a fraction (or use a larger data file)"
+            )
+
+
+def adapter_weights(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the LoRA weights (what ``save_pretrained`` writes)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def set_adapter_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, weights)

