@@ -38,8 +38,12 @@ def build_trainer(
         if every:
             checkpointing = True
             callbacks.append(
-                L.pytorch.callbacks.ModelCheckpoint(
-                    dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=every
+                L.pytorch.callbacks.ModelCheckpoint(  # also last.ckpt: one file, overwritten in place
+                    dirpath=ckpt_dir,
+                    save_last=True,
+                    save_top_k=0,
+                    every_n_train_steps=every,
+                    enable_version_counter=False,
                 )
             )
     # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.

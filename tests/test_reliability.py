@@ -188,3 +188,11 @@ def test_no_validation_split(tmp_path):
         refused = cli(*base, f"method={method}", f"hydra.run.dir={tmp_path}/{method}")
         assert refused.returncode == 2 and "Traceback" not in refused.stderr
         assert "error:" in refused.stderr and "dataset.split.val" in refused.stderr
+
+
+def test_step_and_epoch_checkpoints_share_one_file(make_cfg, tmp_path):
+    cfg = make_cfg("model=tiny", "method.epochs=2", "trainer.checkpoint_every_n_steps=4", *TINY_SPLIT)
+    run(cfg)
+    files = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert files == ["last.ckpt"]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
