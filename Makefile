@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 ARGS ?=
 
-.PHONY: help install demo run test test-fast lint reproduce bench gpu-check gpu-wheels clean
+.PHONY: help install demo run test test-fast fuzz lint reproduce bench gpu-check gpu-wheels clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test:  ## the whole test suite (includes the slow SmolLM2 tests)
 
 test-fast:  ## tests that skip the bundled SmolLM2 model
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+fuzz:  ## the data fuzz suite at 10x its CI size (FUZZ_SCALE=N to change), printing its outcome counts
+	FUZZ_SCALE=$${FUZZ_SCALE:-10} $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz_data.py $(ARGS)
 
 lint:  ## ruff
 	$(PY) -m ruff check calibration_lightning tests bench

@@ -1,5 +1,6 @@
 """Records, file sources, splits, prompts and the letter-token check."""
 
+import csv
 import json
 
 import pyarrow as pa
@@ -8,7 +9,7 @@ import pytest
 
 from calibration_lightning.data.letters import letter_token_ids
 from calibration_lightning.data.prompts import PromptFormat
-from calibration_lightning.data.records import MCRecord
+from calibration_lightning.data.records import MCRecord, make_record
 from calibration_lightning.data.sources import bundled_mmlu, read_records_file
 from calibration_lightning.data.splits import split_records
 from calibration_lightning.errors import ConfigError, DataError, TokenizerError
@@ -146,3 +147,134 @@ def test_letter_check_names_the_letter_and_the_fix():
     assert letter_token_ids(tok, "Answer:", "", 3) == [ord("A"), ord("B"), ord("C")]
     with pytest.raises(TokenizerError, match="option letter 'A' is not a single token.*answer_prefix"):
         letter_token_ids(tok, "Answer:", " ", 4)
+
+
+# ---------------------------------------------------------------- hostile files (issue 14), one per case
+
+QA = '"question": "2 + 2 = ?", "choices": ["3", "4"]'
+TWENTY = json.dumps([f"option {i}" for i in range(20)])
+HOSTILE = {  # name: (file name, content, the message after "FILE: ")
+    "answer of superscript digit": (
+        "d.jsonl",
+        f'{{{QA}, "answer": "²"}}\n',
+        "line 1: field 'answer' must be a 0-based",
+    ),
+    "answer of circled digit": ("d.csv", 'question,choices,answer\nq,"[""a"",""b""]",①\n', "line 2: field 'answer'"),
+    "answer of fullwidth digit": ("d.jsonl", f'{{{QA}, "answer": "１"}}\n', "line 1: field 'answer' must be"),
+    "answer ligature st": (
+        "d.jsonl",
+        f'{{"question": "q", "choices": {TWENTY}, "answer": "ﬆ"}}\n',
+        "line 1: field 'answer' must be a 0-based index (ASCII digits) or a letter A-T, got 'ﬆ'",
+    ),
+    "integer past 4300 digits": (
+        "d.json",
+        f'[{{{QA}, "answer": 0}},\n{{{QA}, "answer": {"7" * 4301}}}]',
+        "record 2 (line 2): not valid JSON (a number has more than 4300 digits)",
+    ),
+    "digit string past 4300 digits": (
+        "d.jsonl",
+        f'{{{QA}, "answer": "{"0" * 4000 + "1" * 4000}"}}\n',
+        "line 1: field 'answer' is a number of 8000 digits, out of range for 2 choices",
+    ),
+    "deep JSON line": ("d.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", "line 1: not valid JSON (nested too deeply"),
+    "deep JSON record": (
+        "d.json",
+        "[" + "[" * 100_000 + "]" * 100_000 + "]",
+        "record 1 (line 1): not valid JSON (nested",
+    ),
+    "deep CSV cell": (
+        "d.csv",
+        'question,choices,answer\nq,"' + "[" * 100_000 + "]" * 100_000 + '",0\n',
+        "line 2: field 'choices' must be a JSON list in a CSV cell, got invalid JSON (nested too deeply",
+    ),
+    "subject an object": ("d.jsonl", f'{{{QA}, "answer": 0, "subject": {{"a": 1}}}}\n', "line 1: field 'subject' must"),
+    "subject a list": ("d.jsonl", f'{{{QA}, "answer": 0, "subject": ["bio"]}}\n', "line 1: field 'subject' must be"),
+    "unpaired surrogate question": (
+        "d.jsonl",
+        '{"question": "q\\ud800", "choices": ["a", "b"], "answer": 0}\n',
+        "line 1: field 'question' holds an unpaired UTF-16 surrogate ('\\ud800' at character 1)",
+    ),
+    "unpaired surrogate option": (
+        "d.csv",
+        'question,choices,answer\nq,"[""a"", ""\\udc00""]",0\n',
+        "line 2: field 'choices' option B (index 1) holds an unpaired UTF-16 surrogate",
+    ),
+    "choices an object": (
+        "d.jsonl",
+        '{"question": "q", "choices": {"a": "x", "b": "y"}, "answer": 0}\n',
+        "line 1: field 'choices' must be a list of strings, got an object",
+    ),
+    "choices an object in a CSV cell": (
+        "d.csv",
+        'question,choices,answer\nq,"{""a"": 1, ""b"": 2}",0\n',
+        "line 2: field 'choices' must be a list of strings, got an object",
+    ),
+    "record after quoted line breaks": (
+        "d.csv",
+        'question,choices,answer\n"one\ntwo","[""a"", ""b""]",0\n\nq,"[""a"", ""b""]",9\n',
+        "record 2 (line 5): field 'answer' is 9, out of range",
+    ),
+    "JSON record on its own line": (
+        "d.json",
+        f'{{"data": [\n  {{{QA}, "answer": 0}},\n\n  {{{QA}, "answer": 2}}\n]}}',
+        "record 2 (line 4): field 'answer' is 2, out of range",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_file_names_the_location(tmp_path, case):
+    name, content, message = HOSTILE[case]
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_records_file(str(path))
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_corrupt_parquet_is_one_line_and_struct_choices_refused(tmp_path):
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1" + b"\x00" * 64 + b"PAR1")
+    with pytest.raises(DataError, match=r"not a readable Parquet file \(OSError: Could not open") as err:
+        read_records_file(str(path))
+    assert "\n" not in str(err.value)
+    pq.write_table(pa.table({"question": ["q"], "choices": [{"a": "x", "b": "y"}], "answer": [0]}), path)
+    with pytest.raises(DataError, match="row 0: field 'choices' must be a list of strings, got an object"):
+        read_records_file(str(path))
+
+
+def test_sets_and_mappings_are_not_lists_of_options():
+    for choices in ({"x", "y"}, frozenset({"x", "y"}), {"x": 0, "y": 1}):
+        with pytest.raises(DataError, match=r"^f: row 1: field 'choices' must be a list of strings, got an? "):
+            make_record({"question": "q", "choices": choices, "answer": 0}, "f: row 1", "r")
+    record = make_record({"question": "q", "choices": ("x", "y"), "answer": "b"}, "f: row 1", "r")
+    assert record.choices == ("x", "y") and record.answer == 1
+
+
+def test_path_longer_than_the_file_system_allows():
+    path = "d" * 5000 + ".jsonl"
+    with pytest.raises(DataError, match=r"^dataset.path=d{60}\.\.\.d{10}\.jsonl \(5006 characters\): cannot open"):
+        read_records_file(path)
+
+
+def test_valid_files_that_were_refused_or_split(tmp_path):
+    """Raw U+2028 / U+0085 in JSON strings are legal; BOMs (Excel, Notepad) are not part of the data; a CSV cell
+    may be longer than the csv module's default field limit."""
+    rows = [
+        {"question": "first\u2028line", "choices": ["a\x85b", "c"], "answer": 1},
+        {"question": "q", "choices": ["x", "y"], "answer": "A"},
+    ]
+    want = [("first\u2028line", ("a\x85b", "c"), 1), ("q", ("x", "y"), 0)]
+    (tmp_path / "d.jsonl").write_text("\ufeff" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    (tmp_path / "d.json").write_text("\ufeff" + json.dumps(rows, ensure_ascii=False))
+    with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8-sig") as f:
+        writer = csv.writer(f)
+        writer.writerows(
+            [["question", "choices", "answer"], *([r["question"], json.dumps(r["choices"]), r["answer"]] for r in rows)]
+        )
+    for ext in ("jsonl", "json", "csv"):
+        got = read_records_file(str(tmp_path / f"d.{ext}"))
+        assert [(r.question, r.choices, r.answer) for r in got] == want, ext
+    (tmp_path / "big.csv").write_text(f'question,choices,answer\n{"x" * 200_000},"[""a"", ""b""]",B\n')
+    (big,) = read_records_file(str(tmp_path / "big.csv"))
+    assert len(big.question) == 200_000 and big.answer == 1
