@@ -17,6 +17,28 @@ from calibration_lightning.data.sources import parquet_rows, resolve_path
 from calibration_lightning.errors import DataError
 
 
+def download_error(repo_id: str, revision: str | None, e: Exception) -> str:
+    """One line for a failed dataset download: what went wrong, where we looked, what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(e, GatedRepoError):
+        why = f"the dataset is gated: accept its terms on https://huggingface.co/datasets/{repo_id} and set HF_TOKEN"
+    elif isinstance(e, RepositoryNotFoundError):
+        why = "no such dataset on the hub (or it is private: set HF_TOKEN)"
+    elif isinstance(e, LocalEntryNotFoundError):
+        offline = "HF_HUB_OFFLINE=1 forbids downloads" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+        why = f"{offline}, and it is not in the cache {constants.HF_HUB_CACHE}"
+    else:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    at = f" at revision {revision}" if revision else ""
+    return (
+        f"cannot download {repo_id}{at} from the Hugging Face hub ({why}); check the network or HF_TOKEN, "
+        "or pass the dataset's data_dir= (e.g. dataset.source.data_dir=FOLDER) to a local copy laid out like the hub"
+    )
+
+
 def split_files(
     repo_id: str, patterns: list[str], data_dir: str | None = None, revision: str | None = None
 ) -> list[Path]:
@@ -31,10 +53,7 @@ def split_files(
         try:
             root = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
         except Exception as e:  # network, auth, missing repo: one message naming the repo
-            raise DataError(
-                f"cannot download {repo_id} from the Hugging Face hub ({type(e).__name__}: {e}); "
-                "check the network / HF_TOKEN, or pass data_dir=LOCAL_COPY"
-            ) from e
+            raise DataError(download_error(repo_id, revision, e)) from None
     files = sorted(
         p
         for p in root.rglob("*.parquet")

@@ -54,15 +54,80 @@ def _publish(build, target: Path) -> Path:
 
 
 def pretrained(name_or_path: str) -> str:
-    """A hub id (``org/name``) or a local folder, passed through to ``from_pretrained``."""
+    """A local model folder, or a hub id (``org/name``) found in the Hugging Face cache or on the hub.
+
+    Checked before anything loads (the model's ``config.json`` is fetched, or found in the cache offline): a
+    missing folder, a folder without a model, a mistyped or gated id, or a hub that cannot be reached is one
+    ``ConfigError`` naming the model, where it was looked for and what to do."""
+    key = f"model.loader.name_or_path={name_or_path}"
     if not name_or_path or name_or_path == "???":
         raise ConfigError("model.loader.name_or_path is not set: pass model.loader.name_or_path=HUB_ID_OR_FOLDER")
     local = Path(os.path.expanduser(name_or_path))
-    if local.exists():
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ConfigError(
+                f"{key}: the folder {local.resolve()} holds no model (no config.json); pass a folder written by "
+                "save_pretrained (config.json, weights, tokenizer files) or a hub id ORG/NAME"
+            )
         return str(local.resolve())
+    if local.exists():
+        raise ConfigError(f"{key}: {local.resolve()} is a file; pass the model's folder or a hub id ORG/NAME")
     if name_or_path.startswith((".", "/", "~")):
-        raise ConfigError(f"model.loader.name_or_path: {name_or_path} does not exist")
+        raise ConfigError(f"{key}: no such folder ({local.absolute()}); pass an existing model folder or a hub id")
+    _check_hub_model(name_or_path, local)
     return name_or_path
+
+
+def _check_hub_model(repo_id: str, local: Path) -> None:
+    """Fetch (or find in the cache) the model's config.json, turning each way it fails into one ConfigError."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    key = f"model.loader.name_or_path={repo_id}"
+    tried = f"tried the folder {local.absolute()} (none), the Hugging Face cache {constants.HF_HUB_CACHE} and the hub"
+    local_hint = "or pass a local model folder: model.loader.name_or_path=/path/to/model"
+    try:
+        hf_hub_download(repo_id, "config.json")
+    except HFValidationError:
+        raise ConfigError(
+            f"{key}: neither an existing folder ({local.absolute()}) nor a hub id ORG/NAME; "
+            "pass a model folder or a hub id"
+        ) from None
+    except GatedRepoError:
+        raise ConfigError(
+            f"{key}: {repo_id} is gated on the Hugging Face hub: accept its terms on https://huggingface.co/{repo_id} "
+            f"and set HF_TOKEN (or run `hf auth login`), {local_hint}"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ConfigError(
+            f"{key}: the Hugging Face hub has no model {repo_id} (or it is private); {tried}; check the spelling, "
+            f"set HF_TOKEN for a private model, {local_hint}"
+        ) from None
+    except LocalEntryNotFoundError:  # offline or unreachable, and config.json not in the cache
+        snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+        if snapshots.is_dir() and any(snapshots.iterdir()):
+            return  # another revision is cached: from_pretrained looks for model.revision itself
+        offline = " (HF_HUB_OFFLINE=1 forbids downloads)" if constants.HF_HUB_OFFLINE else ""
+        raise ConfigError(
+            f"{key}: cannot download {repo_id} from the Hugging Face hub{offline}, and it is not in the cache; "
+            f"{tried}; check the network or the proxy, set HF_TOKEN for a gated or private model, {local_hint}"
+        ) from None
+    except EntryNotFoundError:
+        raise ConfigError(
+            f"{key}: {repo_id} on the Hugging Face hub has no config.json: not a transformers model"
+        ) from None
+    except OSError as e:  # HTTP errors (5xx, 429) and connection failures
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{key}: cannot download {repo_id} from the Hugging Face hub ({reason}); {tried}; "
+            f"check the network or HF_TOKEN, {local_hint}"
+        ) from None
 
 
 def bundled_smollm2() -> str:

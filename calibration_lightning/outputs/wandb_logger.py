@@ -29,7 +29,9 @@ def make_wandb_logger(
 ):
     """``WandbLogger`` in the mode WANDB_MODE asks for; offline when no API key is configured.
 
-    The key is read by wandb from the environment or ~/.netrc; it is never passed through our config.
+    The key is read by wandb from the environment or ~/.netrc; it is never passed through our config. W&B records
+    ``sys.argv`` as the run's arguments: ``__main__`` has already replaced each secret override's value there by
+    an ``${oc.env:...}`` reference (see ``calibration_lightning.redaction``).
     """
     from lightning.pytorch.loggers import WandbLogger
 

@@ -1,0 +1,262 @@
+"""Config mistakes, refused runs, hub failures and too-small splits end as one ``error:`` line with exit 2,
+before any model loads and without touching an existing run directory; secrets on the command line are hidden."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from calibration_lightning.__main__ import check_command_line, hide_secrets
+from calibration_lightning.errors import ConfigError, DataError, UserError
+from calibration_lightning.outputs.csv_logger import ResumableExperimentWriter
+from calibration_lightning.outputs.run_outputs import redacted_config
+from calibration_lightning.run import run
+from tests.test_reliability import cli
+
+HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help` the options of each group"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["method.optim.lrr=0.1"],
+            "Could not override 'method.optim.lrr'. To append to your config use +method.optim.lrr=0.1 "
+            f"(Key 'lrr' is not in struct); {HINT}",
+        ),
+        (
+            ["method=rcf"],
+            "In 'config': Could not find 'method/rcf'. "
+            f"Available options in 'method': auto, cft, label_smoothing, none, rcft, ts; {HINT}",
+        ),
+        (
+            ["--cfg", "job", "logger=foo"],
+            f"In 'config': Could not find 'logger/foo'. Available options in 'logger': csv, none, wandb; {HINT}",
+        ),
+        (
+            ["-m", "model=tiny", "method=cft,rcfx"],
+            "In 'config': Could not find 'method/rcfx'. "
+            f"Available options in 'method': auto, cft, label_smoothing, none, rcft, ts; {HINT}",
+        ),
+        (
+            ["model=tiny", "trainer.checkpoint_every_n_steps=-1"],
+            "trainer.checkpoint_every_n_steps=-1: must be an integer >= 0 (0: only at each epoch end)",
+        ),
+        (
+            ["-m", "model=tiny", "method=cft,rcft", "method.optim.lr=-1"],
+            "method.optim.lr=-1: the learning rate must be > 0",
+        ),
+        (
+            ["model=tiny", "method=rcft", "method.callbacks.0.every=0"],
+            "method.callbacks EStepRefresh.every=0; allowed: epoch, once, or an integer >= 1",
+        ),
+    ],
+)
+def test_config_mistakes_are_one_line_before_hydra_runs(argv, message, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        check_command_line([*argv, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert str(caught.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_cfg_and_good_sweeps_pass_the_check(tmp_path):
+    for argv in (["--help"], ["--cfg", "job", "model=tiny"], ["-m", "model=tiny", "method=cft,rcft"]):
+        assert check_command_line(argv) == argv
+
+
+def _finished_run(path: Path) -> dict[str, bytes]:
+    (path / ".hydra").mkdir(parents=True)
+    (path / "metrics.json").write_text('{"after": {}}\n')
+    (path / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (path / ".hydra" / "overrides.yaml").write_text("- model=tiny\n")
+    (path / "__main__.log").write_text("[finished]\n")
+    return _snapshot(path)
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_refused_runs_leave_a_finished_run_untouched(tmp_path):
+    """Through the CLI: exit 2, one error line, no traceback, and the finished run's .hydra/ and log unchanged."""
+    out = tmp_path / "done"
+    before = _finished_run(out)
+    cases = {
+        "method.optim.lrr=0.1": "error: Could not override 'method.optim.lrr'.",
+        "trainer.checkpoint_every_n_steps=-1": "error: trainer.checkpoint_every_n_steps=-1: must be an integer >= 0",
+        "seed=1": f"error: {out} already holds a finished run (metrics.json); choose another hydra.run.dir",
+    }
+    for override, start in cases.items():
+        result = cli("model=tiny", override, f"hydra.run.dir={out}")
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith(start), result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+        assert _snapshot(out) == before
+
+
+def test_unfinished_run_is_refused_before_hydra_writes(tmp_path):
+    out = tmp_path / "killed"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(UserError, match="holds an unfinished run .*pass resume=true to continue it"):
+        check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "overrides", "message", "found"),
+    [  # the default split is 60 / 20 / 20 % of the file, rounded down
+        (2, [], "dataset.split.val: the val split is empty, and method=cft fits or chooses on it", "1, 0, 0"),
+        (2, ["method=none"], "dataset.split.test: the test split is empty, and method=none reports on it", "1, 0, 0"),
+        (60, ["dataset.split.test=0"], "dataset.split.test: the test split is empty, and method=cft", "36, 12, 0"),
+        (
+            60,
+            ["dataset.split.val=0", "method=auto"],
+            "dataset.split.val: the val split is empty, and method=auto",
+            "36, 0, 12",
+        ),
+    ],
+)
+def test_too_small_splits_are_refused_with_the_sizes_found(rows, overrides, message, found, make_cfg, tmp_path):
+    path = tmp_path / "small.jsonl"
+    path.write_text(
+        "".join(json.dumps({"question": f"q{i}", "choices": ["a", "b"], "answer": 0}) + "\n" for i in range(rows))
+    )
+    cfg = make_cfg("model=tiny", "dataset=jsonl", f"dataset.path={path}", *overrides)
+    with pytest.raises(ConfigError) as caught:
+        run(cfg)
+    text = str(caught.value)
+    train, val, test = found.split(", ")
+    assert text.startswith(message) and f" (found train={train}, val={val}, test={test}); " in text, text
+    assert text.endswith("a count > 0 or a fraction (or use a larger data file)")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.fixture()
+def offline_hub(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return tmp_path / "hf-cache"
+
+
+def test_hub_model_not_reachable_names_what_was_tried(offline_hub, monkeypatch, tmp_path):
+    from calibration_lightning.models.sources import pretrained
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        pretrained("nobody/no-such-model")
+    assert str(caught.value) == (
+        "model.loader.name_or_path=nobody/no-such-model: cannot download nobody/no-such-model from the Hugging Face "
+        "hub (HF_HUB_OFFLINE=1 forbids downloads), and it is not in the cache; tried the folder "
+        f"{tmp_path}/nobody/no-such-model (none), the Hugging Face cache {offline_hub} and the hub; check the network "
+        "or the proxy, set HF_TOKEN for a gated or private model, or pass a local model folder: "
+        "model.loader.name_or_path=/path/to/model"
+    )
+
+
+def test_model_folder_missing_or_empty(offline_hub, tmp_path):
+    from calibration_lightning.models.sources import pretrained
+
+    with pytest.raises(ConfigError, match=f"^model.loader.name_or_path={tmp_path}/none: no such folder"):
+        pretrained(f"{tmp_path}/none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=f"the folder {tmp_path}/empty holds no model \\(no config.json\\)"):
+        pretrained(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="a/b/c: neither an existing folder .* nor a hub id ORG/NAME"):
+        pretrained("a/b/c")
+
+
+def test_hub_model_error_through_the_cli(tmp_path):
+    """The design card's command on a machine without the model: one line, exit 2, no traceback."""
+    result = cli("model=mistral7b", "method=rcft", f"hydra.run.dir={tmp_path}/run", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in result.stderr.splitlines() if line.strip()]  # nothing but the error line
+    assert errors[0].startswith(
+        "error: model.loader.name_or_path=HuggingFaceH4/zephyr-7b-beta: cannot download HuggingFaceH4/zephyr-7b-beta "
+        "from the Hugging Face hub (HF_HUB_OFFLINE=1 forbids downloads), and it is not in the cache"
+    ), errors
+
+
+def test_hub_dataset_not_reachable(offline_hub):
+    from calibration_lightning.data.hub import split_files
+
+    with pytest.raises(DataError) as caught:
+        split_files("nobody/no-such-data", ["all/test-*.parquet"])
+    assert str(caught.value) == (
+        "cannot download nobody/no-such-data from the Hugging Face hub (HF_HUB_OFFLINE=1 forbids downloads, and it "
+        f"is not in the cache {offline_hub}); check the network or HF_TOKEN, or pass the dataset's data_dir= "
+        "(e.g. dataset.source.data_dir=FOLDER) to a local copy laid out like the hub"
+    )
+
+
+def test_secret_overrides_move_to_the_environment(monkeypatch):
+    for var in [k for k in os.environ if k.startswith("CALIBRATION_LIGHTNING_SECRET_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the variables set here vanish after the test
+    replaced = hide_secrets(["+judge.api_key=sk-abc", "win_rate.max_new_tokens=8", "+x.hf_token=123", "seed=1"])
+    assert replaced == {
+        "+judge.api_key=sk-abc": "+judge.api_key='${oc.env:CALIBRATION_LIGHTNING_SECRET_0}'",
+        "+x.hf_token=123": "+x.hf_token='${oc.decode:${oc.env:CALIBRATION_LIGHTNING_SECRET_1}}'",
+    }
+    assert os.environ["CALIBRATION_LIGHTNING_SECRET_0"] == "sk-abc"
+    cfg = OmegaConf.create({"judge": {"api_key": "${oc.env:CALIBRATION_LIGHTNING_SECRET_0}"}})
+    assert cfg.judge.api_key == "sk-abc"  # the run still sees the value
+    argv = check_command_line(["--cfg", "job", "model=tiny", "+judge.api_key=sk-abc"])
+    assert argv[-1].startswith("+judge.api_key='${oc.env:") and "sk-abc" not in " ".join(argv)
+
+
+def test_redaction_covers_secret_names_only():
+    cfg = OmegaConf.create(
+        {
+            "judge": {"api_key": "sk-1", "api_key_env": "OPENAI_API_KEY", "password": ""},
+            "hf_token": "hf_2",
+            "win_rate": {"max_new_tokens": 64},
+            "model": {"tokenizer": "x"},
+        }
+    )
+    assert redacted_config(cfg) == (
+        "judge:\n  api_key: <redacted>\n  api_key_env: OPENAI_API_KEY\n  password: ''\nhf_token: <redacted>\n"
+        "win_rate:\n  max_new_tokens: 64\nmodel:\n  tokenizer: x\n"
+    )
+
+
+def test_resumed_csv_log_keeps_the_rows_before_the_kill(tmp_path):
+    """The resumed run logs again the "before" evaluation (step 0) and the steps after its checkpoint (30, 40):
+    each replaces its earlier row in place; auto's first candidate (the first steps 10, 20) is kept whole."""
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    old = [("0", "", "0.3"), *((s, v, "") for s, v in [("10", "0.9"), ("20", "0.8"), ("10", "0.7"), ("20", "0.6")])]
+    old += [("30", "0.5", ""), ("40", "0.4", "")]
+    (log_dir / "metrics.csv").write_text("step,test/ece,train/loss\n" + "".join(f"{s},{e},{v}\n" for s, v, e in old))
+    writer = ResumableExperimentWriter(str(log_dir), keep=True)
+    for metrics, step in (({"test/ece": 0.25}, 0), ({"train/loss": 0.55}, 30), ({"train/loss": 0.45}, 40)):
+        writer.log_metrics(metrics, step)
+        writer.save()
+    writer.log_metrics({"val/ece": 0.1}, 40)
+    writer.save()
+    with open(log_dir / "metrics.csv", newline="") as f:
+        rows = [(r["step"], r["test/ece"], r["train/loss"], r["val/ece"]) for r in csv.DictReader(f)]
+    assert rows == [
+        ("0", "0.25", "", ""),
+        ("10", "", "0.9", ""),
+        ("20", "", "0.8", ""),
+        ("10", "", "0.7", ""),
+        ("20", "", "0.6", ""),
+        ("30", "", "0.55", ""),
+        ("40", "", "0.45", ""),
+        ("40", "", "", "0.1"),
+    ]
+
+
+def test_a_new_run_starts_a_new_csv_log(tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,train/loss\n3,1.0\n")
+    writer = ResumableExperimentWriter(str(tmp_path), keep=False)
+    writer.log_metrics({"train/loss": 2.0}, 5)
+    writer.save()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,train/loss", "5,2.0"]
