@@ -8,8 +8,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from calibration_lightning.calibration.bootstrap import paired_bootstrap
 from calibration_lightning.calibration.confidence import set_probabilities
-from calibration_lightning.calibration.metrics import all_metrics
+from calibration_lightning.calibration.metrics import all_metrics, metric
 from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.data.records import LETTERS, MCRecord
 
@@ -74,7 +75,40 @@ def probabilities(scored: Scored) -> Tensor:
 
 
 def metrics(scored: Scored, n_bins: int) -> dict:
+    """Every metric of ``METRICS`` on one split, plus its size ``n``: the one place a run's metrics come from."""
     return all_metrics(probabilities(scored), scored["labels"], n_bins)
+
+
+def intervals(before: Scored, after: Scored, n_bins: int, resamples: int, seed: int, level: float) -> dict:
+    """Bootstrap intervals of one set's metrics before and after, and of their difference (paired: the same
+    resampled questions before and after). ``{"before": {metric: [lo, hi]}, "after": ..., "improvement":
+    {metric: {"difference", "ci95", "excludes_zero"}}}`` (``calibration.bootstrap.paired_bootstrap``)."""
+    if not torch.equal(before["index"], after["index"]):
+        raise ValueError("before and after must score the same questions in the same order")
+    return paired_bootstrap(
+        probabilities(before), probabilities(after), before["labels"], n_bins, resamples, seed, level
+    )
+
+
+def subject_metrics(scored: Scored, records: list[MCRecord], n_bins: int) -> dict[str, dict] | None:
+    """conf-ECE, accuracy and n per subject (sorted by name), or None when no record of the set has a subject."""
+    subjects = [records[i].subject for i in scored["index"].tolist()]
+    if all(s is None for s in subjects):
+        return None
+    groups: dict[str, list[int]] = {}
+    for row, subject in enumerate(subjects):
+        groups.setdefault(subject or "(none)", []).append(row)
+    probs, labels = probabilities(scored), scored["labels"]
+    per_subject = {}
+    for name in sorted(groups):
+        rows = torch.tensor(groups[name], device=labels.device)
+        p, y = probs[rows], labels[rows]
+        per_subject[name] = {
+            "conf_ece": float(metric("conf_ece", p, y, n_bins)),
+            "accuracy": float(metric("accuracy", p, y, n_bins)),
+            "n": len(rows),
+        }
+    return per_subject
 
 
 def prediction_rows(scored: Scored, records: list[MCRecord]) -> list[dict]:

@@ -60,6 +60,6 @@ def test_report_from_real_default_runs(make_cfg, tmp_path):
     assert list(rows) == ["none", "ts"] and all(r["model"] == "smollm2_135m" for r in rows.values())
     for method, row in rows.items():
         after = json.loads((tmp_path / "runs" / method / "metrics.json").read_text())["after"]
-        assert float(row["test conf-ECE"]) == pytest.approx(after["conf_ece"], abs=5e-5)
-        assert float(row["test acc"]) == pytest.approx(after["accuracy"], abs=5e-5)
-    assert float(rows["ts"]["test acc"]) == float(rows["none"]["test acc"])  # TS never changes predictions
+        assert float(row["conf_ece after"]) == pytest.approx(after["conf_ece"], abs=5e-5)
+        assert float(row["accuracy after"]) == pytest.approx(after["accuracy"], abs=5e-5)
+    assert float(rows["ts"]["accuracy after"]) == float(rows["none"]["accuracy after"])  # TS keeps predictions

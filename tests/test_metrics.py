@@ -9,11 +9,15 @@ from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibr
 from calibration_lightning import classwise_ece, conf_ece
 from calibration_lightning.calibration.collection import calibration_metrics
 from calibration_lightning.calibration.metrics import (
+    METRICS,
     accuracy,
+    adaptive_ece,
     all_metrics,
     brier_score,
+    equal_mass_ece,
     max_calibration_error,
     negative_log_likelihood,
+    smooth_ece,
 )
 
 # Three rows, K = 3, no value on a bin boundary. Worked out by hand in the comments below.
@@ -112,7 +116,8 @@ def test_metric_collection_equals_functional_over_batches():
         collection.update(probs[chunk : chunk + 64], labels[chunk : chunk + 64])
     computed = {k: v.item() for k, v in collection.compute().items()}
     expected = all_metrics(probs, labels, 10)
-    assert set(computed) == {f"val/{k}" for k in ("conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce")}
+    names = ("conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce", "adaptive_ece", "smooth_ece")
+    assert set(computed) == {f"val/{k}" for k in names}
     for key, value in computed.items():
         assert value == pytest.approx(expected[key.split("/")[1]], abs=1e-6)
 
@@ -122,3 +127,58 @@ def test_rejects_bad_shapes():
         conf_ece(torch.rand(5), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="labels must be"):
         classwise_ece(torch.rand(5, 3), torch.zeros(4, dtype=torch.long))
+
+
+def _t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_adaptive_ece_by_hand():
+    # 4 samples, 2 equal-mass bins: {0.6 right, 0.7 wrong} -> |0.5 - 0.65|; {0.8, 0.9 right} -> |1 - 0.85|
+    assert equal_mass_ece(_t(0.9, 0.6, 0.8, 0.7), _t(1, 1, 1, 0), 2).item() == pytest.approx(0.15)
+    # 3 samples, 2 bins of 1.5: the middle sample (0.7, right) is split half and half.
+    # bin 0: conf 0.6 + 0.35, correct 0 + 0.5 -> 0.45; bin 1: conf 0.35 + 0.9, correct 0.5 + 1 -> 0.25
+    assert equal_mass_ece(_t(0.6, 0.7, 0.9), _t(0, 1, 1), 2).item() == pytest.approx((0.45 + 0.25) / 3)
+    # Ties are one group with their mean correctness (1/3 here), whatever their order: bin 0 holds two of the
+    # three 0.5s: |2/3 - 1.0|; bin 1 the third and 0.9: |1/3 + 1 - 1.4|. (0.4 / 3 + 0.2 / 3) / 4 = 0.1
+    for hits in ((1, 0, 0, 1), (0, 0, 1, 1), (0, 1, 0, 1)):
+        assert equal_mass_ece(_t(0.5, 0.5, 0.5, 0.9), _t(*hits), 2).item() == pytest.approx(0.1)
+    # Confidences exactly 0 and 1: bins {0, 0} (one right) and {1, 1} (both right): (0.5 * 2 + 0) / 4
+    assert equal_mass_ece(_t(1, 0, 1, 0), _t(1, 0, 1, 1), 2).item() == pytest.approx(0.25)
+    # N = 1 (fewer samples than bins): every bin holds a slice of the one sample: |1 - 0.7|
+    assert equal_mass_ece(_t(0.7), _t(1), 10).item() == pytest.approx(0.3)
+    # Top-label: PROBS' confidences 0.55 (right), 0.64 (right), 0.81 (wrong) in 3 bins of one each = conf-ECE.
+    assert adaptive_ece(PROBS, LABELS, 3).item() == pytest.approx(0.54, abs=1e-6)
+    assert adaptive_ece(PROBS, LABELS, 3).item() == pytest.approx(conf_ece(PROBS, LABELS).item(), abs=1e-6)
+
+
+def test_equal_mass_ece_of_resamples_equals_the_resampled_samples():
+    conf, hit = _t(0.5, 0.5, 0.5, 0.9, 1.0), _t(1, 0, 0, 1, 0)
+    counts = torch.tensor([[2.0, 0, 1, 1, 1], [0, 0, 0, 5, 0], [1, 1, 1, 1, 1]])
+    values = equal_mass_ece(conf, hit, 3, counts)
+    for r in range(3):
+        drawn = torch.arange(5).repeat_interleave(counts[r].long())
+        assert values[r].item() == pytest.approx(equal_mass_ece(conf[drawn], hit[drawn], 3).item())
+
+
+def test_smooth_ece_by_hand():
+    # One confidence c for every sample: the smoothed residual is acc - c everywhere, so smECE = |acc - c|
+    # (relplot adds 1e-4 to the kernel density, hence the tolerance).
+    def sm(conf, correct):
+        probs = torch.stack([_t(*conf), 1 - _t(*conf)], dim=1)
+        return smooth_ece(probs, torch.tensor([0 if c else 1 for c in correct])).item()
+
+    assert sm([0.6] * 10, [1] * 10) == pytest.approx(0.4, abs=1e-4)
+    assert sm([0.6] * 10, [1] * 6 + [0] * 4) == pytest.approx(0.0, abs=1e-9)  # calibrated
+    assert sm([0.7], [1]) == pytest.approx(0.3, abs=1e-4)  # N = 1
+    assert sm([1.0], [1]) == pytest.approx(0.0, abs=1e-9)  # confidence exactly 1, right
+    assert sm([1.0], [0]) == pytest.approx(1.0, abs=1e-3)  # ... and wrong
+    assert smooth_ece(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
+def test_new_metrics_are_in_the_registry():
+    probs, labels = _random_probs(500, 4, 11)
+    values = all_metrics(probs, labels, 10)
+    assert set(values) == set(METRICS) | {"n"} and {"adaptive_ece", "smooth_ece"} <= set(values)
+    assert values["adaptive_ece"] == pytest.approx(adaptive_ece(probs, labels, 10).item())
+    assert values["smooth_ece"] == pytest.approx(smooth_ece(probs, labels).item())

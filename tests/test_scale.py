@@ -61,12 +61,15 @@ def test_multirun_and_report_table_match_metrics(tmp_path, capsys):
         run_dir = next(
             p.parent for p in sweep.rglob("metrics.json") if json.loads(p.read_text())["method"] == row["method"]
         )
-        metrics = json.loads((run_dir / "metrics.json").read_text())["after"]
-        assert float(row["test conf-ECE"]) == pytest.approx(metrics["conf_ece"], abs=5e-5)
-        assert float(row["test cw-ECE"]) == pytest.approx(metrics["cw_ece"], abs=5e-5)
-        assert float(row["test acc"]) == pytest.approx(metrics["accuracy"], abs=5e-5)
-        assert f"{metrics['conf_ece']:.4f}" in printed
-    assert (sweep / "report.md").read_text().startswith("| model | method | dataset |")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert row["set"] == "test"
+        for key in ("conf_ece", "cw_ece", "accuracy", "adaptive_ece", "smooth_ece"):
+            assert float(row[f"{key} before"]) == metrics["before"][key]
+            assert float(row[f"{key} after"]) == metrics["after"][key]
+        difference = metrics["improvement"]["conf_ece"]
+        assert [float(row["conf_ece difference lo"]), float(row["conf_ece difference hi"])] == difference["ci95"]
+        assert f"{metrics['after']['conf_ece']:.4f}" in printed and f"{difference['difference']:+.4f} [" in printed
+    assert (sweep / "report.md").read_text().startswith("| model | method | dataset | set |")
     assert (sweep / "reliability.png").stat().st_size > 10_000
 
 

@@ -123,6 +123,87 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 1e-12) -
     return -probs.gather(1, labels[:, None]).clamp_min(eps).log().mean()
 
 
+def equal_mass_ece(confidence: Tensor, correct: Tensor, n_bins: int = 10, counts: Tensor | None = None) -> Tensor:
+    """ECE over equal-mass bins of ``confidence [N]`` against ``correct [N]``, once or for R resamples at once.
+
+    The samples, sorted by confidence, are cut into ``n_bins`` bins of exactly ``N / n_bins`` samples each;
+    a sample on a cut is split between the two bins in proportion (so N need not be a multiple of n_bins).
+    Samples with equal confidence form one group whose correctness is their mean, so the value does not depend
+    on how ties are ordered. ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.
+
+    Args:
+        confidence: ``[N]`` confidences.
+        correct: ``[N]`` 1.0 / 0.0.
+        n_bins: number of bins.
+        counts: ``[R, N]`` how many times each sample is drawn in each of R resamples (the bootstrap), or None
+            for each sample once.
+
+    Returns:
+        0-dim tensor (``counts`` None) or ``[R]``.
+    """
+    conf, hit = confidence.double(), correct.double()
+    n = len(conf)
+    if n == 0:
+        return conf.new_zeros(()) if counts is None else conf.new_zeros(len(counts))
+    weights = conf.new_ones(1, n) if counts is None else counts
+    if not bool((conf[1:] >= conf[:-1]).all()):  # the bootstrap passes its samples already sorted
+        order = conf.argsort(stable=True)
+        conf, hit, weights = conf[order], hit[order], weights.index_select(1, order)
+    # In the dtype of the counts (float32 in the bootstrap: half the memory traffic of float64); CPU cumsum
+    # accumulates float32 in double, so each running sum is exact to float32 rounding.
+    upper = weights.cumsum(1)  # sample i covers the sorted positions [upper_i - w_i, upper_i)
+    residual = (weights * (hit - conf).to(weights.dtype)).cumsum(1)  # running sum of correct - conf
+    # Atoms: runs of equal confidence (one sample each when there are no ties), by first and last sample.
+    first = torch.ones(n, dtype=torch.bool, device=conf.device)
+    first[1:] = conf[1:] != conf[:-1]
+    starts = first.nonzero().squeeze(1)
+    ends = torch.cat([starts[1:] - 1, starts.new_tensor([n - 1])])
+    atom_upper = upper if len(starts) == n else upper[:, ends]
+    total = upper[:, -1:]
+    edges = total * torch.linspace(0, 1, n_bins + 1, dtype=upper.dtype, device=conf.device)  # [R, n_bins + 1]
+    atom = torch.searchsorted(atom_upper, edges, right=True).clamp_max_(len(starts) - 1)  # the atom at each edge
+    first_i, last_i = starts[atom], ends[atom]
+
+    def before_atom(cum: Tensor) -> Tensor:  # running sum up to the atom's first sample, excluded
+        return torch.where(first_i > 0, cum.gather(1, (first_i - 1).clamp_min(0)), 0.0)
+
+    lower = before_atom(upper)
+    mass = upper.gather(1, last_i) - lower
+    if len(starts) == n:
+        atom_hit = hit[last_i]
+    else:
+        hits = (weights * hit.to(weights.dtype)).cumsum(1)
+        atom_hit = (hits.gather(1, last_i) - before_atom(hits)) / mass.clamp_min(1e-30)
+    # correct - conf summed over the sorted positions [0, edge): whole atoms below, then part of the edge's atom
+    below = before_atom(residual).double() + (edges - lower).double() * (atom_hit.double() - conf[last_i])
+    ece = below.diff(dim=1).abs().sum(1) / total.squeeze(1).double()
+    return ece[0] if counts is None else ece
+
+
+def adaptive_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
+    """Top-label ECE over equal-mass confidence bins (adaptive ECE; ``equal_mass_ece`` says how ties split)."""
+    _check(probs, labels)
+    conf, hit = top_label(probs, labels)
+    return equal_mass_ece(conf, hit, n_bins).to(probs.dtype)
+
+
+def smooth_ece(probs: Tensor, labels: Tensor) -> Tensor:
+    """Smooth ECE (smECE, Blasiok and Nakkiran 2023) of top-label confidence against correctness.
+
+    ``relplot.smECE``: kernel smoothing of the residuals ``conf - correct`` with a reflected Gaussian kernel
+    whose bandwidth is chosen as the fixed point sigma = smECE_sigma; defined for any N >= 1 and for
+    confidences of exactly 0 and 1. 0 for an empty set.
+    """
+    _check(probs, labels)
+    if labels.numel() == 0:
+        return probs.new_zeros(())
+    from relplot import smECE  # imports pandas and seaborn: only when the metric is computed
+
+    conf, hit = top_label(probs, labels)
+    value = smECE(conf.double().cpu().numpy(), hit.double().cpu().numpy())
+    return torch.tensor(float(value), dtype=probs.dtype, device=probs.device)
+
+
 # Every reported metric, by the name used in logs, metrics.json and tables: (function, takes n_bins).
 METRICS = {
     "conf_ece": (conf_ece, True),
@@ -131,6 +212,8 @@ METRICS = {
     "brier": (brier_score, False),
     "nll": (negative_log_likelihood, False),
     "mce": (max_calibration_error, True),
+    "adaptive_ece": (adaptive_ece, True),
+    "smooth_ece": (smooth_ece, False),
 }
 
 

@@ -10,12 +10,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning import evaluation
 from calibration_lightning.errors import UserError
-from calibration_lightning.outputs.diagrams import save_reliability_diagrams
+from calibration_lightning.outputs.diagrams import save_set_figure
 from calibration_lightning.outputs.files import write_json, write_jsonl, write_text
-from calibration_lightning.outputs.summary import format_table
+from calibration_lightning.outputs.summary import format_comparison, format_table
+from calibration_lightning.redaction import scrub
 
-VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "lightning", "torchmetrics", "hydra-core")
-SECRET_KEYS = ("key", "token", "secret", "password")
+PHASES = ("before", "after")
+VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "lightning", "torchmetrics", "hydra-core", "relplot")
 
 
 def versions() -> dict[str, str | None]:
@@ -43,32 +44,28 @@ def check_run_dir(out_dir: Path, resume: bool) -> None:
 
 def redacted_config(cfg: DictConfig) -> str:
     """The resolved config as YAML with any secret-looking value blanked."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-
-    def scrub(node):
-        if isinstance(node, dict):
-            return {
-                k: ("<redacted>" if any(s in str(k).lower() for s in SECRET_KEYS) and v else scrub(v))
-                for k, v in node.items()
-            }
-        if isinstance(node, list):
-            return [scrub(v) for v in node]
-        return node
-
-    return OmegaConf.to_yaml(OmegaConf.create(scrub(data)))
+    return OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(cfg, resolve=True))))
 
 
-def write_phase(out_dir: Path, phase: str, scored: dict, records: dict, n_bins: int) -> dict[str, dict]:
-    """Predictions, diagrams and metrics of one phase ("before"/"after") for every evaluation set."""
+def write_phase(
+    out_dir: Path, phase: str, scored: dict, records: dict, n_bins: int, before: dict | None = None
+) -> dict[str, dict]:
+    """Predictions, diagrams and metrics of one phase ("before"/"after") for every evaluation set.
+
+    ``reliability_{set}.png`` holds one column per phase: the "before" column alone when written before
+    training (so a failed run keeps it), rewritten with both columns after training when ``before`` (the
+    "before" scores) is given.
+    """
     results = {}
     for name, s in scored.items():
         if name == "val":
             continue
         stem = phase if name == "test" else f"{name}_{phase}"
         write_jsonl(out_dir / f"predictions_{stem}.jsonl", evaluation.prediction_rows(s, records[name]))
-        save_reliability_diagrams(
-            evaluation.probabilities(s), s["labels"], n_bins, out_dir, f"reliability_{stem}", f"{name} {phase}"
-        )
+        phases = {"before": before[name]} if before is not None else {}
+        phases[phase] = s
+        columns = {p: (evaluation.probabilities(x), x["labels"]) for p, x in phases.items()}
+        save_set_figure(out_dir, name, columns, n_bins)
         results[name] = evaluation.metrics(s, n_bins)
     return results
 
@@ -79,22 +76,69 @@ def write_win_rate(out_dir: Path, phase: str, summary: dict, rows: list[dict]) -
     return summary
 
 
-def write_summary(out_dir: Path, cfg: DictConfig, before: dict, after: dict, extra: dict) -> str:
-    """metrics.json and config.yaml; returns the printed before/after table."""
+def write_summary(
+    out_dir: Path,
+    cfg: DictConfig,
+    before: dict,
+    after: dict,
+    extra: dict,
+    scored: tuple[dict, dict] | None = None,
+    records: dict | None = None,
+) -> str:
+    """metrics.json and config.yaml; returns the printed before/after table.
+
+    ``before``/``after``: each set's point metrics (``write_phase``); they get ``ci95`` (bootstrap intervals,
+    ``cfg.bootstrap``) when ``scored`` (the before and after scores of every split) is given. Each set gets an
+    ``improvement`` (after - before, with the interval of the paired difference), and ``subjects`` (conf-ECE,
+    accuracy and n per subject) when ``records`` (every split's records) carry subjects.
+    """
+    boot = cfg.bootstrap
+    improvement, subjects = {}, {}
+    for name in before:
+        ci = {}
+        if scored is not None and boot.resamples > 0 and before[name]["n"] > 0:
+            ci = evaluation.intervals(
+                scored[0][name], scored[1][name], cfg.n_bins, boot.resamples, boot.seed, boot.level
+            )
+            before[name]["ci95"], after[name]["ci95"] = ci["before"], ci["after"]
+        paired = ci.get("improvement", {})
+        improvement[name] = {
+            m: {
+                "difference": after[name][m] - v,
+                "ci95": paired.get(m, {}).get("ci95"),
+                "excludes_zero": paired.get(m, {}).get("excludes_zero"),
+            }
+            for m, v in before[name].items()
+            if m not in ("n", "ci95")
+        }
+        if scored is not None and records is not None:
+            per_phase = [evaluation.subject_metrics(s[name], records[name], cfg.n_bins) for s in scored]
+            if per_phase[0] is not None:
+                subjects[name] = {k: dict(zip(PHASES, (p[k] for p in per_phase))) for k in per_phase[0]}
+
+    def one_set(name: str) -> dict:
+        node = {"before": before[name], "after": after[name], "improvement": improvement[name]}
+        return {**node, "subjects": subjects[name]} if name in subjects else node
+
+    test = one_set("test")
     summary = {
-        "before": before["test"],
-        "after": after["test"],
-        "eval_sets": {n: {"before": before[n], "after": after[n]} for n in before if n != "test"},
+        **test,
+        "eval_sets": {n: one_set(n) for n in before if n != "test"},
         **extra,
+        "bootstrap": {"resamples": boot.resamples, "level": boot.level, "seed": boot.seed, "interval": "percentile"},
         "seed": cfg.seed,
         "versions": versions(),
     }
     write_text(out_dir / "config.yaml", redacted_config(cfg))
     write_json(out_dir / "metrics.json", summary)
-    rows = []
-    for name in before:
-        rows += [(f"{name} before", before[name]), (f"{name} after ({extra['method']})", after[name])]
-    table = format_table(rows)
+    table = "\n\n".join(
+        format_comparison(name, extra["method"], before[name], after[name], improvement[name]) for name in before
+    )
+    if "ci95" in before["test"]:
+        table += (
+            f"\n[lo, hi]: {boot.level:.0%} percentile bootstrap interval, {boot.resamples} resamples of the questions"
+            "\n(after - before: the same resamples before and after, a paired difference)"
+        )
     if "temperature" in extra:
         table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"
     if "auto" in extra:

@@ -1,0 +1,187 @@
+"""Reliability figures: panels, hand-computed bars, low-count marking, titles equal to the metrics."""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from calibration_lightning.calibration.metrics import all_metrics
+from calibration_lightning.data.records import MCRecord
+from calibration_lightning.outputs import diagrams
+from calibration_lightning.outputs.run_outputs import write_phase
+from calibration_lightning.report import RunResult, reliability_figure
+
+Z = 1.959964
+
+# 5 bins of width 0.2. Confidence: 12 rows at 0.9 (9 right), 4 at 0.7 (1 right), 2 at 0.55 (both right).
+PROBS = torch.tensor([[0.9, 0.1]] * 12 + [[0.3, 0.7]] * 4 + [[0.55, 0.45]] * 2)
+LABELS = torch.tensor([0] * 9 + [1] * 3 + [1] + [0] * 3 + [0, 0])
+
+
+def _bars(ax, label):
+    """(centre, bottom, height, hatch) of each bar of the container labelled ``label``, left to right."""
+    (container,) = [c for c in ax.containers if c.get_label() == label]
+    return [
+        (round(p.get_x() + p.get_width() / 2, 6), p.get_y(), p.get_height(), p.get_hatch()) for p in container.patches
+    ]
+
+
+def _figure(columns):
+    fig = diagrams.reliability_figure(columns)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return fig
+
+
+def _panels(fig, column=0):
+    axes = fig.subfigs[column].axes
+    assert len(axes) == 4  # confidence, its histogram, classwise, its histogram
+    return axes
+
+
+def test_confidence_panel_bars_whiskers_and_low_count_marking():
+    conf, hist, cw, cw_hist = _panels(_figure([diagrams.Column("test", PROBS, LABELS, 5)]))
+    assert (conf.get_ylabel(), hist.get_xlabel(), hist.get_ylabel()) == ("accuracy", "confidence", "count")
+    assert hist.get_shared_x_axes().joined(conf, hist)
+    # bin 4 (0.8-1.0): 9/12 right, a plain bar; bins 2 and 3 have 2 and 4 samples: pale, dotted
+    assert _bars(conf, "observed") == [(0.9, 0.0, pytest.approx(0.75), None)]
+    assert _bars(conf, f"observed, n < {diagrams.FEW}") == [
+        (0.5, 0.0, pytest.approx(1.0), "..."),
+        (0.7, 0.0, pytest.approx(0.25), "..."),
+    ]
+    for ax in (conf, hist):  # and their whole column is greyed, visible even when the bar has height 0
+        spans = [p for p in ax.patches if p.get_gid() == "few"]
+        assert [(round(p.get_x(), 6), round(p.get_x() + p.get_width(), 6)) for p in spans] == [(0.4, 0.6), (0.6, 0.8)]
+    # the gap runs from the observed accuracy to the bin's mean confidence
+    gaps = _bars(conf, "gap to mean prediction")
+    assert [(c, pytest.approx(b), pytest.approx(h)) for c, b, h, _ in gaps] == [
+        (0.5, 1.0, 0.55 - 1.0),
+        (0.7, 0.25, 0.7 - 0.25),
+        (0.9, 0.75, 0.9 - 0.75),
+    ]
+    # the gap box is wider than the bar and drawn under it, so the bar always shows
+    (gap_box, bar) = (conf.containers[0].patches[0], conf.containers[1].patches[0])
+    assert gap_box.get_width() > bar.get_width() and gap_box.get_zorder() < bar.get_zorder()
+    # Wilson 95% whiskers: 2/2 right -> [n / (n + z^2), 1]; 9/12 right by the closed form
+    (whiskers,) = [c for c in conf.containers if c.get_label() == "95% interval"]
+    segments = whiskers.lines[2][0].get_segments()
+    lows, highs = [s[0][1] for s in segments], [s[1][1] for s in segments]
+    assert lows[0] == pytest.approx(2 / (2 + Z**2)) and highs[0] == pytest.approx(1.0)
+    p, n = 0.75, 12
+    centre, half = (
+        (p + Z**2 / (2 * n)) / (1 + Z**2 / n),
+        Z / (1 + Z**2 / n) * math.sqrt(p * (1 - p) / n + Z**2 / 4 / n**2),
+    )
+    assert (lows[2], highs[2]) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    # the histogram counts each bin; low-count bins are dotted there too
+    assert [h for _, _, h, _ in _bars(hist, "count")] == [12]
+    assert [(c, h, hatch) for c, _, h, hatch in _bars(hist, f"count < {diagrams.FEW}")] == [
+        (0.5, 2, "..."),
+        (0.7, 4, "..."),
+    ]
+
+
+def test_classwise_panel_is_class_frequency_of_all_classes_pooled():
+    _, _, cw, cw_hist = _panels(_figure([diagrams.Column("test", PROBS, LABELS, 5)]))
+    assert (cw.get_ylabel(), cw_hist.get_xlabel()) == ("class frequency", "predicted probability")
+    # p_j = 0.1 (12x, gold 3x), 0.3 (4x, gold 3x), 0.45/0.55 (2x each, gold twice), 0.7 (4x, gold 1x), 0.9 (12x, 9x)
+    assert [(c, pytest.approx(h)) for c, _, h, _ in _bars(cw, "observed")] == [(0.1, 0.25), (0.9, 0.75)]
+    sparse = _bars(cw, f"observed, n < {diagrams.FEW}")
+    assert [(c, pytest.approx(h)) for c, _, h, _ in sparse] == [(0.3, 0.75), (0.5, 0.5), (0.7, 0.25)]
+    assert [h for _, _, h, _ in _bars(cw_hist, "count")] == [12, 12]
+
+
+def _number(pattern, text):
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in {text!r}"
+    return float(match.group(1))
+
+
+def _check_titles(fig, column, probs, labels, n_bins, heading):
+    conf, _, cw, _ = _panels(fig, column)
+    assert fig.subfigs[column]._suptitle.get_text() == heading
+    expected = all_metrics(probs, labels, n_bins)
+    assert _number(r"conf-ECE (\d\.\d{4})", conf.get_title()) == pytest.approx(expected["conf_ece"], abs=5e-5)
+    assert _number(r"accuracy (\d\.\d{3})", conf.get_title()) == pytest.approx(expected["accuracy"], abs=5e-4)
+    assert _number(r"cw-ECE (\d\.\d{4})", cw.get_title()) == pytest.approx(expected["cw_ece"], abs=5e-5)
+
+
+def _scored(probs, labels):
+    return {
+        "letter_logits": probs.log(),
+        "labels": labels,
+        "n_choices": torch.full((len(labels),), probs.shape[1]),
+        "index": torch.arange(len(labels)),
+    }
+
+
+def _png_width(path):
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def test_write_phase_one_figure_per_set_before_then_both_columns(tmp_path, monkeypatch):
+    drawn = []
+    real_save = diagrams.save_figure
+    monkeypatch.setattr(
+        diagrams, "save_figure", lambda fig, path: drawn.append((path.name, fig)) or real_save(fig, path)
+    )
+    records = [MCRecord(f"q{i}", "?", ("a", "b"), int(y)) for i, y in enumerate(LABELS)]
+    after_probs = torch.tensor([[0.8, 0.2]] * 12 + [[0.4, 0.6]] * 4 + [[0.6, 0.4]] * 2)
+    before = {"val": _scored(PROBS, LABELS), "test": _scored(PROBS, LABELS), "arc": _scored(PROBS[:6], LABELS[:6])}
+    after = {name: {**s, "letter_logits": after_probs[: len(s["labels"])].log()} for name, s in before.items()}
+    records = {"val": records, "test": records, "arc": records[:6]}
+
+    results_before = write_phase(tmp_path, "before", before, records, 5)
+    assert sorted(p.name for p in tmp_path.glob("reliability_*.png")) == ["reliability_arc.png", "reliability_test.png"]
+    one_column = _png_width(tmp_path / "reliability_test.png")
+    assert [len(fig.subfigs) for _, fig in drawn] == [1, 1]
+    assert results_before["test"]["n"] == 18 and "val" not in results_before
+
+    drawn.clear()
+    results_after = write_phase(tmp_path, "after", after, records, 5, before=before)
+    assert sorted(p.name for p in tmp_path.glob("reliability_*.png")) == ["reliability_arc.png", "reliability_test.png"]
+    assert _png_width(tmp_path / "reliability_test.png") > 1.8 * one_column
+    (name, fig), _ = drawn
+    assert name == "reliability_test.png" and len(fig.subfigs) == 2
+    probs_before, probs_after = PROBS.log().softmax(1), after_probs.log().softmax(1)
+    _check_titles(fig, 0, probs_before, LABELS, 5, "test, before training (N = 18)")
+    _check_titles(fig, 1, probs_after, LABELS, 5, "test, after training (N = 18)")
+    # the titles and metrics.json's numbers come from the same computation
+    assert _number(r"conf-ECE (\d\.\d{4})", fig.subfigs[1].axes[0].get_title()) == pytest.approx(
+        results_after["test"]["conf_ece"], abs=5e-5
+    )
+
+
+def test_report_figure_draws_each_run_with_the_same_panels(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(diagrams, "save_figure", lambda fig, path: drawn.append(fig))
+    runs = []
+    for method, probs in (("cft", PROBS), ("none", torch.tensor([[0.6, 0.3, 0.1]] * 18))):
+        folder = tmp_path / method
+        folder.mkdir()
+        rows = [{"gold": "AB"[int(y)], "probabilities": dict(zip("ABC", p.tolist()))} for p, y in zip(probs, LABELS)]
+        (folder / "predictions_after.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(RunResult(folder, "tiny", method, "mmlu", {"test": {}}, {"test": {}}, n_bins=5))
+    reliability_figure(runs, tmp_path / "reliability.png")
+    (fig,) = drawn
+    assert len(fig.subfigs) == 2  # none before cft, the paper's order
+    _check_titles(fig, 0, torch.tensor([[0.6, 0.3, 0.1]] * 18), LABELS, 5, "tiny / none\nmmlu, after training (N = 18)")
+    _check_titles(fig, 1, PROBS.double(), LABELS, 5, "tiny / cft\nmmlu, after training (N = 18)")
+    assert _bars(fig.subfigs[1].axes[0], "observed") == [(0.9, 0.0, pytest.approx(0.75), None)]
+
+
+def test_wilson_interval_holds_the_observed_frequency_for_every_count():
+    """At frequency 0 or 1 a Wilson bound equals the frequency up to rounding; it must never cross it
+    (matplotlib refuses a negative error bar, which once crashed a run's diagram)."""
+    from calibration_lightning.outputs.diagrams import wilson_interval
+
+    count = torch.arange(1, 400, dtype=torch.float64).repeat_interleave(3)
+    for dtype in (torch.float64, torch.float32):
+        hits = torch.stack([torch.zeros(399), torch.arange(1, 400) // 2, torch.arange(1, 400)], 1).flatten()
+        freq = (hits.double() / count).to(dtype)
+        low, high = wilson_interval(freq, count.to(dtype))
+        assert bool((low <= freq).all()) and bool((freq <= high).all())
+        assert bool((low >= 0).all()) and bool((high <= 1).all())
