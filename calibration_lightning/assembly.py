@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig
 
 from calibration_lightning.config import build
@@ -14,7 +15,7 @@ from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.splits import Splits, split_records
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.methods import Method
-from calibration_lightning.outputs.checkpoints import AtomicCheckpointIO, EpochEndCheckpoint
+from calibration_lightning.outputs.checkpoints import AtomicCheckpointIO, BestCheckpoint, last_checkpoints
 from calibration_lightning.winrate.evaluate import WinRate
 
 
@@ -25,27 +26,35 @@ def device(cfg: DictConfig) -> str:
 
 
 def build_trainer(
-    cfg: DictConfig, out_dir: Path, logger, method: Method | None = None, ckpt_dir: Path | None = None
+    cfg: DictConfig,
+    out_dir: Path,
+    logger,
+    method: Method | None = None,
+    ckpt_dir: Path | None = None,
+    validates: bool = True,
 ) -> L.Trainer:
     """A Lightning Trainer: for evaluation only (``method=None``), or for training ``method`` with its
-    callbacks, its ``max_epochs`` and checkpoints in ``ckpt_dir``, all given to the constructor."""
+    callbacks, its ``max_epochs`` and checkpoints in ``ckpt_dir``, all given to the constructor
+    (``validates``: the run has a validation split, evaluated after every epoch)."""
     kwargs = dict(build(cfg.trainer, _convert_="all"))  # a strategy may itself be a _target_ node
     every = kwargs.pop("checkpoint_every_n_steps")
-    callbacks, checkpointing = [], False
+    callbacks = []
     if method is not None:
-        callbacks = [EpochEndCheckpoint(ckpt_dir / "last.ckpt"), *method.callbacks]
         kwargs["max_epochs"] = method.epochs
-        if every:
-            checkpointing = True
-            callbacks.append(
-                L.pytorch.callbacks.ModelCheckpoint(  # also last.ckpt: one file, overwritten in place
-                    dirpath=ckpt_dir,
-                    save_last=True,
-                    save_top_k=0,
-                    every_n_train_steps=every,
-                    enable_version_counter=False,
-                )
-            )
+        callbacks = list(method.callbacks)
+        if method.select:  # both decide at validation end, and before last.ckpt saves their state (order kept)
+            s = method.select
+            callbacks += [
+                EarlyStopping(
+                    monitor=s.monitor,
+                    mode=s.mode,
+                    min_delta=s.min_delta,
+                    patience=s.patience,
+                    check_on_train_epoch_end=False,
+                ),
+                BestCheckpoint(ckpt_dir, s.monitor, s.mode, s.min_delta),
+            ]
+        callbacks += last_checkpoints(ckpt_dir, every, validates)
     # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.
     return L.Trainer(
         **kwargs,
@@ -53,9 +62,22 @@ def build_trainer(
         default_root_dir=out_dir,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=checkpointing,  # else Lightning adds a default ModelCheckpoint of its own
+        enable_checkpointing=method is not None,  # a Trainer that does not train saves nothing
         enable_model_summary=False,
         use_distributed_sampler=False,
+    )
+
+
+def describe_run(cfg: DictConfig, dm: MultipleChoiceDataModule, settings) -> str:
+    """The run's first line: model, method, data sizes, device and precision."""
+    from calibration_lightning.models.loading import model_label, resolve_dtype, resolve_quantize
+
+    where = device(cfg)
+    sizes = ", ".join(f"{name} {len(records)}" for name, records in dm.records.items())
+    dtype = str(resolve_dtype(settings.dtype, where)).removeprefix("torch.")
+    return (
+        f"model {model_label(cfg.model)}, method {cfg.method.name}; questions: {sizes}; device {where}, "
+        f"{dtype}, quantization {resolve_quantize(settings.quantize, where)}"
     )
 
 
@@ -97,12 +119,17 @@ def build_datamodule(cfg: DictConfig, splits: Splits, eval_sets: dict, tokenizer
 
 def check_splits(cfg: DictConfig, splits: Splits, methods: dict[str, Method]) -> None:
     """Refuse, before any model loads, a split the method needs that came out empty."""
-    needs = {"train": bool(methods), "val": bool(cfg.method.get("calibrator")) or len(methods) > 1, "test": True}
+    selects = any(m.select for m in methods.values())
+    chooses = bool(cfg.method.get("calibrator")) or len(methods) > 1 or selects
+    needs = {"train": bool(methods), "val": chooses, "test": True}
     why = {"train": "trains on it", "val": "fits or chooses on it", "test": "reports on it"}
+    if selects and not splits.val:
+        why["val"] += " (method.select chooses the training length; method.select=null trains method.epochs)"
     for split, needed in needs.items():
         if needed and not getattr(splits, split):
             raise ConfigError(
-                f"dataset.split.{split}: the {split} split is empty, and method={cfg.method.name} {why[split]}; "
+                f"dataset.split.{split}: the {split} split is empty, and method={cfg.method.name} {why[split]} "
+                f"(found train={len(splits.train)}, val={len(splits.val)}, test={len(splits.test)}); "
                 f"give dataset.split.{split} a count > 0 or a fraction (or use a larger data file)"
             )
 

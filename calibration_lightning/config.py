@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from calibration_lightning.errors import UserError, is_number, require
-from calibration_lightning.methods import Method
+from calibration_lightning.methods import Method, Selection
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -43,10 +43,20 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
         require(
             "method.epochs", node.epochs, isinstance(node.epochs, int) and node.epochs >= 1, "must be an integer >= 1"
         )
+        select = node.get("select")
         methods[name] = Method(
-            name, build(node.loss), OptimSettings(**node.optim), node.epochs, [build(c) for c in node.callbacks]
+            name,
+            build(node.loss),
+            OptimSettings(**node.optim),
+            node.epochs,
+            [build(c) for c in node.callbacks],
+            Selection(**select) if select else None,
         )
     return methods
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_config(cfg: DictConfig) -> dict[str, Method]:
@@ -68,6 +78,19 @@ def check_config(cfg: DictConfig) -> dict[str, Method]:
             )
             for k, low in (("batch_size", 1), ("eval_batch_size", 1), ("max_length", 8))
         ),
+        (
+            "bootstrap.resamples",
+            cfg.bootstrap.resamples,
+            isinstance(cfg.bootstrap.resamples, int) and cfg.bootstrap.resamples >= 0,
+            "must be an integer >= 0 (0 turns intervals off)",
+        ),
+        (
+            "bootstrap.level",
+            cfg.bootstrap.level,
+            is_number(cfg.bootstrap.level) and 0 < cfg.bootstrap.level < 1,
+            "must be in (0, 1), e.g. 0.95",
+        ),
+        ("bootstrap.seed", cfg.bootstrap.seed, isinstance(cfg.bootstrap.seed, int), "must be an integer"),
         *(
             (f"regime.{k}", cfg.regime[k], is_number(cfg.regime[k]) and 0 <= cfg.regime[k] <= 1, "must be in [0, 1]")
             for k in ("tolerance", "accuracy_tolerance")
@@ -76,6 +99,15 @@ def check_config(cfg: DictConfig) -> dict[str, Method]:
             (f"dataset.split.{k}", v, is_number(v) and v >= 0, "must be a count >= 0 or a fraction")
             for k, v in cfg.dataset.split.items()
             if k != "seed"
+        ),
+        *(  # Lightning would refuse these only when a Trainer is built, after the model has loaded
+            (f"trainer.{k}", cfg.trainer[k], _is_int(cfg.trainer[k]) and cfg.trainer[k] >= low, f"must be {what}")
+            for k, low, what in (
+                ("checkpoint_every_n_steps", 0, "an integer >= 0 (0: only at each epoch end)"),
+                ("log_every_n_steps", 1, "an integer >= 1"),
+                ("accumulate_grad_batches", 1, "an integer >= 1"),
+            )
+            if cfg.trainer.get(k) is not None
         ),
     ):
         require(key, value, ok, message)

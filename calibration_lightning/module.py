@@ -24,8 +24,9 @@ class OptimSettings:
 
     lr: float = 1e-4
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # of all optimizer steps (max_epochs x steps per epoch)
     scheduler: str = "cosine"  # cosine | constant
+    warmup_steps: int | None = None  # overrides warmup_ratio: for schedules whose length is not known ahead
 
     def __post_init__(self) -> None:
         require("method.optim.lr", self.lr, is_number(self.lr) and self.lr > 0, "the learning rate must be > 0")
@@ -40,6 +41,12 @@ class OptimSettings:
             self.warmup_ratio,
             is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
             "must be in [0, 1)",
+        )
+        require(
+            "method.optim.warmup_steps",
+            self.warmup_steps,
+            self.warmup_steps is None or (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0),
+            "must be null or an integer >= 0",
         )
         require(
             "method.optim.scheduler",
@@ -169,7 +176,9 @@ class CalibrationModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.optim.warmup_ratio * total)
+        warmup = self.optim.warmup_steps
+        if warmup is None:
+            warmup = int(self.optim.warmup_ratio * total)
         if self.optim.scheduler == "constant":
             scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
         else:

@@ -12,23 +12,22 @@ from omegaconf import DictConfig
 
 from calibration_lightning import evaluation
 from calibration_lightning.assembly import (
-    adapter_weights,
     build_datamodule,
     build_trainer,
     build_win_rate,
     check_splits,
+    describe_run,
     device,
     load_data,
-    set_adapter_weights,
 )
 from calibration_lightning.config import build, check_config
-from calibration_lightning.methods import Method, choose_method
 from calibration_lightning.models.loading import (
     ModelSettings,
-    base_model_scoring,
+    initial_scoring,
     load_model,
     load_tokenizer,
     merged_adapters,
+    model_label,
 )
 from calibration_lightning.module import CalibrationModule, OptimSettings
 from calibration_lightning.outputs.files import atomic_directory
@@ -40,6 +39,7 @@ from calibration_lightning.outputs.run_outputs import (
     write_win_rate,
 )
 from calibration_lightning.outputs.wandb_logger import publish_run
+from calibration_lightning.training import train_methods
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +56,24 @@ def run(cfg: DictConfig) -> dict:
     source, settings = build(cfg.model.loader), ModelSettings.from_config(cfg.model)
     tokenizer = load_tokenizer(source, settings)
     dm = build_datamodule(cfg, splits, eval_sets, tokenizer)
+    log.info("%s", describe_run(cfg, dm, settings))  # which model, method, data sizes, device, precision
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
     model = load_model(source, settings, device(cfg), tokens_per_batch=cfg.dataset.batch_size * dm.longest("train"))
     logger = build(cfg.logger) if cfg.logger else False
     trainer = build_trainer(cfg, out_dir, logger)
 
-    with base_model_scoring(model):
+    with initial_scoring(model, settings):  # the aligned model (or model.adapter) as the run starts
         before = evaluation.evaluate(
             trainer, CalibrationModule(model, None, dm.letter_ids, OptimSettings(), cfg.n_bins), dm, cfg.n_bins
         )
     is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0  # set by the launch
     win_rate = build_win_rate(cfg, model, tokenizer, device(cfg)) if cfg.win_rate.enabled and is_zero else None
-    extra = {"method": cfg.method.name, "requested_method": cfg.method.name}
+    extra = {"model": model_label(cfg.model), "method": cfg.method.name, "requested_method": cfg.method.name}
     extra["regime"] = evaluation.regime(before, cfg.n_bins, cfg.regime.tolerance)
     if is_zero:  # written now, so a failure during training leaves them behind
         results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
         if win_rate:
-            scores = win_rate.evaluate("before", model, tokenizer, base_model_scoring(model))
+            scores = win_rate.evaluate("before", model, tokenizer, initial_scoring(model, settings))
             extra["win_rate"] = {"before": write_win_rate(out_dir, "before", *scores)}
 
     after = before
@@ -90,54 +91,10 @@ def run(cfg: DictConfig) -> dict:
 
     if not is_zero:
         return {}
-    results_after = write_phase(out_dir, "after", after, dm.records, cfg.n_bins)
+    results_after = write_phase(out_dir, "after", after, dm.records, cfg.n_bins, before=before)
     extra["wall_time_s"] = round(time.time() - started, 1)
-    table = write_summary(out_dir, cfg, results_before, results_after, extra)
+    table = write_summary(out_dir, cfg, results_before, results_after, extra, (before, after), dm.records)
     diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
     publish_run(logger, yaml.safe_load(redacted_config(cfg)), diagrams)
     print(f"\n{table}\n\nOutputs: {out_dir}")
     return {"before": results_before["test"], "after": results_after["test"], **extra}
-
-
-def train_methods(cfg, methods: dict[str, Method], model, dm, out_dir: Path, logger, settings, extra: dict):
-    """Train each method from the same initial adapters and keep one (the only one, or auto's choice);
-    the model ends with the kept adapters. Returns its scores and its name; ``extra`` gets ``method``
-    (and ``auto``)."""
-    several = len(methods) > 1
-    initial = adapter_weights(model) if several else None
-    scored, weights = {}, {}
-    for i, (name, method) in enumerate(methods.items()):
-        if several:
-            set_adapter_weights(model, initial)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)  # each candidate starts alike
-        ckpt_dir = out_dir / "checkpoints" / (name if several else "")
-        merge = settings.merge_for_eval if i == len(methods) - 1 else False  # bf16 unmerging is inexact
-        scored[name] = train_and_evaluate(cfg, method, model, dm, out_dir, ckpt_dir, logger, merge)
-        if several:
-            weights[name] = adapter_weights(model)
-    chosen = next(iter(scored))
-    if several:
-        val = {name: evaluation.metrics(s["val"], cfg.n_bins) for name, s in scored.items()}
-        extra["auto"] = choose_method(val, cfg.regime.accuracy_tolerance)
-        chosen = extra["auto"]["chosen"]
-        log.info(
-            "method=auto: validation conf-ECE %s; keeping %s",
-            {n: round(m["conf_ece"], 4) for n, m in val.items()},
-            chosen,
-        )
-        set_adapter_weights(model, weights[chosen])
-    extra["method"] = chosen
-    return scored[chosen], chosen
-
-
-def train_and_evaluate(cfg, method: Method, model, dm, out_dir: Path, ckpt_dir: Path, logger, merge) -> dict:
-    """Fit ``method`` (resuming from ``ckpt_dir`` when asked), then score every evaluation split
-    (``merge``: with the adapters folded in, as ``model.merge_for_eval``)."""
-    module = CalibrationModule(model, method.loss, dm.letter_ids, method.optim, cfg.n_bins)
-    trainer = build_trainer(cfg, out_dir, logger, method, ckpt_dir)
-    model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
-    last = ckpt_dir / "last.ckpt"
-    resume_from = str(last) if cfg.resume and last.exists() else None
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
-    with merged_adapters(model, merge):
-        return evaluation.evaluate(trainer, module, dm, cfg.n_bins)

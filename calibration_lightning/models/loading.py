@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -43,11 +44,23 @@ class ModelSettings:
     gradient_checkpointing: str | bool = "auto"  # auto: on only when the batch would not fit in free GPU memory
     compile: bool = False  # torch.compile each decoder layer (regional; GPU)
     merge_for_eval: str | bool = "auto"  # auto: merge trained adapters for scoring unless quantized
+    adapter: str | None = None  # a saved peft adapter (folder or hub id) to start from instead of fresh LoRA
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
         require("model.dtype", self.dtype, self.dtype in ("auto", *DTYPES), f"allowed: auto, {', '.join(DTYPES)}")
         require("model.quantize", self.quantize, self.quantize in ("auto", "nf4", "none"), "allowed: auto, nf4, none")
+        if self.adapter is not None:
+            require("model.adapter", self.adapter, isinstance(self.adapter, str) and self.adapter, "must be a path")
+            folder = Path(self.adapter).expanduser()
+            local = folder.exists() or self.adapter.startswith((".", "/", "~")) or self.adapter.count("/") != 1
+            require(
+                "model.adapter",
+                self.adapter,
+                not local or (folder / "adapter_config.json").is_file(),
+                "no peft adapter there (a folder with adapter_config.json, e.g. a run's adapter/ folder, "
+                "or a hub id ORG/NAME)",
+            )
 
     @classmethod
     def from_config(cls, node) -> ModelSettings:
@@ -57,6 +70,14 @@ class ModelSettings:
         fields = OmegaConf.to_container(node, resolve=True)
         lora = LoraSettings(**fields.pop("lora"))
         return cls(**{k: v for k, v in fields.items() if k not in ("name", "loader")}, lora=lora)
+
+
+def model_label(node) -> str:
+    """How runs name a model: the hub id or folder of ``model=hf`` (``model.loader.name_or_path``), else the
+    config's ``name``; with ``model.adapter``, the adapter's path after a ``+``."""
+    path = (node.get("loader") or {}).get("name_or_path")
+    label = str(path) if path and path != "???" else node.name
+    return f"{label}+{node.adapter}" if node.get("adapter") else label
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -91,10 +112,12 @@ def load_model(
 
     Only adapter weights are trainable; every base weight has ``requires_grad=False``.
     """
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     dtype = resolve_dtype(settings.dtype, device)
     quantize = resolve_quantize(settings.quantize, device)
+    if quantize != "nf4":  # bitsandbytes' notice about its optional CPU 4-bit kernels concerns nf4 runs only
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
     kwargs = dict(
         dtype=dtype,
         revision=settings.revision,
@@ -115,7 +138,7 @@ def load_model(
     # on an 8B model, and slower); frozen bf16 weights around 4-bit layers train LoRA just as well.
     if not with_lora:
         return model.requires_grad_(False)
-    model = add_lora(model, settings.lora)
+    model = add_lora(model, settings.lora) if settings.adapter is None else load_adapter(model, settings)
     if use_gradient_checkpointing(model, settings.gradient_checkpointing, tokens_per_batch, device):
         enable_gradient_checkpointing(model)
     if settings.compile:
@@ -135,6 +158,25 @@ def add_lora(model, lora: LoraSettings):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def load_adapter(model, settings: ModelSettings):
+    """Put a saved peft adapter (``model.adapter``: ours or any peft LoRA) on the base model, trainable, so a
+    run can evaluate it (``method=none``) or train on from it; ``model.lora`` does not apply then."""
+    from peft import PeftModel
+
+    source = (
+        str(Path(settings.adapter).expanduser()) if Path(settings.adapter).expanduser().exists() else settings.adapter
+    )
+    model = PeftModel.from_pretrained(model, source, is_trainable=True, revision=settings.revision)
+    log.info("adapter loaded from %s (its own LoRA settings; model.lora is not used)", settings.adapter)
+    return model
+
+
+def initial_scoring(model, settings: ModelSettings):
+    """Scoring of the model as the run starts: the base path while the adapters are fresh (exact, since
+    LoRA's B starts at zero), the loaded adapters as they are when ``model.adapter`` is set."""
+    return base_model_scoring(model) if settings.adapter is None else nullcontext()
 
 
 def _is_quantized(model) -> bool:

@@ -1,12 +1,13 @@
-"""Checkpoints that survive a kill at any moment, saved every N steps and at the end of every epoch."""
+"""Checkpoints that survive a kill at any moment: the last state (every N steps and every epoch end) and,
+when the training length is chosen on validation, the best epoch's."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -28,11 +29,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
-class EpochEndCheckpoint(L.Callback):
-    """Save ``last.ckpt`` at the end of every training epoch (ModelCheckpoint saves every N steps)."""
+def last_checkpoints(ckpt_dir: Path, every_n_steps: int, validates: bool) -> list[ModelCheckpoint]:
+    """``ckpt_dir/last.ckpt``, overwritten in place at the end of every epoch and, if ``every_n_steps``,
+    every that many optimizer steps (one Lightning ModelCheckpoint triggers on steps or on epochs, not both).
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+    When the run validates, the epoch's save comes after its validation, so that a run resumed from it
+    does not lose what validation decided (early stopping's count, the best epoch): Lightning does not
+    validate that epoch again.
+    """
+    common = dict(dirpath=ckpt_dir, enable_version_counter=False)
+    at_epoch_end = ModelCheckpoint(
+        **common, filename="last", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=not validates
+    )
+    if not every_n_steps:
+        return [at_epoch_end]
+    return [at_epoch_end, ModelCheckpoint(**common, save_last=True, save_top_k=0, every_n_train_steps=every_n_steps)]
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ckpt_dir/best.ckpt``: the epoch whose ``monitor`` improved on the best so far by more than
+    ``min_delta``, the same test as Lightning's EarlyStopping, so the kept epoch is the one early stopping
+    counts from."""
+
+    def __init__(self, ckpt_dir: Path, monitor: str, mode: str, min_delta: float) -> None:
+        super().__init__(
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            enable_version_counter=False,
+            save_on_train_epoch_end=False,  # at validation end, where the monitor is computed
+        )
+        self.min_delta = min_delta
+
+    def check_monitor_top_k(self, trainer, current: torch.Tensor | None = None) -> bool:
+        if current is None or self.best_model_score is None or not self.best_k_models:
+            return super().check_monitor_top_k(trainer, current)
+        gain = self.best_model_score - current if self.mode == "min" else current - self.best_model_score
+        return bool(gain > self.min_delta)
