@@ -10,7 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from calibration_lightning.errors import UserError, is_number, require
+from calibration_lightning.errors import UserError, is_integer, is_number, require
 from calibration_lightning.methods import Method, Selection
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -55,10 +55,6 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
     return methods
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_config(cfg: DictConfig) -> dict[str, Method]:
     """Check every setting and build the run's training methods.
 
@@ -101,7 +97,7 @@ def check_config(cfg: DictConfig) -> dict[str, Method]:
             if k != "seed"
         ),
         *(  # Lightning would refuse these only when a Trainer is built, after the model has loaded
-            (f"trainer.{k}", cfg.trainer[k], _is_int(cfg.trainer[k]) and cfg.trainer[k] >= low, f"must be {what}")
+            (f"trainer.{k}", cfg.trainer[k], is_integer(cfg.trainer[k]) and cfg.trainer[k] >= low, f"must be {what}")
             for k, low, what in (
                 ("checkpoint_every_n_steps", 0, "an integer >= 0 (0: only at each epoch end)"),
                 ("log_every_n_steps", 1, "an integer >= 1"),
