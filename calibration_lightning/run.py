@@ -15,12 +15,10 @@ from calibration_lightning.assembly import (
     build_datamodule,
     build_trainer,
     build_win_rate,
-    check_splits,
     describe_run,
     device,
-    load_data,
 )
-from calibration_lightning.config import build, check_config
+from calibration_lightning.config import build
 from calibration_lightning.models.loading import (
     ModelSettings,
     initial_scoring,
@@ -32,13 +30,13 @@ from calibration_lightning.models.loading import (
 from calibration_lightning.module import CalibrationModule, OptimSettings
 from calibration_lightning.outputs.files import atomic_directory
 from calibration_lightning.outputs.run_outputs import (
-    check_run_dir,
     redacted_config,
     write_phase,
     write_summary,
     write_win_rate,
 )
 from calibration_lightning.outputs.wandb_logger import publish_run
+from calibration_lightning.startup import check_job
 from calibration_lightning.training import train_methods
 
 log = logging.getLogger(__name__)
@@ -47,15 +45,13 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg`` and return the dict written to ``metrics.json``."""
     started = time.time()
-    methods = check_config(cfg)  # every setting checked, the training methods built
     out_dir = Path(cfg.output_dir)
-    check_run_dir(out_dir, cfg.resume)
+    job = check_job(cfg, out_dir)  # before any model loads; Hydra's callback ran it already (the data is kept)
+    methods = job.methods
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    splits, eval_sets = load_data(cfg)  # a bad file fails here, before any model loads
-    check_splits(cfg, splits, methods)
     source, settings = build(cfg.model.loader), ModelSettings.from_config(cfg.model)
     tokenizer = load_tokenizer(source, settings)
-    dm = build_datamodule(cfg, splits, eval_sets, tokenizer)
+    dm = build_datamodule(cfg, job.splits, job.eval_sets, tokenizer)
     log.info("%s", describe_run(cfg, dm, settings))  # which model, method, data sizes, device, precision
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
     model = load_model(source, settings, device(cfg), tokens_per_batch=cfg.dataset.batch_size * dm.longest("train"))
