@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
     extra = {"model": model_label(cfg.model), "method": cfg.method.name, "requested_method": cfg.method.name}
     extra["regime"] = evaluation.regime(before, cfg.n_bins, cfg.regime.tolerance)
     if is_zero:  # written now, so a failure during training leaves them behind
-        results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
+        write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
         if win_rate:
             scores = win_rate.evaluate("before", model, tokenizer, initial_scoring(model, settings))
             extra["win_rate"] = {"before": write_win_rate(out_dir, "before", *scores)}
@@ -83,14 +83,14 @@ def run(cfg: DictConfig) -> dict:
     if cfg.method.get("calibrator"):
         calibrator = build(cfg.method.calibrator)
         extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))
-        after = evaluation.transform_logits(after, calibrator.transform)
+        after = evaluation.transform_logits(after, calibrator.transform, cfg.n_bins)
 
     if not is_zero:
         return {}
-    results_after = write_phase(out_dir, "after", after, dm.records, cfg.n_bins, before=before)
+    write_phase(out_dir, "after", after, dm.records, cfg.n_bins, before=before)
     extra["wall_time_s"] = round(time.time() - started, 1)
-    table = write_summary(out_dir, cfg, results_before, results_after, extra, (before, after), dm.records)
+    summary, table = write_summary(out_dir, cfg, (before, after), dm.records, extra)
     diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
     publish_run(logger, yaml.safe_load(redacted_config(cfg)), diagrams)
     print(f"\n{table}\n\nOutputs: {out_dir}")
-    return {"before": results_before["test"], "after": results_after["test"], **extra}
+    return summary
