@@ -28,7 +28,7 @@ from calibration_lightning.models.loading import (
     model_label,
 )
 from calibration_lightning.module import CalibrationModule, OptimSettings
-from calibration_lightning.outputs.files import atomic_directory
+from calibration_lightning.outputs.files import atomic_write
 from calibration_lightning.outputs.run_outputs import (
     redacted_config,
     write_phase,
@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> dict:
     if methods:
         after, chosen = train_methods(cfg, methods, model, dm, out_dir, logger, settings, extra)
         if is_zero:
-            atomic_directory(out_dir / "adapter", model.save_pretrained)
+            atomic_write(out_dir / "adapter", model.save_pretrained, directory=True)
         if win_rate:
             scores = win_rate.evaluate("after", model, tokenizer, merged_adapters(model, settings.merge_for_eval))
             extra["win_rate"]["after"] = write_win_rate(out_dir, "after", *scores)

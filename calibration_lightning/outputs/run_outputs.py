@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -16,16 +17,18 @@ from calibration_lightning.outputs.summary import format_comparison, format_tabl
 from calibration_lightning.redaction import scrub
 
 PHASES = ("before", "after")
-VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "lightning", "torchmetrics", "hydra-core", "relplot")
 
 
 def versions() -> dict[str, str | None]:
+    """The versions of Python and of every dependency pyproject.toml declares (the package's own metadata)."""
     found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
+    for requirement in metadata.requires("calibration-lightning") or []:
+        if "extra ==" not in requirement:
+            name = re.split(r"[\s;<>=!~\[]", requirement, maxsplit=1)[0]
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                found[name] = None
     return found
 
 
