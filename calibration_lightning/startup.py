@@ -64,22 +64,29 @@ def job_data(cfg: DictConfig) -> tuple:
     return _DATA[key]
 
 
+def check_settings(cfg: DictConfig) -> dict:
+    """The checks that need no file: every range (``schema.validate``), the model settings, and the training
+    methods built (their loss heads, optimizer settings and callbacks check their own values); returns those."""
+    from calibration_lightning.config import build_methods
+    from calibration_lightning.models.loading import ModelSettings
+    from calibration_lightning.schema import validate
+
+    validate(cfg)
+    ModelSettings.from_config(cfg.model)
+    return build_methods(cfg)
+
+
 def check_job(cfg: DictConfig, out_dir: Path | None = None) -> Job:
-    """Every start-up check of one job's config (without its ``hydra`` node); ``out_dir``: the run directory
-    to check (None: not checked, e.g. a DDP rank > 0).
+    """Every start-up check of one job's config (without its ``hydra`` node): ``check_settings``, the run
+    directory ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data read and its splits.
 
     Raises:
         UserError: the first mistake, naming its key, file or folder (``ConfigError``, ``DataError``).
     """
     from calibration_lightning.assembly import check_splits
-    from calibration_lightning.config import build_methods
-    from calibration_lightning.models.loading import ModelSettings
     from calibration_lightning.outputs.run_outputs import check_run_dir
-    from calibration_lightning.schema import validate
 
-    validate(cfg)
-    methods = build_methods(cfg)
-    ModelSettings.from_config(cfg.model)
+    methods = check_settings(cfg)
     if out_dir is not None:
         check_run_dir(out_dir, cfg.resume)
     splits, eval_sets = job_data(cfg)
