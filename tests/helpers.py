@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from calibration_lightning.losses.sft import CompletionSFT
@@ -71,3 +72,12 @@ class NaNAfterSteps(CompletionSFT):
         if self.calls > self.steps:
             result.loss = result.loss * torch.tensor(float("nan"))
         return result
+
+
+class RecordSaves(L.Callback):
+    """The global step of every checkpoint the Trainer saves (in ``steps``, shared: built from a config)."""
+
+    steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
+        self.steps.append(checkpoint["global_step"])

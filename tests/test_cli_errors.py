@@ -98,7 +98,9 @@ def test_cfg_and_a_good_sweep_pass_the_checks(tmp_path):
     shown = call_main("--cfg", "job", "model=tiny")
     assert shown.returncode == 0 and "name: tiny" in shown.stdout and shown.stderr == ""
     small = ["dataset.split.train=0", "dataset.split.val=8", "dataset.split.test=8", "logger=none"]
-    sweep = call_main("-m", "model=tiny", "method=none,ts", *small, "bootstrap.resamples=0", f"hydra.sweep.dir={tmp_path}")
+    sweep = call_main(
+        "-m", "model=tiny", "method=none,ts", *small, "bootstrap.resamples=0", f"hydra.sweep.dir={tmp_path}"
+    )
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["0_tiny_none", "1_tiny_ts"]
     assert (tmp_path / "0_tiny_none" / "calibration_lightning.log").exists()

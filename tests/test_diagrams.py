@@ -44,7 +44,9 @@ def _panels(fig, column=0):
 
 
 def test_confidence_panel_bars_whiskers_and_low_count_marking():
-    conf, hist, cw, cw_hist = _panels(_figure([diagrams.Column("test", PROBS, LABELS, 5, all_metrics(PROBS, LABELS, 5))]))
+    conf, hist, cw, cw_hist = _panels(
+        _figure([diagrams.Column("test", PROBS, LABELS, 5, all_metrics(PROBS, LABELS, 5))])
+    )
     assert (conf.get_ylabel(), hist.get_xlabel(), hist.get_ylabel()) == ("accuracy", "confidence", "count")
     assert hist.get_shared_x_axes().joined(conf, hist)
     # bin 4 (0.8-1.0): 9/12 right, a plain bar; bins 2 and 3 have 2 and 4 samples: pale, dotted
