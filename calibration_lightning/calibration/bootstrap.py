@@ -154,6 +154,41 @@ def bootstrap_intervals(
     return _phase_intervals(values, debiased, level)
 
 
+def paired_intervals(
+    probs_before: Tensor,
+    probs_after: Tensor,
+    labels: Tensor,
+    n_bins: int,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict]:
+    """Intervals before, after and of the change after - before, all from one set of resamples.
+
+    Returns:
+        ``{"before": {metric: [lo, hi]}, "after": {metric: [lo, hi]}, "improvement": {metric: {"ci95": [lo,
+        hi], "excludes_zero": bool}}}`` for every metric of ``RESAMPLED``, and ``conf_ece_debiased`` /
+        ``cw_ece_debiased`` in the improvement with the interval of conf_ece / cw_ece (both are for the
+        change of the population l2 binned ECE) and their ``difference`` (after - before, debiased).
+    """
+    sets = [(probs_before, labels), (probs_after, labels)]
+    (before, debiased_before), (after, debiased_after) = resampled_metrics(sets, n_bins, n_resamples, seed)
+    improvement = {}
+    for name in RESAMPLED:
+        if name in DEBIASED:
+            change = change_interval(debiased_before[name], debiased_after[name], before[name], after[name], level)
+            improvement[f"{name}_debiased"] = change
+            improvement[name] = {k: change[k] for k in ("ci95", "excludes_zero")}
+        else:
+            ci = _interval(after[name] - before[name], level)
+            improvement[name] = {"ci95": ci, "excludes_zero": bool(ci[0] > 0 or ci[1] < 0)}
+    return {
+        "before": _phase_intervals(before, debiased_before, level),
+        "after": _phase_intervals(after, debiased_after, level),
+        "improvement": improvement,
+    }
+
+
 def paired_bootstrap(
     probs_before: Tensor,
     probs_after: Tensor,
@@ -163,33 +198,16 @@ def paired_bootstrap(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, dict]:
-    """Intervals before, after and of the difference, all from one set of resamples.
+    """``paired_intervals`` with the point difference after - before of every metric of ``METRICS``.
 
     Returns:
         ``{"before": {metric: [lo, hi]}, "after": {metric: [lo, hi]}, "improvement": {metric: {"difference":
         after - before (point values), "ci95": [lo, hi], "excludes_zero": bool}}}``; the improvement also holds
-        smooth_ece's point difference, with ``ci95`` None, and ``conf_ece_debiased`` / ``cw_ece_debiased``
-        (the change of the debiased estimates, with the same interval as conf_ece / cw_ece: the interval of
-        both is for the change of the population l2 binned ECE).
+        smooth_ece's point difference, with ``ci95`` None, and ``conf_ece_debiased`` / ``cw_ece_debiased``.
     """
-    sets = [(probs_before, labels), (probs_after, labels)]
-    (before, debiased_before), (after, debiased_after) = resampled_metrics(sets, n_bins, n_resamples, seed)
-    improvement = {}
+    result = paired_intervals(probs_before, probs_after, labels, n_bins, n_resamples, seed, level)
+    improvement = result["improvement"]
     for name in METRICS:
         difference = float(metric(name, probs_after, labels, n_bins) - metric(name, probs_before, labels, n_bins))
-        if name in DEBIASED:
-            change = change_interval(debiased_before[name], debiased_after[name], before[name], after[name], level)
-            improvement[f"{name}_debiased"] = change
-            improvement[name] = {**change, "difference": difference}
-            continue
-        ci = _interval(after[name] - before[name], level) if name in before else None
-        improvement[name] = {
-            "difference": difference,
-            "ci95": ci,
-            "excludes_zero": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
-        }
-    return {
-        "before": _phase_intervals(before, debiased_before, level),
-        "after": _phase_intervals(after, debiased_after, level),
-        "improvement": improvement,
-    }
+        improvement[name] = {"difference": difference, "ci95": None, "excludes_zero": None, **improvement.get(name, {})}
+    return result

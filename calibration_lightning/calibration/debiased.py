@@ -66,6 +66,16 @@ def bin_features(index: Tensor, residual: Tensor, total_bins: int) -> Tensor:
     return out
 
 
+def bin_sums(index: Tensor, residual: Tensor, total_bins: int) -> Tensor:
+    """``[3 B]`` (float64): the per-bin ``n, S, Q`` of all questions, ``bin_features(...).sum(0)`` without the
+    ``[N, 3 B]`` matrix."""
+    flat, r = index.flatten(), residual.double().flatten()
+    out = torch.zeros(3 * total_bins, dtype=torch.float64, device=residual.device)
+    out.index_add_(0, flat, torch.ones_like(r))
+    out.index_add_(0, flat + total_bins, r)
+    return out.index_add_(0, flat + 2 * total_bins, r * r)
+
+
 def squared_gaps(sums: Tensor) -> tuple[Tensor, Tensor]:
     """Per bin, from ``sums [..., 3 B]`` (n, S, Q): the unbiased squared gap ``U_b`` (0 below 2 questions) and n."""
     count, total, squares = sums.double().unflatten(-1, (3, -1)).unbind(-2)
@@ -83,7 +93,7 @@ def shrunk_world(index: Tensor, residual: Tensor, total_bins: int) -> tuple[Tens
     """Residuals shifted within each bin so that each bin's squared gap is ``max(U_b, 0)``; returns the shifted
     residuals (as ``residual``) and the world's squared ECE ``sum_b n_b / N max(U_b, 0)`` (before dividing by
     the number of classes)."""
-    sums = bin_features(index, residual.double(), total_bins).sum(0)
+    sums = bin_sums(index, residual, total_bins)
     u, count = squared_gaps(sums)
     mean = sums[total_bins : 2 * total_bins] / count.clamp_min(1)
     keep = torch.where(mean != 0, u.clamp_min(0).sqrt() / mean.abs().clamp_min(1e-300), 0.0).clamp_max(1.0)
@@ -99,7 +109,7 @@ class DebiasedECE:
     def __init__(self, probs: Tensor, labels: Tensor, n_bins: int, kind: str) -> None:
         index, residual, self.total_bins, self.classes = slots(probs, labels, n_bins, kind)
         self.n = len(labels)
-        full = bin_features(index, residual.double(), self.total_bins).sum(0)
+        full = bin_sums(index, residual, self.total_bins)
         self.square = float(debiased_square(full, self.n, self.classes))  # T
         self.offset = stabilizing_offset(full, self.n, self.classes)
         shifted, world = shrunk_world(index, residual, self.total_bins)

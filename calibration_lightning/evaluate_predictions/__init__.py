@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from calibration_lightning.calibration.bootstrap import bootstrap_intervals, debiased_estimates, paired_bootstrap
+from calibration_lightning.calibration.bootstrap import bootstrap_intervals, debiased_estimates, paired_intervals
 from calibration_lightning.calibration.metrics import all_metrics
 
 
@@ -84,7 +84,7 @@ def evaluate_predictions(
     if intervals and before is None:
         block["ci95"] = bootstrap_intervals(probs, labels, n_bins, resamples, seed, level)
     elif intervals:
-        paired = paired_bootstrap(before, probs, labels, n_bins, resamples, seed, level)
+        paired = paired_intervals(before, probs, labels, n_bins, resamples, seed, level)
         block["ci95"] = paired["after"]
     if before is not None:
         previous = phase_metrics(before, labels, n_bins)
