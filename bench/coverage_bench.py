@@ -1,6 +1,6 @@
 """Coverage of the conf-ECE and cw-ECE intervals on populations whose calibration error is known.
 
-    python bench/coverage_bench.py                      # the full grid (tens of minutes on 2 busy cores)
+    python bench/coverage_bench.py --jobs 2             # the full grid (about 25 min of CPU)
     python bench/coverage_bench.py --n 240 --k 4 --reps 300
 
 Population with gap g (K options): the top-label confidence c is uniform on [1/K + g, 1] and the top option is
@@ -16,16 +16,18 @@ uniform per question, their confidences drawn independently): "no change" (g bef
 the grid) gives the false-positive rate of ``excludes_zero`` and two more coverage samples per repetition;
 "change -0.15" (0.15 before, 0 after) the coverage of the change and how often it is detected.
 
-Every repetition calls ``evaluate_predictions(after, labels, before=before)`` (1,000 resamples), exactly as a
-run or the CLI computes its intervals. Repetitions: ``--reps`` for N <= 1,000 and ``--reps-large`` (fewer) for
-N = 14,042, where one repetition costs about a second of CPU; the standard error of a coverage p over r
-samples is sqrt(p (1 - p) / r), 0.013 at p = 0.95 and r = 300.
+Every repetition calls ``evaluate_predictions(after, labels, before=before)`` and ``evaluate_predictions(before,
+labels)`` (1,000 resamples), exactly as a run or the CLI computes its intervals. Repetitions: ``--reps`` for N <=
+240, ``--reps-1000`` and ``--reps-large`` (fewer: one repetition of 14,042 questions costs about 2 s of CPU);
+the standard error of a coverage p over r samples is sqrt(p (1 - p) / r): 0.015 at p = 0.95 and r = 200 (400
+pooled phase samples: 0.011), 0.049 at r = 20. The default grid takes about 25 minutes of CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import time
 
 import torch
@@ -93,17 +95,28 @@ def run(n: int, k: int, pair: tuple[float, float], reps: int, resamples: int, se
     return {key: sum(map(float, v)) / len(v) for key, v in stats.items()}
 
 
+def _cell(job: tuple) -> str:
+    n, k, label, pair, reps, resamples, threads = job
+    torch.set_num_threads(threads)
+    r = run(n, k, pair, reps, resamples, seed=n * 100 + k)
+    return (
+        f"{n:>6} {k:>3} {label:<16} {reps:>5} {r['conf']:>8.3f} {r['conf_w']:>6.3f} {r['cw']:>7.3f}"
+        f" {r['cw_w']:>6.3f} {r['change']:>7.3f} {r['change_w']:>6.3f} {r['excl']:>5.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="*", default=list(SIZES))
     parser.add_argument("--k", type=int, nargs="*", default=list(OPTIONS))
     parser.add_argument("--gaps", type=float, nargs="*", default=list(GAPS))
-    parser.add_argument("--reps", type=int, default=300, help="repetitions for N <= 1,000")
-    parser.add_argument("--reps-large", type=int, default=40, help="repetitions for N > 1,000")
+    parser.add_argument("--reps", type=int, default=200, help="repetitions for N <= 240")
+    parser.add_argument("--reps-1000", type=int, default=100, help="repetitions for 240 < N <= 1,000")
+    parser.add_argument("--reps-large", type=int, default=20, help="repetitions for N > 1,000")
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--jobs", type=int, default=1, help="processes, one grid cell each")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     print(
         "nominal 95%; conf/cw: coverage of the population l2 binned ECE (both phases pooled) and mean width;"
         "\nchange: coverage of after - before and mean width; excl: share of intervals of the change excluding 0"
@@ -113,18 +126,20 @@ def main() -> None:
     head += f" {'chg cov':>7} {'width':>6} {'excl':>5}"
     print(head + "\n" + "-" * len(head), flush=True)
     start = time.perf_counter()
+    jobs = []
     for n in args.n:
-        reps = args.reps if n <= 1000 else args.reps_large
+        reps = args.reps if n <= 240 else args.reps_1000 if n <= 1000 else args.reps_large
         for k in args.k:
             cases = [(f"g={g:g} no change", (g, g)) for g in args.gaps] + [("0.15 -> 0", CHANGE)]
-            for label, pair in cases:
-                r = run(n, k, pair, reps, args.resamples, seed=n * 100 + k)
-                print(
-                    f"{n:>6} {k:>3} {label:<16} {reps:>5} {r['conf']:>8.3f} {r['conf_w']:>6.3f} {r['cw']:>7.3f}"
-                    f" {r['cw_w']:>6.3f} {r['change']:>7.3f} {r['change_w']:>6.3f} {r['excl']:>5.3f}",
-                    flush=True,
-                )
-    print(f"{time.perf_counter() - start:.0f} s")
+            jobs += [(n, k, label, pair, reps, args.resamples, args.threads) for label, pair in cases]
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            for line in pool.imap(_cell, jobs):
+                print(line, flush=True)
+    else:
+        for job in jobs:
+            print(_cell(job), flush=True)
+    print(f"{time.perf_counter() - start:.0f} s wall")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def test_debiased_resamples_are_the_estimator_on_the_resampled_shrunk_world(kind
 def test_the_same_seed_draws_the_same_questions_whatever_else_is_scored():
     probs, labels = _with_ties(200, 4, 3)
     other = torch.softmax(torch.randn(200, 4, generator=torch.Generator().manual_seed(9)), dim=1)
-    (alone, _), = resampled_metrics([(probs, labels)], 10, 300, seed=4)
+    ((alone, _),) = resampled_metrics([(probs, labels)], 10, 300, seed=4)
     _, (paired, _) = resampled_metrics([(other, labels), (probs, labels)], 10, 300, seed=4)
     for name in RESAMPLED:
         assert torch.allclose(alone[name], paired[name], atol=1e-6), name
