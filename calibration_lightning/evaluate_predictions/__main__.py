@@ -69,7 +69,8 @@ def _table(columns: dict[str, dict]) -> str:
     names = list(columns)
     rows = [("", *names)]
     for m, label in SHOWN.items():
-        cells = [with_interval(c[m], (c.get("ci95") or {}).get(m)) if m in c else "-" for c in columns.values()]
+        key = m.removesuffix("_debiased")  # a debiased estimate's interval is its ECE's (both for the l2 value)
+        cells = [with_interval(c[m], (c.get("ci95") or {}).get(key)) if m in c else "-" for c in columns.values()]
         rows.append((label, *cells))
     rows.append(("n", *(str(c["n"]) for c in columns.values())))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 star = "*" if d["excludes_zero"] else ""
                 print(f"  {label:<24} {with_interval(d['difference'], d['ci95'], signed=True)}{star}")
     if args.resamples:
-        print(f"\n[lo, hi]: {args.level:.0%} intervals, {args.resamples} resamples of the questions. {INTERVALS}.")
+        print(f"\n[lo, hi]: {args.level:.0%} intervals, {args.resamples} resamples of the questions.")
+        print(INTERVALS.replace("; ", ";\n") + ".")
     return 0
 
 
