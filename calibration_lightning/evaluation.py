@@ -10,9 +10,10 @@ from torch import Tensor
 
 from calibration_lightning.calibration.bootstrap import paired_bootstrap
 from calibration_lightning.calibration.confidence import set_probabilities
-from calibration_lightning.calibration.metrics import all_metrics, metric
+from calibration_lightning.calibration.metrics import metric
 from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.data.records import LETTERS, MCRecord
+from calibration_lightning.evaluate_predictions import phase_metrics
 
 Scored = dict  # letter_logits [N, K], labels [N], n_choices [N], index [N] in split order; "metrics": see below
 
@@ -82,8 +83,8 @@ def probabilities(scored: Scored) -> Tensor:
 
 
 def metrics(scored: Scored, n_bins: int) -> dict:
-    """Every metric of ``METRICS`` on one split, plus its size ``n``: the one place a run's metrics come from."""
-    return all_metrics(probabilities(scored), scored["labels"], n_bins)
+    """Every metric of ``METRICS``, the debiased ECEs and the size ``n`` of one split (``phase_metrics``)."""
+    return phase_metrics(probabilities(scored), scored["labels"], n_bins)
 
 
 def compare(before: Scored, after: Scored, n_bins: int, resamples: int, seed: int, level: float) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning import evaluation
+from calibration_lightning.calibration.bootstrap import INTERVALS
 from calibration_lightning.errors import UserError
 from calibration_lightning.outputs.diagrams import save_set_figure
 from calibration_lightning.outputs.files import write_json, write_jsonl, write_text
@@ -97,7 +98,7 @@ def write_summary(
         **sets["test"],
         "eval_sets": {n: block for n, block in sets.items() if n != "test"},
         **extra,
-        "bootstrap": {"resamples": boot.resamples, "level": boot.level, "seed": boot.seed, "interval": "percentile"},
+        "bootstrap": {"resamples": boot.resamples, "level": boot.level, "seed": boot.seed, "interval": INTERVALS},
         "seed": cfg.seed,
         "versions": versions(),
     }
@@ -113,8 +114,9 @@ def format_summary(sets: dict[str, dict], extra: dict, boot) -> str:
     )
     if "ci95" in sets["test"]["before"]:
         table += (
-            f"\n[lo, hi]: {boot.level:.0%} percentile bootstrap interval, {boot.resamples} resamples of the questions"
-            "\n(after - before: the same resamples before and after, a paired difference)"
+            f"\n[lo, hi]: {boot.level:.0%} bootstrap interval, {boot.resamples} resamples of the questions; conf-ECE"
+            " and cw-ECE: for the population l2 binned ECE\n(debiased; the plug-in value printed can sit outside it),"
+            " the others percentile. after - before: paired (the same resamples)"
         )
     if "temperature" in extra:
         table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"
