@@ -72,7 +72,8 @@ def check_config(cfg: DictConfig) -> dict[str, Method]:
                 isinstance(cfg.dataset[k], int) and cfg.dataset[k] >= low,
                 f"must be an integer >= {low}",
             )
-            for k, low in (("batch_size", 1), ("eval_batch_size", 1), ("max_length", 8))
+            for k, low in (("batch_size", 1), ("eval_batch_size", 1), ("max_length", 8), ("eval_tokens_per_batch", 0))
+            if k in cfg.dataset
         ),
         (
             "bootstrap.resamples",
