@@ -69,7 +69,7 @@ def test_sync_guard_catches_each_kind_of_host_read(tiny_model, tiny_datamodule):
     """The guard is not vacuous: the reads the step used to make all raise under it."""
     batch = _padded_batch(tiny_datamodule)
     loss = torch.tensor(1.5)
-    logits, ids, mask = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5)), torch.ones(2, 5)
+    logits, mask = torch.randn(2, 5, 7), torch.ones(2, 5)
     counted = mask[:, 1:] != 0
     for read in (
         lambda: float(loss),  # the finite check before backward
@@ -151,7 +151,7 @@ def test_bf16_lora_autocast_gives_the_fp32_loss_and_gradients(tiny_source, tiny_
         _randomize_lora_b(model)
         dtypes = set()
         lora_a = next(m for n, m in model.named_modules() if n.endswith("q_proj.lora_A.default"))
-        lora_a.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+        lora_a.register_forward_hook(lambda m, i, o, seen=dtypes: seen.add(o.dtype))
         module = _module(model, _rcft_head(), tiny_datamodule, autocast=autocast_dtype(settings))
         loss = module.training_step(batch, 3)
         loss.backward()
