@@ -13,10 +13,14 @@ Steps, each timed, each recorded in OUT/gpu_check.json as soon as it ends (a lat
   resume        a run killed (SIGKILL) after its first checkpoint, then resume=true: its metrics against the
                 same run uninterrupted (LoRA dropout on, so the CUDA RNG state matters)
   merge         merged against unmerged adapter scoring in bf16 (bench/merge_probe.py on the rcft run)
+  twins         the bundled SmolLM2 (default method and seed) in bf16 on the GPU against the same run on the
+                CPU (both CLI runs start with cli_runs): both tables and the largest metric difference
   bench         bench/gpu_bench.py with the plain-stack anchor in the same call (tokens/s, peak GiB, ratios)
+  levers        bench/lever_probe.py: every speed lever on and off in alternating rounds (lever_probe.json)
 
 Exit code 0 iff every step passed. OUT holds gpu_check.json, gpu_check.log (every step's output tail),
-gpu_bench.json and merge_probe.json: at most 8 files, as the device tool returns them.
+gpu_bench.json, merge_probe.json, lever_probe.json and the anchor's two files: at most 8, as the device tool
+returns them.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ NEEDED = {  # import name -> distribution, for what our runs import on a GPU mac
     "matplotlib": "matplotlib",
     "safetensors": "safetensors",
 }
+OPTIONAL = {"liger_kernel": "liger-kernel", "wandb": "wandb"}  # model.liger, logger=wandb: versions reported
 CONF_ECE_TOLERANCE = 1e-5  # predictions files round probabilities to 6 decimals
 
 
@@ -73,14 +78,20 @@ def reassemble_wheels(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.whl"))
 
 
-def install_wheels(folder: Path, site: Path) -> list[str]:
-    """Install the wheels of ``folder`` whose distribution is not importable into ``site`` (no index)."""
-    import importlib.util
+def _installed(dist: str) -> bool:
+    import importlib.metadata
 
-    missing = {dist.replace("-", "_").lower() for mod, dist in NEEDED.items() if importlib.util.find_spec(mod) is None}
-    wanted = [
-        w for w in reassemble_wheels(folder) if w.name.split("-")[0].lower() in missing | {"antlr4_python3_runtime"}
-    ]
+    try:
+        importlib.metadata.version(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def install_wheels(folder: Path, site: Path) -> list[str]:
+    """Install into ``site`` (no index) each wheel of ``folder`` whose distribution is not installed: our
+    missing dependencies, liger-kernel, and the dependencies of ``gpu_wheels.py --extras`` the image lacks."""
+    wanted = [w for w in reassemble_wheels(folder) if not _installed(w.name.split("-")[0])]
     if wanted:
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
@@ -99,9 +110,12 @@ def environment(args, site: Path) -> dict:
     import importlib.util
 
     versions, missing = {}, []
-    for mod, dist in NEEDED.items():
+    for mod, dist in {**NEEDED, **OPTIONAL}.items():
         if importlib.util.find_spec(mod) is None:
-            missing.append(dist)
+            if mod in NEEDED:
+                missing.append(dist)
+            else:
+                versions[dist] = None
         else:
             try:
                 versions[dist] = importlib.metadata.version(dist)
@@ -149,7 +163,41 @@ def cli_runs(dry: bool) -> list[CliRun]:
         CliRun("fsdp_cft_bf16", [*base, "trainer=fsdp", "trainer.devices=1", "method=cft", "model.quantize=none"],
                needs_cuda=True, env={"MASTER_PORT": "29612"}),
         CliRun("resume_reference", [*base, *RESUME]),
+        *device_twins(dry),
     ]  # fmt: skip
+
+
+def device_twins(dry: bool) -> list[CliRun]:
+    """The bundled SmolLM2 with the default method and seed in bf16 on the GPU, and the same run on the CPU
+    (float32, its default there). The dry run pairs the tiny model in bf16 and in float32, both on the CPU."""
+    base = [*DRY_BASE[:-1]] if dry else []
+    gpu = [] if dry else ["trainer.accelerator=gpu"]
+    return [
+        CliRun("twin_bf16_gpu", [*base, *gpu, "model.dtype=bfloat16", "model.quantize=none"], must_improve=not dry),
+        CliRun("twin_cpu", [*base, "trainer.accelerator=cpu"], env={"OMP_NUM_THREADS": "1" if dry else "8"}),
+    ]
+
+
+def compare_twins(work: Path) -> dict:
+    """Both twins' before/after tables and the largest difference of any metric between them."""
+    tables = {}
+    for name in ("twin_bf16_gpu", "twin_cpu"):
+        file = work / name / "metrics.json"
+        if not file.exists():
+            return {"ok": False, "error": f"{name} wrote no metrics.json"}
+        metrics = json.loads(file.read_text())
+        tables[name] = {
+            phase: {k: v for k, v in metrics[phase].items() if isinstance(v, (int, float))}
+            for phase in ("before", "after")
+        }
+    diffs = {
+        f"{phase}.{k}": abs(v - tables["twin_cpu"][phase][k])
+        for phase, row in tables["twin_bf16_gpu"].items()
+        for k, v in row.items()
+        if k in tables["twin_cpu"][phase]
+    }
+    worst = max(diffs, key=diffs.get)
+    return {"ok": True, "tables": tables, "largest_difference": {"metric": worst, "abs": diffs[worst]}}
 
 
 def launch(run: CliRun, work: Path, threads: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
@@ -317,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", type=Path, default=Path(tempfile.gettempdir()) / "gpu_check_site")
     parser.add_argument("--anchor", type=Path, default=next((a for a in ANCHORS if a.exists()), None))
     parser.add_argument("--cpu-dry-run", action="store_true", help="tiny shapes on the CPU (the test suite runs it)")
-    parser.add_argument("--steps", default="environment,cli_runs,resume,merge,bench")
+    parser.add_argument("--steps", default="environment,cli_runs,resume,merge,bench,levers")
     parser.add_argument("--parallel", type=int, default=None, help="CLI runs at a time (GPU 7, CPU 2)")
     args = parser.parse_args(argv)
     dry = args.cpu_dry_run
@@ -342,12 +390,16 @@ def main(argv: list[str] | None = None) -> int:
                     run_cli_group(runs, work, parallel, threads, dry, timeout=600 if dry else 300)
                 ),
             )
+            if "cli_runs" in steps:
+                report.step("twins", lambda: compare_twins(work))
         if "resume" in steps:
             report.step("resume", lambda: resume_step(dry, work, threads, timeout=400 if dry else 240))
         if "merge" in steps:
             report.step("merge", lambda: _merge(work, args.out, dry))
         if "bench" in steps:
             report.step("bench", lambda: _bench(args, dry))
+        if "levers" in steps:
+            report.step("levers", lambda: _levers(args, dry))
     finally:
         collect_logs(work, args.out)
         shutil.rmtree(work, ignore_errors=True)
@@ -402,6 +454,21 @@ def _bench(args, dry: bool) -> dict:
         "ok": proc.returncode == 0 and not errors and bool(rows.get("ours")),
         "errors": errors,
         "anchor_rows": len(rows.get("anchor", [])),
+        "table": proc.stdout[-4000:],
+        "stderr": proc.stderr[-2000:],
+    }
+
+
+def _levers(args, dry: bool) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "lever_probe.py"), "--out", str(args.out)]
+    if dry:
+        cmd += ["--cpu-dry-run", "--levers", "sync,bf16_lora,scoring"]  # dynamo's tracing is tested apart
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600 if dry else 480)
+    result_file = args.out / "lever_probe.json"
+    report = json.loads(result_file.read_text()) if result_file.exists() else {}
+    return {
+        "ok": proc.returncode == 0 and bool(report.get("training")),
+        "syncs_in_step": {q: t.get("syncs_in_step") for q, t in report.get("training", {}).items()},
         "table": proc.stdout[-4000:],
         "stderr": proc.stderr[-2000:],
     }

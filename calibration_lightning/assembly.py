@@ -113,6 +113,7 @@ def build_datamodule(cfg: DictConfig, splits: Splits, eval_sets: dict, tokenizer
         cfg.dataset.max_length,
         cfg.seed,
         eval_sets,
+        cfg.dataset.get("eval_tokens_per_batch", 0),
     )
 
 

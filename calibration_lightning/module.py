@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 from dataclasses import dataclass
 
@@ -49,6 +48,10 @@ class CalibrationModule(L.LightningModule):
         letter_ids: token ids of the option letters A, B, ... (``K_max`` of them).
         optim: optimizer and schedule settings.
         n_bins: calibration bins of the validation metrics logged during fit.
+        autocast: run every forward under ``torch.autocast`` in this dtype (``model.lora_compute=bfloat16``:
+            LoRA matmuls in bf16 against fp32 master weights); None runs the model in its own dtypes.
+        check_finite_every_step: read the loss on the host every step (a device sync); by default it is
+            read on logging steps, before every checkpoint and at epoch end, naming the first bad step.
 
     Evaluation outside fit goes through ``predict_step`` (``evaluation.evaluate``), which returns the
     scored tensors; every reported metric is computed from them once.
@@ -61,9 +64,14 @@ class CalibrationModule(L.LightningModule):
         letter_ids: list[int],
         optim: OptimSettings,
         n_bins: int = 10,
+        autocast: torch.dtype | None = None,
+        check_finite_every_step: bool = False,
     ) -> None:
         super().__init__()
         self.model, self.loss_head, self.optim = model, loss_head, optim
+        self.autocast, self.check_finite_every_step = autocast, check_finite_every_step
+        self._first_bad: tuple[Tensor, Tensor] | None = None  # (step, loss) of the first non-finite loss, on device
+        self._where: dict[int, tuple[int, int]] = {}  # step -> (epoch, batch) since the last host check
         self.register_buffer("letter_ids", torch.tensor(letter_ids), persistent=False)
         self.val_metrics = calibration_metrics(n_bins).clone(prefix="val/")  # validation during fit
         self.strict_loading = False  # checkpoints hold adapters and loss-head state, not the frozen base
@@ -74,7 +82,11 @@ class CalibrationModule(L.LightningModule):
         if full_sequence:
             ids = torch.cat([ids, batch["answer_token"][:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits = causal_lm_logits(self.model, ids, mask, logits_to_keep=0 if full_sequence else 1)
+        compute = contextlib.nullcontext() if self.autocast is None else torch.autocast(ids.device.type, self.autocast)
+        with compute:
+            logits = causal_lm_logits(
+                self.model, ids, mask, logits_to_keep=0 if full_sequence else 1, padded=batch.get("padded")
+            )
         answer_logits = logits[:, -2] if full_sequence else logits[:, -1]
         letter_logits = mask_letter_logits(answer_logits[:, self.letter_ids].float(), batch["n_choices"])
         return StepOutputs(
@@ -88,19 +100,49 @@ class CalibrationModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.loss_head(self(batch, self.loss_head.full_sequence), batch)
-        if not math.isfinite(float(out.loss.detach())):
-            raise TrainingError(
-                f"the training loss became non-finite ({float(out.loss.detach())}) at step "
-                f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); "
-                "lower method.optim.lr or check the data. The last checkpoint and every "
-                "output already written are intact."
-            )
+        self._record_finite(out.loss.detach(), batch_idx)
         # Step values reach the logger only every log_every_n_steps; skipping the bookkeeping in between
-        # logs the same thing and saves Lightning's per-call work on small models.
+        # logs the same thing, saves Lightning's per-call work on small models, and keeps the host from
+        # waiting for the GPU between logging steps.
         if self._trainer is None or self.global_step % self.trainer.log_every_n_steps == 0:
+            self.check_finite()
             parts = {"train/loss": out.loss.detach(), **{f"train/loss_{k}": v for k, v in out.parts.items()}}
             self.log_dict(parts, prog_bar=True, batch_size=len(batch["labels"]))
+        elif self.check_finite_every_step:
+            self.check_finite()
         return out.loss
+
+    def _record_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """Keep the step and value of the first non-finite loss on the loss's device (no host sync)."""
+        step = self.global_step
+        if self._first_bad is None or self._first_bad[0].device != loss.device:
+            self._first_bad = (torch.full((), -1, device=loss.device), torch.zeros((), device=loss.device))
+        first = ~torch.isfinite(loss) & (self._first_bad[0] < 0)
+        self._first_bad = (
+            torch.where(first, step, self._first_bad[0]),
+            torch.where(first, loss.float(), self._first_bad[1]),
+        )
+        self._where[step] = (self.current_epoch, batch_idx)
+
+    def check_finite(self) -> None:
+        """Raise TrainingError naming the first step whose loss was non-finite (reads the device once)."""
+        if self._first_bad is None:
+            return
+        step = int(self._first_bad[0])
+        if step >= 0:
+            epoch, batch_idx = self._where.get(step, (self.current_epoch, -1))
+            raise TrainingError(
+                f"the training loss became non-finite ({float(self._first_bad[1])}) at step {step} "
+                f"(epoch {epoch}, batch {batch_idx}); lower method.optim.lr or check the data. The last "
+                "checkpoint and every output already written are intact."
+            )
+        self._where.clear()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()
+
+    def on_train_end(self) -> None:
+        self.check_finite()
 
     # -- evaluation ---------------------------------------------------------------------------
     def _score_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -150,7 +192,7 @@ class CalibrationModule(L.LightningModule):
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     # -- optimisation and checkpoints ------------------------------------------------------------
     def configure_optimizers(self):
@@ -170,7 +212,10 @@ class CalibrationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep trainable weights and loss-head buffers (never the frozen, possibly 4-bit, base) and RNG state."""
+        """Keep trainable weights and loss-head buffers (never the frozen, possibly 4-bit, base) and RNG state.
+
+        A checkpoint is never written from adapters that a non-finite loss has touched."""
+        self.check_finite()
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")

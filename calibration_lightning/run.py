@@ -21,6 +21,7 @@ from calibration_lightning.assembly import (
 from calibration_lightning.config import build
 from calibration_lightning.models.loading import (
     ModelSettings,
+    autocast_dtype,
     initial_scoring,
     load_model,
     load_tokenizer,
@@ -59,9 +60,8 @@ def run(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, out_dir, logger)
 
     with initial_scoring(model, settings):  # the aligned model (or model.adapter) as the run starts
-        before = evaluation.evaluate(
-            trainer, CalibrationModule(model, None, dm.letter_ids, OptimSettings(), cfg.n_bins), dm, cfg.n_bins
-        )
+        scorer = CalibrationModule(model, None, dm.letter_ids, OptimSettings(), cfg.n_bins, autocast_dtype(settings))
+        before = evaluation.evaluate(trainer, scorer, dm, cfg.n_bins)
     is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0  # set by the launch
     win_rate = build_win_rate(cfg, model, tokenizer, device(cfg)) if cfg.win_rate.enabled and is_zero else None
     extra = {"model": model_label(cfg.model), "method": cfg.method.name, "requested_method": cfg.method.name}

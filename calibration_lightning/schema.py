@@ -35,6 +35,11 @@ class Quantize(str, Enum):
     none = "none"
 
 
+class LoraCompute(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"  # LoRA matmuls under bf16 autocast, fp32 master weights
+
+
 class Scheduler(str, Enum):
     cosine = "cosine"
     constant = "constant"
@@ -59,9 +64,21 @@ class ModelConf:
     revision: str | None = None
     gradient_checkpointing: Any = "auto"  # auto | true | false
     compile: bool = False
-    merge_for_eval: Any = "auto"  # auto | true | false
+    merge_for_eval: Any = "auto"  # auto | dequantize | true | false
+    lora_compute: LoraCompute = LoraCompute.float32
+    tf32: bool = False
+    liger: bool = False
     adapter: str | None = None
     lora: LoraConf = field(default_factory=LoraConf)
+
+    def __post_init__(self) -> None:
+        for key, allowed in (
+            ("merge_for_eval", ("auto", "dequantize", True, False)),
+            ("gradient_checkpointing", ("auto", True, False)),
+        ):
+            value = getattr(self, key)
+            ok = any(value is a if isinstance(a, bool) else value == a for a in allowed)  # 1 is not true here
+            require(f"model.{key}", value, ok, "allowed: " + ", ".join(map(str, allowed)).lower())
 
 
 @dataclass
@@ -130,10 +147,11 @@ class DatasetConf:
     prompt: PromptConf = field(default_factory=PromptConf)
     batch_size: int = 8
     eval_batch_size: int = 16
+    eval_tokens_per_batch: int = 0  # > 0: scoring batches by a token budget instead of eval_batch_size
     max_length: int = 1024
 
     def __post_init__(self) -> None:
-        for k, low in (("batch_size", 1), ("eval_batch_size", 1), ("max_length", 8)):
+        for k, low in (("batch_size", 1), ("eval_batch_size", 1), ("eval_tokens_per_batch", 0), ("max_length", 8)):
             require(f"dataset.{k}", getattr(self, k), getattr(self, k) >= low, f"must be an integer >= {low}")
 
 

@@ -12,7 +12,7 @@ import torch
 from calibration_lightning import evaluation
 from calibration_lightning.assembly import adapter_weights, build_trainer, set_adapter_weights
 from calibration_lightning.methods import Method, choose_method
-from calibration_lightning.models.loading import merged_adapters
+from calibration_lightning.models.loading import autocast_dtype, merged_adapters
 from calibration_lightning.module import CalibrationModule
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ def train_methods(cfg, methods: dict[str, Method], model, dm, out_dir: Path, log
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # each candidate starts alike
         ckpt_dir = out_dir / "checkpoints" / (name if several else "")
         merge = settings.merge_for_eval if i == len(methods) - 1 else False  # bf16 unmerging is inexact
-        scored[name], training[name] = train_and_evaluate(cfg, method, model, dm, out_dir, ckpt_dir, logger, merge)
+        scored[name], training[name] = train_and_evaluate(
+            cfg, method, model, dm, out_dir, ckpt_dir, logger, merge, autocast_dtype(settings)
+        )
         if several:
             weights[name] = adapter_weights(model)
     chosen = next(iter(scored))
@@ -49,11 +51,14 @@ def train_methods(cfg, methods: dict[str, Method], model, dm, out_dir: Path, log
     return scored[chosen], chosen
 
 
-def train_and_evaluate(cfg, method: Method, model, dm, out_dir: Path, ckpt_dir: Path, logger, merge) -> dict:
+def train_and_evaluate(
+    cfg, method: Method, model, dm, out_dir: Path, ckpt_dir: Path, logger, merge, autocast=None
+) -> dict:
     """Fit ``method`` (resuming from ``ckpt_dir`` when asked), keep the best epoch's adapters when it
     selects on validation, then score every evaluation split (``merge``: with the adapters folded in, as
-    ``model.merge_for_eval``). Returns the scores and ``training``: epochs run and the epoch kept."""
-    module = CalibrationModule(model, method.loss, dm.letter_ids, method.optim, cfg.n_bins)
+    ``model.merge_for_eval``; ``autocast``: the forward dtype of ``model.lora_compute``). Returns the scores
+    and ``training``: epochs run and the epoch kept."""
+    module = CalibrationModule(model, method.loss, dm.letter_ids, method.optim, cfg.n_bins, autocast)
     trainer = build_trainer(cfg, out_dir, logger, method, ckpt_dir, validates=bool(dm.records["val"]))
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
     last = ckpt_dir / "last.ckpt"

@@ -19,11 +19,11 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = report["steps"]
-    assert list(steps) == ["environment", "cli_runs", "resume", "merge", "bench"]
+    assert list(steps) == ["environment", "cli_runs", "twins", "resume", "merge", "bench", "levers"]
     assert all(s["ok"] for s in steps.values()) and report["ok"]
     runs = steps["cli_runs"]["runs"]
     assert set(runs) == {"cft_default", "rcft_bf16_compile", "rcft_bf16", "ts", "label_smoothing", "ddp_rcft",
-                         "fsdp_cft_bf16", "resume_reference"}  # fmt: skip
+                         "fsdp_cft_bf16", "resume_reference", "twin_bf16_gpu", "twin_cpu"}  # fmt: skip
     assert runs["fsdp_cft_bf16"]["skipped"]  # Lightning's FSDP needs CUDA
     for name, r in runs.items():
         if "skipped" not in r:
@@ -38,3 +38,11 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert {("train_cft", False), ("train_rcft", True), ("score_trained", None)} <= cases
     assert all(r["tokens_per_s"] > 0 for r in bench["ours"])
     assert (tmp_path / "gpu_check.log").read_text().count("=====") >= 2
+    # The bf16 twin against the float32 one: both tables, and the largest metric gap named and bounded.
+    twins = steps["twins"]
+    assert set(twins["tables"]) == {"twin_bf16_gpu", "twin_cpu"}
+    gap = twins["largest_difference"]
+    cpu, bf16 = twins["tables"]["twin_cpu"], twins["tables"]["twin_bf16_gpu"]
+    phase, metric = gap["metric"].split(".")
+    assert gap["abs"] == abs(bf16[phase][metric] - cpu[phase][metric]) and 0 < gap["abs"] < 0.5
+    assert steps["levers"]["ok"] and (tmp_path / "lever_probe.json").exists()

@@ -50,7 +50,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
     A batch holds ``input_ids [B, T]`` and ``attention_mask [B, T]`` (left padding, so the
     last position is every row's last prompt token), ``labels [B]`` (gold option index),
     ``answer_token [B]`` (gold letter's token id), ``n_choices [B]``, ``index [B]``
-    (row position in its split) and ``keep [B]`` (False for padding copies in a DDP share).
+    (row position in its split), ``keep [B]`` (False for padding copies in a DDP share) and ``padded``
+    (a Python bool: whether any row is left-padded, known here so the step need not ask the device).
 
     Args:
         splits: train / val / test records.
@@ -61,6 +62,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         max_length: prompts longer than this keep their last ``max_length`` tokens.
         seed: shuffling seed of the training batches.
         eval_sets: extra named test sets (evaluated after ``test``).
+        eval_tokens_per_batch: when > 0, scoring batches hold as many prompts as fit this many tokens
+            (rows x longest prompt) instead of ``eval_batch_size`` prompts.
     """
 
     def __init__(
@@ -73,8 +76,10 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         max_length: int = 2048,
         seed: int = 0,
         eval_sets: dict[str, list[MCRecord]] | None = None,
+        eval_tokens_per_batch: int = 0,
     ) -> None:
         super().__init__()
+        self.eval_tokens_per_batch = eval_tokens_per_batch
         self.splits, self.tokenizer, self.prompt = splits, tokenizer, prompt
         self.batch_size, self.eval_batch_size, self.max_length, self.seed = (
             batch_size,
@@ -141,11 +146,12 @@ class MultipleChoiceDataModule(L.LightningDataModule):
             "n_choices": torch.tensor([e.n_choices for e in examples]),
             "index": torch.tensor([e.index for e in examples]),
             "keep": torch.tensor([e.keep for e in examples]),
+            "padded": any(len(e.input_ids) < width for e in examples),
         }
 
     def transfer_batch_to_device(self, batch: dict[str, torch.Tensor], device, dataloader_idx: int) -> dict:
         """Batches are flat dicts of tensors: move them directly (Lightning's generic walk costs ms a step)."""
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -164,7 +170,15 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         share = [examples[i] for i in order[rank::world]]
         per_rank = -(-len(examples) // world)
         share += [replace(examples[order[0]], keep=False)] * (per_rank - len(share))
-        batches = LengthSortedBatches([len(e.input_ids) for e in share], self.eval_batch_size)
+        # Under a token budget every rank cuts its batches where the longest share needs them, so all
+        # ranks run the same number of batches (the gathers of DDP scoring wait for each other).
+        longest = len(examples[order[0]].input_ids)
+        shares = [[len(examples[i].input_ids) for i in order[r::world]] for r in range(world)]
+        shares = [sorted(x + [longest] * (per_rank - len(x)), reverse=True) for x in shares]
+        reference = [max(col) for col in zip(*shares)]
+        batches = LengthSortedBatches(
+            [len(e.input_ids) for e in share], self.eval_batch_size, self.eval_tokens_per_batch, reference
+        )
         return DataLoader(
             EncodedSplit(share), batch_sampler=batches, collate_fn=self.collate, generator=_own_generator()
         )

@@ -9,11 +9,34 @@ from collections.abc import Callable, Iterator, Sequence
 class LengthSortedBatches:
     """Evaluation batches: indices sorted by length (longest first), cut into batches.
 
-    A batch sampler object (not a bare list): Lightning's prediction loop wraps its batch sampler."""
+    A batch sampler object (not a bare list): Lightning's prediction loop wraps its batch sampler.
 
-    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+    Args:
+        lengths: token length of each prompt.
+        batch_size: prompts per batch (when ``tokens_per_batch`` is 0).
+        tokens_per_batch: when > 0, each batch takes as many prompts as keep rows x longest prompt within
+            this budget (at least one): short prompts go in large batches, long ones in small batches.
+        reference_lengths: lengths, sorted longest first, that decide where the token-budget batches are
+            cut (default: ``lengths`` sorted); DDP ranks pass the longest share so their batches line up.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        tokens_per_batch: int = 0,
+        reference_lengths: Sequence[int] | None = None,
+    ) -> None:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if tokens_per_batch <= 0:
+            self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            return
+        cut = list(reference_lengths) if reference_lengths is not None else [lengths[i] for i in order]
+        self.batches, start = [], 0
+        while start < len(order):
+            size = max(1, tokens_per_batch // max(cut[start], 1))
+            self.batches.append(order[start : start + size])
+            start += size
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)

@@ -52,16 +52,22 @@ class ECERegularizedSFT(LossHead):
         self.register_buffer("bin_count", torch.zeros(n_bins))
         self.register_buffer("estep_epoch", torch.tensor(-1))
         self.register_buffer("estep_step", torch.tensor(-1))
-
-    @property
-    def fitted(self) -> bool:
-        return bool(self.bin_count.sum() > 0)
+        # Host copies of the E-step state, so the training step and the callback never read the device.
+        self.fitted, self.last_estep = False, (-1, -1)
 
     def set_bin_statistics(self, accuracy: Tensor, count: Tensor, epoch: int, step: int) -> None:
+        """Store an E-step's bin accuracies ``[n_bins]`` and counts ``[n_bins]``, made at ``(epoch, step)``."""
         self.bin_accuracy.copy_(accuracy)
         self.bin_count.copy_(count)
         self.estep_epoch.fill_(epoch)
         self.estep_step.fill_(step)
+        self.fitted, self.last_estep = bool(count.sum() > 0), (epoch, step)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "bin_count" in state_dict:  # checkpoints are read on the host: no device wait
+            self.fitted = bool(state_dict[prefix + "bin_count"].sum() > 0)
+            self.last_estep = (int(state_dict[prefix + "estep_epoch"]), int(state_dict[prefix + "estep_step"]))
 
     def forward(self, out: StepOutputs, batch: dict[str, Tensor]) -> LossOutput:
         if not self.fitted:

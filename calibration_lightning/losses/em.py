@@ -40,7 +40,7 @@ class EStepRefresh(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module) -> None:
         head = module.loss_head
-        stale = self.every == "epoch" and int(head.estep_epoch) != trainer.current_epoch
+        stale = self.every == "epoch" and head.last_estep[0] != trainer.current_epoch
         if not head.fitted or stale:
             self._refresh(trainer, module)
 
@@ -48,5 +48,5 @@ class EStepRefresh(L.Callback):
         if not isinstance(self.every, int):
             return
         step = trainer.global_step
-        if step > 0 and step % self.every == 0 and int(module.loss_head.estep_step) != step:
+        if step > 0 and step % self.every == 0 and module.loss_head.last_estep[1] != step:
             self._refresh(trainer, module)  # module.score runs under no_grad

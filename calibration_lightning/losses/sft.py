@@ -25,10 +25,12 @@ def sequence_nll(token_logits: Tensor, token_ids: Tensor, token_mask: Tensor) ->
 
     A token counts when it and the position predicting it are both real: the first real token of a
     left-padded row is not predicted from a pad position (an unpadded row has nothing before it).
-    Only those positions enter the loss, so pad positions get no gradient at all.
+    Positions that do not count are ignored targets, so they get no gradient at all, and the step needs
+    no data-dependent shape (boolean indexing would make the host wait for the device).
     """
     counted = (token_mask[:, 1:] != 0) & (token_mask[:, :-1] != 0)
-    return F.cross_entropy(token_logits[:, :-1][counted].float(), token_ids[:, 1:][counted])
+    targets = token_ids[:, 1:].masked_fill(~counted, -100)
+    return F.cross_entropy(token_logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
 class SequenceSFT(LossHead):

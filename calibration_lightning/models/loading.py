@@ -43,11 +43,24 @@ class ModelSettings:
     revision: str | None = None
     gradient_checkpointing: str | bool = "auto"  # auto: on only when the batch would not fit in free GPU memory
     compile: bool = False  # torch.compile each decoder layer (regional; GPU)
-    merge_for_eval: str | bool = "auto"  # auto: merge trained adapters for scoring unless quantized
+    merge_for_eval: str | bool = "auto"  # auto: merge unless quantized; dequantize: nf4 through a bf16 copy
+    lora_compute: str = "float32"  # bfloat16: LoRA matmuls under bf16 autocast, fp32 master weights
+    tf32: bool = False  # CUDA: float32 matmuls that remain run on TF32 tensor cores
+    liger: bool = False  # CUDA: Liger's Triton RMSNorm, RoPE and SwiGLU kernels in the decoder layers
     adapter: str | None = None  # a saved peft adapter (folder or hub id) to start from instead of fresh LoRA
     lora: LoraSettings = field(default_factory=LoraSettings)
 
-    def __post_init__(self) -> None:  # types and the choices of dtype and quantize: schema.ModelConf
+    def __post_init__(self) -> None:  # types and the choices of dtype, quantize and lora_compute: schema.ModelConf
+        if self.liger:
+            import importlib.util
+
+            require(
+                "model.liger",
+                True,
+                torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None,
+                "Liger's kernels are Triton GPU kernels: they need a CUDA GPU and the liger-kernel package "
+                f"(CUDA available: {torch.cuda.is_available()}; pip install liger-kernel); use model.liger=false",
+            )
         if self.adapter is not None:
             require("model.adapter", self.adapter, bool(self.adapter), "must be a path")
             folder = Path(self.adapter).expanduser()
@@ -132,16 +145,57 @@ def load_model(
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     model.config.use_cache = False
+    if settings.tf32 and device == "cuda":
+        allow_tf32()
+    if settings.liger:
+        apply_liger(model)
     # No prepare_model_for_kbit_training: it upcasts embeddings and lm_head to float32 (about 4 GiB more
     # on an 8B model, and slower); frozen bf16 weights around 4-bit layers train LoRA just as well.
     if not with_lora:
         return model.requires_grad_(False)
     model = add_lora(model, settings.lora) if settings.adapter is None else load_adapter(model, settings)
+    if settings.lora_compute == "bfloat16":
+        set_lora_input_casting(model, False)
     if use_gradient_checkpointing(model, settings.gradient_checkpointing, tokens_per_batch, device):
         enable_gradient_checkpointing(model)
     if settings.compile:
         compile_layers(model)
     return model
+
+
+def autocast_dtype(settings: ModelSettings) -> torch.dtype | None:
+    """The autocast dtype of every forward (``CalibrationModule(autocast=...)``), or None for none."""
+    return torch.bfloat16 if settings.lora_compute == "bfloat16" else None
+
+
+def set_lora_input_casting(model, enabled: bool) -> None:
+    """peft casts each LoRA input to the adapters' float32; under bf16 autocast that copy is wasted (autocast
+    casts it back for the matmul), so ``model.lora_compute=bfloat16`` turns it off (peft's own switch)."""
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = enabled
+
+
+def allow_tf32() -> None:
+    """TF32 tensor cores for float32 matmuls and convolutions on CUDA (about 10 mantissa bits instead of 23)."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # the API that replaced allow_tf32
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def apply_liger(model) -> None:
+    """Liger's fused RMSNorm, RoPE and SwiGLU on this model instance (before LoRA wraps its linear layers).
+
+    Its fused linear cross-entropy stays off: our losses read logits (the answer position's, or every
+    position's for L_SFT2), which that kernel never materializes."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(
+        model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+    )
 
 
 def add_lora(model, lora: LoraSettings):
@@ -191,9 +245,14 @@ def base_model_scoring(model):
 def merged_adapters(model, setting: str | bool = "auto"):
     """Fold LoRA into the base weights for scoring (base-model speed), and unfold afterwards.
 
-    ``auto`` merges unless the base is 4-bit (merging into nf4 would requantize the weights). Unfolding
-    restores the base weights up to float rounding, so runs merge only once training is over.
+    ``auto`` merges unless the base is 4-bit (merging into nf4 would requantize the weights);
+    ``dequantize`` also scores a 4-bit base merged, through ``dequantized_merged``. Unfolding restores the
+    base weights up to float rounding, so runs merge only once training is over.
     """
+    if setting == "dequantize" and _is_quantized(model):
+        with dequantized_merged(model):
+            yield
+        return
     merge = (not _is_quantized(model)) if setting == "auto" else bool(setting)
     if merge and hasattr(model, "merge_adapter"):
         model.merge_adapter()
@@ -203,6 +262,51 @@ def merged_adapters(model, setting: str | bool = "auto"):
             model.unmerge_adapter()
     else:
         yield
+
+
+def _four_bit_lora_layers(model) -> list:
+    import bitsandbytes as bnb
+
+    return [m for m in model.modules() if isinstance(getattr(m, "base_layer", None), bnb.nn.Linear4bit)]
+
+
+@contextmanager
+def dequantized_merged(model):
+    """Score a 4-bit model as a merged bf16 one: each 4-bit base layer is swapped for a dense layer holding
+    its dequantized weight plus the LoRA update, the adapters are off while scoring, and the 4-bit layers
+    come back afterwards untouched (nothing is requantized).
+
+    The dense copy costs 2 bytes per base weight (about 14 GiB for an 8B model). When the GPU has not that
+    much free, the adapters are scored unmerged instead, and the log says so.
+    """
+    layers = _four_bit_lora_layers(model)
+    need = sum(m.base_layer.in_features * m.base_layer.out_features * 2 for m in layers)
+    device = next(model.parameters()).device
+    if device.type == "cuda" and need > 0.9 * torch.cuda.mem_get_info(device)[0]:
+        log.info("merge_for_eval=dequantize: %.1f GiB needed, not free; scoring unmerged", need / 2**30)
+        yield
+        return
+    from bitsandbytes.functional import dequantize_4bit
+
+    swapped = []
+    try:
+        for module in layers:
+            base = module.base_layer
+            weight = dequantize_4bit(base.weight.data, base.weight.quant_state).to(base.compute_dtype or torch.bfloat16)
+            for name in module.active_adapters:
+                if name in module.lora_A:
+                    weight += module.get_delta_weight(name).to(weight.dtype)
+            dense = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+            dense.weight = torch.nn.Parameter(weight, requires_grad=False)
+            if base.bias is not None:
+                dense.bias = torch.nn.Parameter(base.bias.detach().to(weight.dtype), requires_grad=False)
+            module.base_layer = dense
+            swapped.append((module, base))
+        with model.disable_adapter():
+            yield
+    finally:
+        for module, base in swapped:
+            module.base_layer = base
 
 
 def activation_bytes(model, tokens: int) -> int:

@@ -21,17 +21,25 @@ def padded_attention_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
 
 
-def causal_lm_logits(model, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 1) -> Tensor:
+def causal_lm_logits(
+    model, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 1, padded: bool | None = None
+) -> Tensor:
     """Logits ``[B, logits_to_keep or T, V]``; position ids follow the mask, so left padding shifts nothing.
 
     ``logits_to_keep=1`` skips the vocabulary projection everywhere but the last position: for short
-    prompts that projection is the largest matmul of the pass. Unpadded batches keep the 2-D mask (and
-    the kernels' causal fast path); padded ones get ``padded_attention_mask``.
+    prompts that projection is the largest matmul of the pass. Padded batches get
+    ``padded_attention_mask``; unpadded ones no mask at all, which is the kernels' causal fast path.
+
+    Args:
+        padded: whether any row is left-padded, as the collate function knew it on the host. None reads
+            it from ``attention_mask``, which waits for the device; the training step always passes it.
     """
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    mask = attention_mask
-    if not bool(attention_mask.all()):
-        mask = padded_attention_mask(attention_mask, model.get_input_embeddings().weight.dtype)
+    if padded is None:
+        padded = not bool(attention_mask.all())
+    # Without padding the 2-D mask means plain causal attention; passing None says so without
+    # transformers checking ``mask.all()`` on the device again.
+    mask = padded_attention_mask(attention_mask, model.get_input_embeddings().weight.dtype) if padded else None
     return model(
         input_ids=input_ids,
         attention_mask=mask,
