@@ -1,6 +1,6 @@
 """Coverage of the conf-ECE and cw-ECE intervals on populations whose calibration error is known.
 
-    python bench/coverage_bench.py --jobs 2             # the full grid (about 25 min of CPU)
+    python bench/coverage_bench.py --jobs 2             # the full grid (about 15 min of CPU)
     python bench/coverage_bench.py --n 240 --k 4 --reps 300
 
 Population with gap g (K options): the top-label confidence c is uniform on [1/K + g, 1] and the top option is
@@ -16,11 +16,12 @@ uniform per question, their confidences drawn independently): "no change" (g bef
 the grid) gives the false-positive rate of ``excludes_zero`` and two more coverage samples per repetition;
 "change -0.15" (0.15 before, 0 after) the coverage of the change and how often it is detected.
 
-Every repetition calls ``evaluate_predictions(after, labels, before=before)`` and ``evaluate_predictions(before,
-labels)`` (1,000 resamples), exactly as a run or the CLI computes its intervals. Repetitions: ``--reps`` for N <=
-240, ``--reps-1000`` and ``--reps-large`` (fewer: one repetition of 14,042 questions costs about 2 s of CPU);
+Every repetition calls ``paired_intervals(before, after, labels)`` (1,000 resamples): the intervals of
+``evaluate_predictions`` and of a run, without their point metrics (smECE alone would double the time);
+``tests/test_coverage.py`` checks N = 240 through ``evaluate_predictions`` itself. Repetitions: ``--reps`` for N <=
+240, ``--reps-1000`` and ``--reps-large`` (fewer: one repetition of 14,042 questions costs about 1 s of CPU);
 the standard error of a coverage p over r samples is sqrt(p (1 - p) / r): 0.015 at p = 0.95 and r = 200 (400
-pooled phase samples: 0.011), 0.049 at r = 20. The default grid takes about 25 minutes of CPU.
+pooled phase samples: 0.011), 0.049 at r = 20. The default grid takes about 15 minutes of CPU.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 import torch
 from torch import Tensor
 
-from calibration_lightning import evaluate_predictions
+from calibration_lightning.calibration.bootstrap import paired_intervals
 from calibration_lightning.calibration.debiased import bin_sums, debiased_square, slots
 
 GAPS = (0.0, 0.01, 0.03, 0.1, 0.3)
@@ -81,14 +82,13 @@ def run(n: int, k: int, pair: tuple[float, float], reps: int, resamples: int, se
     stats = {"conf": [], "conf_w": [], "cw": [], "cw_w": [], "change": [], "change_w": [], "excl": []}
     for rep in range(reps):
         (before, after), labels = population(n, k, pair, generator)
-        block = evaluate_predictions(after, labels, resamples=resamples, seed=rep, before=before)
-        phases = (evaluate_predictions(before, labels, resamples=resamples, seed=rep), block)
-        for g, cw, phase in zip(pair, truth_cw, phases):
+        result = paired_intervals(before, after, labels, 10, resamples, seed=rep)
+        for g, cw, phase in zip(pair, truth_cw, (result["before"], result["after"])):
             for name, value, key in (("conf_ece", g, "conf"), ("cw_ece", cw, "cw")):
-                ci = phase["ci95"][name]
+                ci = phase[name]
                 stats[key].append(_covers(ci, value))
                 stats[f"{key}_w"].append(ci[1] - ci[0])
-        change = block["improvement"]["conf_ece"]
+        change = result["improvement"]["conf_ece"]
         stats["change"].append(_covers(change["ci95"], pair[1] - pair[0]))
         stats["change_w"].append(change["ci95"][1] - change["ci95"][0])
         stats["excl"].append(change["excludes_zero"])

@@ -13,6 +13,7 @@ import torch
 from calibration_lightning import evaluate_predictions
 from calibration_lightning.calibration.bootstrap import RESAMPLED
 from calibration_lightning.calibration.metrics import METRICS
+from calibration_lightning.evaluate_predictions import evaluate_pair
 from calibration_lightning.evaluate_predictions.__main__ import main
 from calibration_lightning.run import run
 from tests.conftest import TINY_SPLIT
@@ -35,6 +36,17 @@ def test_the_block_by_hand():
     d = changed["improvement"]
     assert d["accuracy"]["difference"] == 0.5 and d["smooth_ece"]["ci95"] is None
     assert set(d) == {*METRICS, "conf_ece_debiased", "cw_ece_debiased"}
+    # One paired computation gives both blocks exactly as the single calls do (the same resampled questions).
+    g = torch.Generator().manual_seed(0)
+    first, second = (torch.softmax(torch.randn(90, 3, generator=g) * s, 1) for s in (3.0, 1.0))
+    y = torch.randint(3, (90,), generator=g)
+    pair = evaluate_pair(first, second, y, resamples=300, seed=3)
+    _close(pair["before"], evaluate_predictions(first, y, resamples=300, seed=3))
+    _close(
+        {**pair["after"], "improvement": pair["improvement"]},
+        evaluate_predictions(second, y, resamples=300, seed=3, before=first),
+    )
+    _close(pair["after"], evaluate_predictions(second, y, resamples=300, seed=3))
     with pytest.raises(ValueError, match="sum to 1"):
         evaluate_predictions(torch.tensor([[2.0, -1.0]]).abs(), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):

@@ -24,6 +24,21 @@ def _ece_reference(rows, n_bins=10):
     return conf, cw / len(letters), sum(r["correct"] for r in rows) / len(rows)
 
 
+def _debiased_reference(rows, n_bins=10):
+    """conf_ece_debiased: sqrt of the mean over bins (weight n_b / N) of the mean of r_i r_j over ordered pairs
+    i != j of the bin's residuals r = correct - confidence."""
+    bins = {}
+    for r in rows:
+        bins.setdefault(min(int(r["confidence"] * n_bins), n_bins - 1), []).append(r["correct"] - r["confidence"])
+    square = 0.0
+    for residuals in bins.values():
+        m = len(residuals)
+        if m >= 2:
+            pairs = sum(a * b for i, a in enumerate(residuals) for j, b in enumerate(residuals) if i != j)
+            square += m / len(rows) * pairs / (m * (m - 1))
+    return max(square, 0.0) ** 0.5
+
+
 def _write_set(path, n_rows, n_options, seed):
     rng = random.Random(seed)
     with open(path, "w") as f:
@@ -65,6 +80,7 @@ def test_metrics_json_equals_recomputation_with_sets_of_different_widths(make_cf
             assert abs(conf - reported["conf_ece"]) < 1e-6, (name, phase)
             assert abs(cw - reported["cw_ece"]) < 1e-6, (name, phase)
             assert abs(acc - reported["accuracy"]) < 1e-6, (name, phase)
+            assert abs(_debiased_reference(rows) - reported["conf_ece_debiased"]) < 1e-5, (name, phase)
             checked += 1
     assert checked == 4
     # The logged (torchmetrics) test metrics agree with metrics.json: one computation, one width.

@@ -17,15 +17,20 @@ Kumar et al. 2019). ``T = sum_b n_b / N U_b`` estimates the squared l2 ECE witho
 ``sqrt(max(T, 0))`` is the reported debiased estimate.
 
 The interval: a pivot bootstrap from a shrunk world. Resampling the questions as they are draws from a world
-whose squared ECE is the plug-in value, too large by the very bias being removed, and near calibration such a
-world is not calibrated, so the spread of ``T*`` there is not that of ``T`` (the issue the plain bootstrap
-fails on). Each bin's residuals are therefore shifted by a constant, ``r' = r - (1 - lambda_b) mean_b(r)``,
-``lambda_b = sqrt(max(U_b, 0)) / |mean_b(r)|``, so that the world's squared gap is ``max(U_b, 0)`` (within-bin
-spread unchanged), the world's squared ECE ``theta' = sum_b n_b / N max(U_b, 0)``. The R resamples of that
-world give ``T* - theta'``, which stands in for ``T - theta``; the interval for theta is ``[T - q_hi, T - q_lo]``
-(q = its (1 -+ level) / 2 quantiles), truncated at 0 and square-rooted. A change (after - before, the same
-questions) uses the same resamples of both worlds and the pivot ``D* - D'`` on the root scale, ``D =
-sqrt(T_after+) - sqrt(T_before+)``. Coverage on populations of known ECE: ``bench/coverage_bench.py``.
+whose squared ECE is the plug-in value, too large by the very bias being removed; near calibration such a
+world is not calibrated, so the spread of ``T*`` there is not that of ``T`` (why percentile intervals of the
+plug-in missed 0 in every sample). Each bin's residuals are therefore shifted by a constant,
+``r' = r - (1 - lambda_b) mean_b(r)``, ``lambda_b = sqrt(max(U_b, 0)) / |mean_b(r)|``, so that the world's
+squared gap is ``max(U_b, 0)`` with the within-bin spread unchanged; the world's squared ECE is
+``theta' = sum_b n_b / N max(U_b, 0)``. The R resamples of that world give ``T*``, and ``h(T*) - h(theta')``
+stands in for ``h(T) - h(theta)`` on the scale ``h(x) = sqrt(x + c)``, ``c = c0 / a`` for ``Var(T) ~ a theta +
+c0`` (``stabilizing_offset``): about the squared scale near calibration, where T is a sum of centred
+chi-squares, and the root scale far from it, where T is normal with a spread that grows with theta; either
+scale alone under-covered at one end. Each resample gives a stand-in for the population value,
+``h^-1(max(h(T+) - (h(T*) - h(theta')), h(0)))``; the interval is the stand-ins' (1 -+ level) / 2 quantiles,
+0 included whenever more than (1 - level) / 2 of them are 0. ``T+ = max(T, 0)``, so a T below 0 widens the
+interval to that of T = 0 instead of shrinking it to [0, 0]. A change (after - before, the same questions):
+``change_interval``. Coverage on populations of known ECE: ``bench/coverage_bench.py``.
 """
 
 from __future__ import annotations
@@ -143,9 +148,11 @@ class DebiasedECE:
 def stabilizing_offset(sums: Tensor, n: int, classes: int) -> float:
     """``c / a`` where ``Var(T) ~ a theta + c``: ``sqrt(T + c / a)`` has about the same spread at every theta.
 
-    ``a = 4 / (N K^2) sum_b n_b / N sd_b^2`` (the linear part, gaps of the same size in every bin) and
-    ``c = 2 / (N K^2)^2 ... = 2 / (N K)^2 sum_b n_b sd_b^4 / (n_b - 1)`` (the part left at calibration), with
-    ``sd_b^2`` the bin's residual variance.
+    From ``Var(U_b | n_b) = 4 delta_b^2 sd_b^2 / n_b + 2 sd_b^4 / (n_b (n_b - 1))`` (``sd_b^2``: the bin's
+    residual variance, estimated within the bin), summed with weights ``(n_b / (N K))^2`` over the bins (K
+    classes for cw-ECE, 1 for conf-ECE): ``a = 4 / (N K^2) sum_b n_b / N sd_b^2`` (the linear part, taking a
+    gap of the same size in every bin) and ``c = 2 / (N K)^2 sum_b n_b sd_b^4 / (n_b - 1)`` (what is left at
+    calibration).
     """
     count, total, squares = sums.double().unflatten(-1, (3, -1)).unbind(-2)
     ok = count >= 2

@@ -73,29 +73,43 @@ def evaluate_predictions(
         {metric: {"difference": value - before's, "ci95": [lo, hi] or None, "excludes_zero": bool or
         None}}`` when ``before`` is given (paired: the same resampled questions before and after).
     """
+    options = {"n_bins": n_bins, "resamples": resamples, "level": level, "seed": seed}
+    if before is not None:
+        pair = evaluate_pair(before, probs, labels, **options)
+        return {**pair["after"], "improvement": pair["improvement"]}
     probs, labels = _checked(probs, labels, "probs")
-    if before is not None:
-        before, _ = _checked(before, labels, "before")
-        if before.shape != probs.shape:
-            raise ValueError(f"before must have the shape of probs {tuple(probs.shape)}, got {tuple(before.shape)}")
     block = phase_metrics(probs, labels, n_bins)
-    intervals = resamples > 0 and len(labels) > 0
-    paired = {}
-    if intervals and before is None:
+    if resamples > 0 and len(labels) > 0:
         block["ci95"] = bootstrap_intervals(probs, labels, n_bins, resamples, seed, level)
-    elif intervals:
-        paired = paired_intervals(before, probs, labels, n_bins, resamples, seed, level)
-        block["ci95"] = paired["after"]
-    if before is not None:
-        previous = phase_metrics(before, labels, n_bins)
-        change = paired.get("improvement", {})
-        block["improvement"] = {
-            m: {
-                "difference": block[m] - v,
-                "ci95": change.get(m, {}).get("ci95"),
-                "excludes_zero": change.get(m, {}).get("excludes_zero"),
-            }
-            for m, v in previous.items()
-            if m != "n"
-        }
     return block
+
+
+def evaluate_pair(
+    before, after, labels, *, n_bins: int = 10, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict:
+    """One set before and after a change, from one paired bootstrap: what metrics.json holds for a set.
+
+    Returns:
+        ``{"before": block, "after": block, "improvement": {metric: {"difference", "ci95", "excludes_zero"}}}``,
+        each block as ``evaluate_predictions`` returns it (the same values: the resamples are the same).
+    """
+    after, labels = _checked(after, labels, "probs")
+    before, _ = _checked(before, labels, "before")
+    if before.shape != after.shape:
+        raise ValueError(f"before must have the shape of probs {tuple(after.shape)}, got {tuple(before.shape)}")
+    blocks = {"before": phase_metrics(before, labels, n_bins), "after": phase_metrics(after, labels, n_bins)}
+    change = {}
+    if resamples > 0 and len(labels) > 0:
+        paired = paired_intervals(before, after, labels, n_bins, resamples, seed, level)
+        blocks["before"]["ci95"], blocks["after"]["ci95"] = paired["before"], paired["after"]
+        change = paired["improvement"]
+    improvement = {
+        m: {
+            "difference": blocks["after"][m] - v,
+            "ci95": change.get(m, {}).get("ci95"),
+            "excludes_zero": change.get(m, {}).get("excludes_zero"),
+        }
+        for m, v in blocks["before"].items()
+        if m not in ("n", "ci95")
+    }
+    return {**blocks, "improvement": improvement}
