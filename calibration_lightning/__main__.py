@@ -1,161 +1,24 @@
-"""``python -m calibration_lightning [overrides]``: the Hydra entry point, with the command line checked first.
+"""``python -m calibration_lightning [GROUP=OPTION ...] [KEY=VALUE ...]``: the Hydra entry point.
 
-Hydra composes the config, creates the run directory and writes ``.hydra/`` and the job log before it calls the
-task, and reports its own config errors with exit 1. So, before Hydra starts, ``check_command_line``:
-
-- moves secret values given as overrides (``+judge.api_key=...``: see ``redaction.is_secret_key``) into
-  environment variables; the command line, ``.hydra/``, the log and the W&B run's arguments hold
-  ``${oc.env:CALIBRATION_LIGHTNING_SECRET_N}`` instead;
-- composes the config the way Hydra will (each job of a ``-m`` sweep) and turns a misspelt key, an unknown option
-  or a bad override into one ``error:`` line with Hydra's list of allowed options;
-- for a run, checks every value (``config.check_config``) and the run directory (``check_run_dir``): a finished
-  or unfinished run is refused before Hydra touches its directory; a resumed run's data is read and checked here
-  too, so a bad file leaves that run's ``.hydra/`` and log as they were.
-
-Every user error ends as one ``error: ...`` line on stderr and exit code 2.
+Hydra composes the config against the schema (``schema.py``: types, choices, unknown keys), and its callback
+``startup.StartupChecks`` (``hydra.callbacks`` in conf/config.yaml) checks every job before Hydra writes the
+run directory. Secret values given on the command line are moved into environment variables first
+(``redaction.hide_secret_overrides``). Every user error ends as one ``error: ...`` line and exit code 2.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import logging
 import os
-import re
 import sys
 import warnings
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from calibration_lightning.config import CONF_DIR
-from calibration_lightning.errors import ConfigError, UserError
-from calibration_lightning.redaction import is_secret_key
-
-log = logging.getLogger("calibration_lightning")
-
-SECRET_ENV = "CALIBRATION_LIGHTNING_SECRET_"
-MAX_CHECKED_JOBS = 100  # a larger sweep checks its first jobs here; every job still checks itself before loading
-KEYS_HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help` the options of each group"
-
-
-def one_line(text: object) -> str:
-    return re.sub(r"\s*\n\s*", " ", str(text).strip())
-
-
-def hydra_message(e: Exception) -> str:
-    """Hydra's (or OmegaConf's) message for a config mistake on one line, keeping its list of allowed options."""
-    from hydra.errors import OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
-
-    parts: list[str] = []
-    for line in str(e).split("Config search path:")[0].splitlines():
-        if line.startswith("\t") and parts:  # one allowed option per line
-            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line.strip()
-        elif line.strip():
-            parts.append(line.strip())
-    message = " ".join(p if p[-1] in ".:;" else p + "." for p in parts)[:-1]
-    if isinstance(e, OverrideParseException):
-        message = f"override {e.override!r}: {message}"
-    cause = e.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
-        message += f" ({str(cause).strip().splitlines()[0]})"
-    return f"{message}; {KEYS_HINT}"
-
-
-def hide_secrets(overrides: list[str]) -> dict[str, str]:
-    """Move each secret override's value into an environment variable; returns {old override: new override}."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    replaced = {}
-    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
-        if o.is_delete() or o.is_sweep_override() or not is_secret_key(o.key_or_group):
-            continue
-        value = o.value()
-        if value is None or value == "" or isinstance(value, (dict, list)) or "${" in str(value):
-            continue  # nothing to hide, or already an interpolation (a relaunched DDP rank sees its own argv)
-        var = f"{SECRET_ENV}{sum(k.startswith(SECRET_ENV) for k in os.environ)}"
-        os.environ[var] = str(value)
-        ref = f"'${{oc.env:{var}}}'" if isinstance(value, str) else f"'${{oc.decode:${{oc.env:{var}}}}}'"
-        replaced[text] = f"{o.get_key_element()}={ref}"
-    return replaced
-
-
-def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
-    """The override lists of a ``-m`` sweep's jobs (discrete sweeps: ``a=1,2``, ``choice``, ``range``);
-    None when a sweep is not a list of values (a sweeper plugin's interval), which the sweeper checks."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    choices = []
-    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
-        if not o.is_sweep_override():
-            choices.append([text])
-        elif o.is_discrete_sweep():
-            choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
-        else:
-            return None
-    return [list(job) for job in itertools.islice(itertools.product(*choices), MAX_CHECKED_JOBS)]
-
-
-def check_job(cfg: DictConfig, run_dir: bool) -> None:
-    """The start-up checks of one composed job (``cfg`` with its ``hydra`` node), as ``run`` makes them."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from calibration_lightning.config import check_config
-    from calibration_lightning.outputs.run_outputs import check_run_dir
-
-    out_dir = Path(os.path.abspath(str(cfg.hydra.run.dir)))  # as Hydra's run_job
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out_dir)
-    HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.output_dir} resolves as in the run
-    task = copy.deepcopy(cfg)
-    with open_dict(task):
-        del task["hydra"]
-    methods = check_config(task)
-    if run_dir:
-        check_run_dir(out_dir, task.resume)
-        if task.resume and out_dir.exists():  # a resumed run's directory holds its .hydra/ and log: read the data
-            from calibration_lightning.assembly import check_splits, load_data  # now, before Hydra rewrites them
-
-            check_splits(task, load_data(task)[0], methods)
-
-
-def _is_launched_rank() -> bool:
-    """A process Lightning's DDP launcher started for rank > 0 (the run directory is rank 0's, already checked)."""
-    return any(os.environ.get(v, "0") != "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def check_command_line(argv: list[str]) -> list[str]:
-    """Check a command line before Hydra starts (see the module docstring); returns it with secrets hidden.
-
-    Raises:
-        ConfigError: a config mistake Hydra or our checks found, on one line.
-        UserError: e.g. the run directory already holds a run.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser  # the parser hydra.main uses
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    args = get_args_parser().parse_args(argv)
-    try:
-        replaced = hide_secrets(args.overrides)
-        argv = [replaced.get(a, a) for a in argv]
-        overrides = [replaced.get(o, o) for o in args.overrides]
-        other = args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun
-        if other or args.config_path or args.config_dir:
-            return argv  # nothing composed here, or another config folder: Hydra reports on its own
-        jobs = sweep_jobs(overrides) if args.multirun else [overrides]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            for job in jobs or []:
-                cfg = compose(args.config_name or "config", overrides=job, return_hydra_config=True)
-                if not args.cfg:
-                    check_job(cfg, run_dir=not args.multirun and not _is_launched_rank())
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(hydra_message(e)) from None
-    return argv
+from calibration_lightning.redaction import hide_secret_overrides
+from calibration_lightning.startup import reported
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -171,25 +34,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # Our evaluation batch sampler returns every index once (length-sorted); Lightning cannot know that.
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*for prediction.*")
-    try:
-        result = run(cfg)
-    except UserError as e:
-        log.error("%s", one_line(e))
-        fail(e)
-    return result.get("after", {}).get("conf_ece")
-
-
-def fail(e: UserError) -> None:
-    print(f"error: {one_line(e)}", file=sys.stderr)
-    sys.exit(2)
+    return run(cfg).get("after", {}).get("conf_ece")
 
 
 def main() -> None:
-    try:
-        sys.argv[1:] = check_command_line(sys.argv[1:])
-    except UserError as e:
-        fail(e)
-    hydra_main()
+    sys.argv[1:] = hide_secret_overrides(sys.argv[1:])
+    # Hydra prints a config mistake found while composing as several lines with exit 1; let it raise instead.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    with reported():
+        hydra_main()
 
 
 if __name__ == "__main__":

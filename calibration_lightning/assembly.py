@@ -15,7 +15,7 @@ from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.splits import Splits, split_records
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.methods import Method
-from calibration_lightning.outputs.checkpoints import AtomicCheckpointIO, BestCheckpoint, last_checkpoints
+from calibration_lightning.outputs.checkpoints import BestCheckpoint, last_checkpoints
 from calibration_lightning.winrate.evaluate import WinRate
 
 
@@ -61,7 +61,6 @@ def build_trainer(
         logger=logger,
         default_root_dir=out_dir,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
         enable_checkpointing=method is not None,  # a Trainer that does not train saves nothing
         enable_model_summary=False,
         use_distributed_sampler=False,

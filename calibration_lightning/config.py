@@ -1,6 +1,8 @@
-"""The composed config at start-up: the config folder, instantiation, and every check before data or a model
-loads. Components check their own values (``OptimSettings``, ``LoraSettings``, ``ModelSettings``, the loss
-heads, ``EStepRefresh``); ``check_config`` builds them, and checks what no component owns."""
+"""The config folder, instantiation, and the training methods built from the composed config.
+
+Types, choices and unknown keys are checked by the schema while Hydra composes (``schema.py``); ranges when
+the composed config becomes objects (``schema.validate``) and when components are built (``build_methods``,
+``ModelSettings``)."""
 
 from __future__ import annotations
 
@@ -8,17 +10,18 @@ from pathlib import Path
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from calibration_lightning.errors import UserError, is_integer, is_number, require
+from calibration_lightning import schema  # noqa: F401 (registers the schema every composition starts from)
+from calibration_lightning.errors import UserError
 from calibration_lightning.methods import Method, Selection
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def options(group: str) -> list[str]:
-    """The options of a config group (files under conf/GROUP, hidden ``_*`` files excluded)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+    """The options of a config group (files under conf/GROUP)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def build(node: DictConfig, **kwargs):
@@ -32,6 +35,11 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
+def plain(node: DictConfig) -> dict:
+    """A config node as a plain dict, choices (enums) as their names."""
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
 def build_methods(cfg: DictConfig) -> dict[str, Method]:
     """The training methods of the run, built: ``method`` itself, or each of ``method.candidates`` (auto);
     empty for methods that do not train (none, ts)."""
@@ -40,73 +48,13 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
     nodes = dict(cfg.method.get("candidates") or ({cfg.method.name: cfg.method} if cfg.method.train else {}))
     methods = {}
     for name, node in nodes.items():
-        require(
-            "method.epochs", node.epochs, isinstance(node.epochs, int) and node.epochs >= 1, "must be an integer >= 1"
-        )
         select = node.get("select")
         methods[name] = Method(
             name,
             build(node.loss),
-            OptimSettings(**node.optim),
+            OptimSettings(**plain(node.optim)),
             node.epochs,
             [build(c) for c in node.callbacks],
-            Selection(**select) if select else None,
+            Selection(**plain(select)) if select else None,
         )
     return methods
-
-
-def check_config(cfg: DictConfig) -> dict[str, Method]:
-    """Check every setting and build the run's training methods.
-
-    Raises:
-        ConfigError: on the first bad setting, naming its key and the allowed range.
-    """
-    from calibration_lightning.models.loading import ModelSettings
-
-    for key, value, ok, message in (
-        ("n_bins", cfg.n_bins, isinstance(cfg.n_bins, int) and cfg.n_bins >= 2, "bins must be an integer >= 2"),
-        *(
-            (
-                f"dataset.{k}",
-                cfg.dataset[k],
-                isinstance(cfg.dataset[k], int) and cfg.dataset[k] >= low,
-                f"must be an integer >= {low}",
-            )
-            for k, low in (("batch_size", 1), ("eval_batch_size", 1), ("max_length", 8), ("eval_tokens_per_batch", 0))
-            if k in cfg.dataset
-        ),
-        (
-            "bootstrap.resamples",
-            cfg.bootstrap.resamples,
-            isinstance(cfg.bootstrap.resamples, int) and cfg.bootstrap.resamples >= 0,
-            "must be an integer >= 0 (0 turns intervals off)",
-        ),
-        (
-            "bootstrap.level",
-            cfg.bootstrap.level,
-            is_number(cfg.bootstrap.level) and 0 < cfg.bootstrap.level < 1,
-            "must be in (0, 1), e.g. 0.95",
-        ),
-        ("bootstrap.seed", cfg.bootstrap.seed, isinstance(cfg.bootstrap.seed, int), "must be an integer"),
-        *(
-            (f"regime.{k}", cfg.regime[k], is_number(cfg.regime[k]) and 0 <= cfg.regime[k] <= 1, "must be in [0, 1]")
-            for k in ("tolerance", "accuracy_tolerance")
-        ),
-        *(
-            (f"dataset.split.{k}", v, is_number(v) and v >= 0, "must be a count >= 0 or a fraction")
-            for k, v in cfg.dataset.split.items()
-            if k != "seed"
-        ),
-        *(  # Lightning would refuse these only when a Trainer is built, after the model has loaded
-            (f"trainer.{k}", cfg.trainer[k], is_integer(cfg.trainer[k]) and cfg.trainer[k] >= low, f"must be {what}")
-            for k, low, what in (
-                ("checkpoint_every_n_steps", 0, "an integer >= 0 (0: only at each epoch end)"),
-                ("log_every_n_steps", 1, "an integer >= 1"),
-                ("accumulate_grad_batches", 1, "an integer >= 1"),
-            )
-            if cfg.trainer.get(k) is not None
-        ),
-    ):
-        require(key, value, ok, message)
-    ModelSettings.from_config(cfg.model)
-    return build_methods(cfg)

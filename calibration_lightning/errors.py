@@ -25,10 +25,6 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def is_integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def require(key: str, value, ok: bool, message: str) -> None:
     """Raise ``ConfigError("KEY=VALUE: MESSAGE")`` unless ``ok``: the one form of every range check."""
     if not ok:

@@ -10,32 +10,40 @@ from torch import Tensor
 
 from calibration_lightning.calibration.bootstrap import paired_bootstrap
 from calibration_lightning.calibration.confidence import set_probabilities
-from calibration_lightning.calibration.metrics import all_metrics, metric
+from calibration_lightning.calibration.metrics import metric
 from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.data.records import LETTERS, MCRecord
+from calibration_lightning.evaluate_predictions import phase_metrics
 
-Scored = dict[str, Tensor]  # letter_logits [N, K], labels [N], n_choices [N], index [N], in split order
+Scored = dict  # letter_logits [N, K], labels [N], n_choices [N], index [N] in split order; "metrics": see below
 
 
 def evaluate(trainer: L.Trainer, module, datamodule, n_bins: int) -> dict[str, Scored]:
     """Score the validation split and every test set (``test`` first) with ``trainer.predict``.
 
     This is the one scoring path of a run: the returned tensors (gathered from every process, in split
-    order) are what metrics.json, the prediction files, the diagrams and the printed table are made from,
-    and each split's metrics are logged from them as ``val/*``, ``test/*`` and ``test/NAME/*``.
+    order) are what the prediction files are made from, and each split's ``"metrics"`` (``metrics``, computed
+    here once) is what metrics.json, the diagrams' titles, the printed table and the logger report: logged
+    as ``val/*``, ``test/*`` and ``test/NAME/*``.
     """
     outputs = trainer.predict(module, datamodule=datamodule)
     names = datamodule.predict_split_names
     per_split = outputs if len(names) > 1 else [outputs]
-    scored = {name: _gathered(trainer, parts) for name, parts in zip(names, per_split)}
+    scored = {name: with_metrics(_gathered(trainer, parts), n_bins) for name, parts in zip(names, per_split)}
     if trainer.logger and trainer.is_global_zero:
         logged = {}
         for name, s in scored.items():
             prefix = "val" if name == "val" else "test" if name == "test" else f"test/{name}"
-            logged.update({f"{prefix}/{k}": v for k, v in metrics(s, n_bins).items() if k != "n"})
+            logged.update({f"{prefix}/{k}": v for k, v in s["metrics"].items() if k != "n"})
         trainer.logger.log_metrics(logged, step=trainer.global_step)
         trainer.logger.save()
     return scored
+
+
+def with_metrics(scored: Scored, n_bins: int) -> Scored:
+    """The split's scores with their metrics (``metrics``) under ``"metrics"``."""
+    scored = {k: v for k, v in scored.items() if k != "metrics"}
+    return {**scored, "metrics": metrics(scored, n_bins)}
 
 
 def _gathered(trainer: L.Trainer, parts: list[Scored]) -> Scored:
@@ -63,9 +71,9 @@ def regime(scored: dict[str, Scored], n_bins: int, tolerance: float) -> dict | N
     )
 
 
-def transform_logits(scored: dict[str, Scored], fn: Callable[[Tensor], Tensor]) -> dict[str, Scored]:
-    """Apply a post-hoc calibrator's transform to every split's letter logits."""
-    return {name: {**s, "letter_logits": fn(s["letter_logits"])} for name, s in scored.items()}
+def transform_logits(scored: dict[str, Scored], fn: Callable[[Tensor], Tensor], n_bins: int) -> dict[str, Scored]:
+    """Apply a post-hoc calibrator's transform to every split's letter logits (and measure them again)."""
+    return {name: with_metrics({**s, "letter_logits": fn(s["letter_logits"])}, n_bins) for name, s in scored.items()}
 
 
 def probabilities(scored: Scored) -> Tensor:
@@ -75,8 +83,30 @@ def probabilities(scored: Scored) -> Tensor:
 
 
 def metrics(scored: Scored, n_bins: int) -> dict:
-    """Every metric of ``METRICS`` on one split, plus its size ``n``: the one place a run's metrics come from."""
-    return all_metrics(probabilities(scored), scored["labels"], n_bins)
+    """Every metric of ``METRICS``, the debiased ECEs and the size ``n`` of one split (``phase_metrics``)."""
+    return phase_metrics(probabilities(scored), scored["labels"], n_bins)
+
+
+def compare(before: Scored, after: Scored, n_bins: int, resamples: int, seed: int, level: float) -> dict:
+    """One evaluation set's block of metrics.json, from its before and after scores: ``{"before": metrics,
+    "after": metrics, "improvement": {metric: {"difference": after - before, "ci95", "excludes_zero"}}}``, the
+    metrics those ``evaluate`` measured, with ``ci95`` (bootstrap intervals, paired: the same resampled
+    questions before and after, ``calibration.bootstrap.paired_bootstrap``) unless ``resamples`` is 0."""
+    block = {"before": dict(before["metrics"]), "after": dict(after["metrics"])}
+    paired = {}
+    if resamples > 0 and before["metrics"]["n"] > 0:
+        ci = intervals(before, after, n_bins, resamples, seed, level)
+        block["before"]["ci95"], block["after"]["ci95"], paired = ci["before"], ci["after"], ci["improvement"]
+    block["improvement"] = {
+        m: {
+            "difference": block["after"][m] - v,
+            "ci95": paired.get(m, {}).get("ci95"),
+            "excludes_zero": paired.get(m, {}).get("excludes_zero"),
+        }
+        for m, v in before["metrics"].items()
+        if m != "n"
+    }
+    return block
 
 
 def intervals(before: Scored, after: Scored, n_bins: int, resamples: int, seed: int, level: float) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from calibration_lightning.calibration.metrics import METRICS
-from calibration_lightning.errors import is_number, require
+from calibration_lightning.errors import require
 
 HIGHER_IS_BETTER = ("accuracy",)
 
@@ -27,18 +27,8 @@ class Selection:
     def __post_init__(self) -> None:
         allowed = [f"val/{name}" for name in METRICS]
         require("method.select.monitor", self.monitor, self.monitor in allowed, f"allowed: {', '.join(allowed)}")
-        require(
-            "method.select.min_delta",
-            self.min_delta,
-            is_number(self.min_delta) and self.min_delta >= 0,
-            "must be a number >= 0",
-        )
-        require(
-            "method.select.patience",
-            self.patience,
-            isinstance(self.patience, int) and self.patience >= 1,
-            "must be an integer >= 1",
-        )
+        require("method.select.min_delta", self.min_delta, self.min_delta >= 0, "must be a number >= 0")
+        require("method.select.patience", self.patience, self.patience >= 1, "must be an integer >= 1")
 
     @property
     def mode(self) -> str:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from calibration_lightning.calibration.collection import calibration_metrics
 from calibration_lightning.calibration.confidence import letter_probabilities, mask_letter_logits
-from calibration_lightning.errors import TrainingError, is_number, require
+from calibration_lightning.errors import TrainingError, require
 from calibration_lightning.losses.base import LossHead, StepOutputs
 from calibration_lightning.models.scoring import causal_lm_logits
 
@@ -27,31 +27,15 @@ class OptimSettings:
     scheduler: str = "cosine"  # cosine | constant
     warmup_steps: int | None = None  # overrides warmup_ratio: for schedules whose length is not known ahead
 
-    def __post_init__(self) -> None:
-        require("method.optim.lr", self.lr, is_number(self.lr) and self.lr > 0, "the learning rate must be > 0")
-        require(
-            "method.optim.weight_decay",
-            self.weight_decay,
-            is_number(self.weight_decay) and self.weight_decay >= 0,
-            "must be >= 0",
-        )
-        require(
-            "method.optim.warmup_ratio",
-            self.warmup_ratio,
-            is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
-            "must be in [0, 1)",
-        )
+    def __post_init__(self) -> None:  # types and the scheduler's choices: schema.OptimConf
+        require("method.optim.lr", self.lr, self.lr > 0, "the learning rate must be > 0")
+        require("method.optim.weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0")
+        require("method.optim.warmup_ratio", self.warmup_ratio, 0 <= self.warmup_ratio < 1, "must be in [0, 1)")
         require(
             "method.optim.warmup_steps",
             self.warmup_steps,
-            self.warmup_steps is None or (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0),
+            self.warmup_steps is None or self.warmup_steps >= 0,
             "must be null or an integer >= 0",
-        )
-        require(
-            "method.optim.scheduler",
-            self.scheduler,
-            self.scheduler in ("cosine", "constant"),
-            "allowed: cosine, constant",
         )
 
 

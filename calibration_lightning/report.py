@@ -199,7 +199,7 @@ def _after_column(run: RunResult) -> diagrams.Column:
     """The run's after-training test predictions, as one column of the figure."""
     probs, labels = diagrams.read_predictions(run.path / "predictions_after.jsonl")
     heading = f"{run.model} / {run.method}\n{run.dataset}, after training (N = {len(labels)})"
-    return diagrams.Column(heading, probs, labels, run.n_bins)
+    return diagrams.Column(heading, probs, labels, run.n_bins, run.sets["test"]["after"])
 
 
 def reliability_figure(runs: list[RunResult], path: Path) -> None:

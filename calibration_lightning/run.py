@@ -15,12 +15,10 @@ from calibration_lightning.assembly import (
     build_datamodule,
     build_trainer,
     build_win_rate,
-    check_splits,
     describe_run,
     device,
-    load_data,
 )
-from calibration_lightning.config import build, check_config
+from calibration_lightning.config import build
 from calibration_lightning.models.loading import (
     ModelSettings,
     autocast_dtype,
@@ -31,15 +29,15 @@ from calibration_lightning.models.loading import (
     model_label,
 )
 from calibration_lightning.module import CalibrationModule, OptimSettings
-from calibration_lightning.outputs.files import atomic_directory
+from calibration_lightning.outputs.files import atomic_write
 from calibration_lightning.outputs.run_outputs import (
-    check_run_dir,
     redacted_config,
     write_phase,
     write_summary,
     write_win_rate,
 )
 from calibration_lightning.outputs.wandb_logger import publish_run
+from calibration_lightning.startup import check_job
 from calibration_lightning.training import train_methods
 
 log = logging.getLogger(__name__)
@@ -48,15 +46,13 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg`` and return the dict written to ``metrics.json``."""
     started = time.time()
-    methods = check_config(cfg)  # every setting checked, the training methods built
     out_dir = Path(cfg.output_dir)
-    check_run_dir(out_dir, cfg.resume)
+    job = check_job(cfg, out_dir)  # before any model loads; Hydra's callback ran it already (the data is kept)
+    methods = job.methods
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    splits, eval_sets = load_data(cfg)  # a bad file fails here, before any model loads
-    check_splits(cfg, splits, methods)
     source, settings = build(cfg.model.loader), ModelSettings.from_config(cfg.model)
     tokenizer = load_tokenizer(source, settings)
-    dm = build_datamodule(cfg, splits, eval_sets, tokenizer)
+    dm = build_datamodule(cfg, job.splits, job.eval_sets, tokenizer)
     log.info("%s", describe_run(cfg, dm, settings))  # which model, method, data sizes, device, precision
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
     model = load_model(source, settings, device(cfg), tokens_per_batch=cfg.dataset.batch_size * dm.longest("train"))
@@ -71,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
     extra = {"model": model_label(cfg.model), "method": cfg.method.name, "requested_method": cfg.method.name}
     extra["regime"] = evaluation.regime(before, cfg.n_bins, cfg.regime.tolerance)
     if is_zero:  # written now, so a failure during training leaves them behind
-        results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
+        write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
         if win_rate:
             scores = win_rate.evaluate("before", model, tokenizer, initial_scoring(model, settings))
             extra["win_rate"] = {"before": write_win_rate(out_dir, "before", *scores)}
@@ -80,21 +76,21 @@ def run(cfg: DictConfig) -> dict:
     if methods:
         after, chosen = train_methods(cfg, methods, model, dm, out_dir, logger, settings, extra)
         if is_zero:
-            atomic_directory(out_dir / "adapter", model.save_pretrained)
+            atomic_write(out_dir / "adapter", model.save_pretrained, directory=True)
         if win_rate:
             scores = win_rate.evaluate("after", model, tokenizer, merged_adapters(model, settings.merge_for_eval))
             extra["win_rate"]["after"] = write_win_rate(out_dir, "after", *scores)
     if cfg.method.get("calibrator"):
         calibrator = build(cfg.method.calibrator)
         extra.update(calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))
-        after = evaluation.transform_logits(after, calibrator.transform)
+        after = evaluation.transform_logits(after, calibrator.transform, cfg.n_bins)
 
     if not is_zero:
         return {}
-    results_after = write_phase(out_dir, "after", after, dm.records, cfg.n_bins, before=before)
+    write_phase(out_dir, "after", after, dm.records, cfg.n_bins, before=before)
     extra["wall_time_s"] = round(time.time() - started, 1)
-    table = write_summary(out_dir, cfg, results_before, results_after, extra, (before, after), dm.records)
+    summary, table = write_summary(out_dir, cfg, (before, after), dm.records, extra)
     diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
     publish_run(logger, yaml.safe_load(redacted_config(cfg)), diagrams)
     print(f"\n{table}\n\nOutputs: {out_dir}")
-    return {"before": results_before["test"], "after": results_after["test"], **extra}
+    return summary

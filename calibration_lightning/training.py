@@ -38,7 +38,7 @@ def train_methods(cfg, methods: dict[str, Method], model, dm, out_dir: Path, log
             weights[name] = adapter_weights(model)
     chosen = next(iter(scored))
     if several:
-        val = {name: evaluation.metrics(s["val"], cfg.n_bins) for name, s in scored.items()}
+        val = {name: s["val"]["metrics"] for name, s in scored.items()}
         extra["auto"] = {**choose_method(val, cfg.regime.accuracy_tolerance), "training": training}
         chosen = extra["auto"]["chosen"]
         log.info(

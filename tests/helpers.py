@@ -1,8 +1,62 @@
-"""Components used by tests through configs (``_target_: tests.helpers...``)."""
+"""The command line as tests call it, and components used by tests through configs (``_target_: tests.helpers...``)."""
 
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
 import torch
 
 from calibration_lightning.losses.sft import CompletionSFT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m calibration_lightning ARGS`` in a fresh process, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "calibration_lightning", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def call_main(*args: str) -> Result:
+    """``python -m calibration_lightning ARGS`` in this process (no import cost): for commands that end before
+    a model loads (config mistakes, refused runs and sweeps, ``--help``, ``--cfg``)."""
+    from calibration_lightning.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    sys.argv = ["calibration_lightning", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as e:
+                code = 0 if e.code is None else int(e.code)
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 class NaNAfterSteps(CompletionSFT):
@@ -18,3 +72,12 @@ class NaNAfterSteps(CompletionSFT):
         if self.calls > self.steps:
             result.loss = result.loss * torch.tensor(float("nan"))
         return result
+
+
+class RecordSaves(L.Callback):
+    """The global step of every checkpoint the Trainer saves (in ``steps``, shared: built from a config)."""
+
+    steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
+        self.steps.append(checkpoint["global_step"])

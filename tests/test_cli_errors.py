@@ -1,5 +1,6 @@
-"""Config mistakes, refused runs, hub failures and too-small splits end as one ``error:`` line with exit 2,
-before any model loads and without touching an existing run directory; secrets on the command line are hidden."""
+"""Config mistakes, refused runs and sweeps, hub failures and too-small splits end as one ``error:`` line with
+exit 2, before any model loads and without touching an existing run directory; secrets on the command line are
+hidden."""
 
 import csv
 import json
@@ -9,14 +10,15 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from calibration_lightning.__main__ import check_command_line, hide_secrets
-from calibration_lightning.errors import ConfigError, DataError, UserError
+from calibration_lightning.errors import ConfigError, DataError
 from calibration_lightning.outputs.csv_logger import ResumableExperimentWriter
 from calibration_lightning.outputs.run_outputs import redacted_config
+from calibration_lightning.redaction import hide_secret_overrides
 from calibration_lightning.run import run
-from tests.test_reliability import cli
+from tests.helpers import call_main, cli
 
 HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help` the options of each group"
+GOOD = '{"question": "2 + 2 = ?", "choices": ["3", "4"], "answer": 1}\n'
 
 
 @pytest.mark.parametrize(
@@ -25,7 +27,7 @@ HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help`
         (
             ["method.optim.lrr=0.1"],
             "Could not override 'method.optim.lrr'. To append to your config use +method.optim.lrr=0.1 "
-            f"(Key 'lrr' is not in struct); {HINT}",
+            f"(Key 'lrr' not in 'OptimConf'); {HINT}",
         ),
         (
             ["method=rcf"],
@@ -42,29 +44,66 @@ HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help`
             f"Available options in 'method': auto, cft, label_smoothing, none, rcft, ts; {HINT}",
         ),
         (
+            ["n_bins=abc"],
+            f"Error merging override n_bins=abc (Value 'abc' of type 'str' could not be converted to Integer); {HINT}",
+        ),
+        (
+            ["model.quantize=int3"],
+            "Error merging override model.quantize=int3 (Invalid value 'int3', expected one of [auto, nf4, none]); "
+            + HINT,
+        ),
+        (
+            ["method.optim.scheduler=linear"],
+            "Error merging override method.optim.scheduler=linear (Invalid value 'linear', expected one of "
+            f"[cosine, constant]); {HINT}",
+        ),
+        (["model=tiny", "n_bins=1"], "n_bins=1: bins must be an integer >= 2"),
+        (["model=tiny", "dataset.max_length=4"], "dataset.max_length=4: must be an integer >= 8"),
+        (["model=tiny", "bootstrap.level=1.5"], "bootstrap.level=1.5: must be in (0, 1), e.g. 0.95"),
+        (
             ["model=tiny", "trainer.checkpoint_every_n_steps=-1"],
             "trainer.checkpoint_every_n_steps=-1: must be an integer >= 0 (0: only at each epoch end)",
         ),
+        (["model=tiny", "model.lora.r=0"], "model.lora.r=0: the LoRA rank must be an integer >= 1"),
+        (["model=tiny", "method.epochs=0"], "method.epochs=0: must be an integer >= 1"),
         (
             ["-m", "model=tiny", "method=cft,rcft", "method.optim.lr=-1"],
-            "method.optim.lr=-1: the learning rate must be > 0",
+            "method.optim.lr=-1.0: the learning rate must be > 0",
         ),
         (
             ["model=tiny", "method=rcft", "method.callbacks.0.every=0"],
             "method.callbacks EStepRefresh.every=0; allowed: epoch, once, or an integer >= 1",
         ),
+        (["model=tiny", "method=rcft", "method.loss.lam=-0.5"], "method.loss.lam must be >= 0, got -0.5"),
     ],
 )
 def test_config_mistakes_are_one_line_before_hydra_runs(argv, message, tmp_path):
-    with pytest.raises(ConfigError) as caught:
-        check_command_line([*argv, f"hydra.run.dir={tmp_path / 'run'}"])
-    assert str(caught.value) == message
-    assert not (tmp_path / "run").exists()
+    result = call_main(*argv, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
 
 
-def test_help_cfg_and_good_sweeps_pass_the_check(tmp_path):
-    for argv in (["--help"], ["--cfg", "job", "model=tiny"], ["-m", "model=tiny", "method=cft,rcft"]):
-        assert check_command_line(argv) == argv
+def test_help_names_the_program_and_lists_only_real_options():
+    result = call_main("--help")
+    assert result.returncode == 0 and result.stdout.startswith("calibration_lightning: "), result.stdout[:200]
+    groups = result.stdout.split("== Option groups ==\n")[1].split("\n\n")[0].splitlines()
+    assert [g.split(":")[0] for g in groups] == [
+        "dataset", "experiment", "judge", "logger", "method", "model", "trainer", "win_rate"
+    ]  # fmt: skip
+    assert "model: hf, mistral7b, olmo2_7b, smollm2_135m, tiny, tulu3_8b, vicuna7b" in groups
+    assert "__main__" not in result.stdout and not any("_base" in g or ": _" in g or " _" in g for g in groups)
+
+
+def test_cfg_and_a_good_sweep_pass_the_checks(tmp_path):
+    shown = call_main("--cfg", "job", "model=tiny")
+    assert shown.returncode == 0 and "name: tiny" in shown.stdout and shown.stderr == ""
+    small = ["dataset.split.train=0", "dataset.split.val=8", "dataset.split.test=8", "logger=none"]
+    sweep = call_main(
+        "-m", "model=tiny", "method=none,ts", *small, "bootstrap.resamples=0", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["0_tiny_none", "1_tiny_ts"]
+    assert (tmp_path / "0_tiny_none" / "calibration_lightning.log").exists()
 
 
 def _finished_run(path: Path) -> dict[str, bytes]:
@@ -72,7 +111,7 @@ def _finished_run(path: Path) -> dict[str, bytes]:
     (path / "metrics.json").write_text('{"after": {}}\n')
     (path / ".hydra" / "config.yaml").write_text("seed: 0\n")
     (path / ".hydra" / "overrides.yaml").write_text("- model=tiny\n")
-    (path / "__main__.log").write_text("[finished]\n")
+    (path / "calibration_lightning.log").write_text("[finished]\n")
     return _snapshot(path)
 
 
@@ -101,9 +140,33 @@ def test_unfinished_run_is_refused_before_hydra_writes(tmp_path):
     out = tmp_path / "killed"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    with pytest.raises(UserError, match="holds an unfinished run .*pass resume=true to continue it"):
-        check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+    result = call_main("model=tiny", f"hydra.run.dir={out}")
+    assert result.returncode == 2 and "holds an unfinished run (checkpoints/); pass resume=true" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+
+
+def test_sweep_with_one_bad_data_file_is_refused_before_its_first_job(tmp_path):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(GOOD * 10)
+    bad.write_text(GOOD + '{"question": "q", "choices": ["a"], "answer": 0}\n')
+    sweep = tmp_path / "sweep"
+    result = call_main(
+        "-m", "model=tiny", "method=none", "dataset=jsonl", f"dataset.path={good},{bad}", f"hydra.sweep.dir={sweep}"
+    )
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {bad}: line 2: field 'choices' has 1 options")
+    assert len(result.stderr.splitlines()) == 1 and not sweep.exists()  # job 0 (the good file) never started
+
+
+def test_refused_sweep_leaves_a_finished_job_untouched(tmp_path):
+    """A sweep run again into the same folder: job 0 finished there, job 1 has a bad setting; nothing of job 0
+    (its .hydra/, log, metrics) is rewritten, and the sweep's multirun.yaml is not written."""
+    sweep = tmp_path / "sweep"
+    finished = _finished_run(sweep / "0_tiny_none")
+    result = call_main("-m", "model=tiny", "method=none,ts", "regime.tolerance=2", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2 and result.stderr == "error: regime.tolerance=2.0: must be in [0, 1]\n"
+    again = call_main("-m", "model=tiny", "method=none,ts", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 2 and again.stderr.startswith(f"error: {sweep}/0_tiny_none already holds a finished")
+    assert _snapshot(sweep / "0_tiny_none") == finished and sorted(p.name for p in sweep.iterdir()) == ["0_tiny_none"]
 
 
 @pytest.mark.parametrize(
@@ -199,16 +262,23 @@ def test_secret_overrides_move_to_the_environment(monkeypatch):
     for var in [k for k in os.environ if k.startswith("CALIBRATION_LIGHTNING_SECRET_")]:
         monkeypatch.delenv(var)
     monkeypatch.setattr(os, "environ", dict(os.environ))  # the variables set here vanish after the test
-    replaced = hide_secrets(["+judge.api_key=sk-abc", "win_rate.max_new_tokens=8", "+x.hf_token=123", "seed=1"])
-    assert replaced == {
-        "+judge.api_key=sk-abc": "+judge.api_key='${oc.env:CALIBRATION_LIGHTNING_SECRET_0}'",
-        "+x.hf_token=123": "+x.hf_token='${oc.decode:${oc.env:CALIBRATION_LIGHTNING_SECRET_1}}'",
-    }
+    argv = ["-m", "+judge.api_key=sk-abc", "win_rate.max_new_tokens=8", "+x.hf_token=123", "seed=1,2", "--cfg", "job"]
+    assert hide_secret_overrides(argv) == [
+        "-m",
+        "+judge.api_key='${oc.env:CALIBRATION_LIGHTNING_SECRET_0}'",
+        "win_rate.max_new_tokens=8",
+        "+x.hf_token='${oc.decode:${oc.env:CALIBRATION_LIGHTNING_SECRET_1}}'",
+        "seed=1,2",
+        "--cfg",
+        "job",
+    ]
     assert os.environ["CALIBRATION_LIGHTNING_SECRET_0"] == "sk-abc"
+    assert os.environ["CALIBRATION_LIGHTNING_SECRET_1"] == "123"
     cfg = OmegaConf.create({"judge": {"api_key": "${oc.env:CALIBRATION_LIGHTNING_SECRET_0}"}})
     assert cfg.judge.api_key == "sk-abc"  # the run still sees the value
-    argv = check_command_line(["--cfg", "job", "model=tiny", "+judge.api_key=sk-abc"])
-    assert argv[-1].startswith("+judge.api_key='${oc.env:") and "sk-abc" not in " ".join(argv)
+    shown = call_main("--cfg", "job", "model=tiny", "+judge.api_key=sk-abc")
+    assert shown.returncode == 0 and "sk-abc" not in shown.stdout + shown.stderr
+    assert "api_key: ${oc.env:CALIBRATION_LIGHTNING_SECRET_" in shown.stdout
 
 
 def test_redaction_covers_secret_names_only():

@@ -81,7 +81,7 @@ def results(tmp_path_factory):
         (run_dir / "predictions_before.jsonl").write_text(json.dumps({"id": "q1", "gold": 1}) + "\n")
         (run_dir / ".hydra").mkdir()
         (run_dir / ".hydra" / "config.yaml").write_text("the unfinished run's own config\n")
-        (run_dir / "__main__.log").write_text("the unfinished run's log\n")
+        (run_dir / "calibration_lightning.log").write_text("the unfinished run's log\n")
         data: Path | str = LONG
         if file_name:
             data = case / file_name

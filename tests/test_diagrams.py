@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from calibration_lightning import evaluation
 from calibration_lightning.calibration.metrics import all_metrics
 from calibration_lightning.data.records import MCRecord
 from calibration_lightning.outputs import diagrams
@@ -43,7 +44,9 @@ def _panels(fig, column=0):
 
 
 def test_confidence_panel_bars_whiskers_and_low_count_marking():
-    conf, hist, cw, cw_hist = _panels(_figure([diagrams.Column("test", PROBS, LABELS, 5)]))
+    conf, hist, cw, cw_hist = _panels(
+        _figure([diagrams.Column("test", PROBS, LABELS, 5, all_metrics(PROBS, LABELS, 5))])
+    )
     assert (conf.get_ylabel(), hist.get_xlabel(), hist.get_ylabel()) == ("accuracy", "confidence", "count")
     assert hist.get_shared_x_axes().joined(conf, hist)
     # bin 4 (0.8-1.0): 9/12 right, a plain bar; bins 2 and 3 have 2 and 4 samples: pale, dotted
@@ -85,7 +88,7 @@ def test_confidence_panel_bars_whiskers_and_low_count_marking():
 
 
 def test_classwise_panel_is_class_frequency_of_all_classes_pooled():
-    _, _, cw, cw_hist = _panels(_figure([diagrams.Column("test", PROBS, LABELS, 5)]))
+    _, _, cw, cw_hist = _panels(_figure([diagrams.Column("test", PROBS, LABELS, 5, all_metrics(PROBS, LABELS, 5))]))
     assert (cw.get_ylabel(), cw_hist.get_xlabel()) == ("class frequency", "predicted probability")
     # p_j = 0.1 (12x, gold 3x), 0.3 (4x, gold 3x), 0.45/0.55 (2x each, gold twice), 0.7 (4x, gold 1x), 0.9 (12x, 9x)
     assert [(c, pytest.approx(h)) for c, _, h, _ in _bars(cw, "observed")] == [(0.1, 0.25), (0.9, 0.75)]
@@ -110,12 +113,15 @@ def _check_titles(fig, column, probs, labels, n_bins, heading):
 
 
 def _scored(probs, labels):
-    return {
-        "letter_logits": probs.log(),
-        "labels": labels,
-        "n_choices": torch.full((len(labels),), probs.shape[1]),
-        "index": torch.arange(len(labels)),
-    }
+    return evaluation.with_metrics(
+        {
+            "letter_logits": probs.log(),
+            "labels": labels,
+            "n_choices": torch.full((len(labels),), probs.shape[1]),
+            "index": torch.arange(len(labels)),
+        },
+        5,
+    )
 
 
 def _png_width(path):
@@ -131,17 +137,16 @@ def test_write_phase_one_figure_per_set_before_then_both_columns(tmp_path, monke
     records = [MCRecord(f"q{i}", "?", ("a", "b"), int(y)) for i, y in enumerate(LABELS)]
     after_probs = torch.tensor([[0.8, 0.2]] * 12 + [[0.4, 0.6]] * 4 + [[0.6, 0.4]] * 2)
     before = {"val": _scored(PROBS, LABELS), "test": _scored(PROBS, LABELS), "arc": _scored(PROBS[:6], LABELS[:6])}
-    after = {name: {**s, "letter_logits": after_probs[: len(s["labels"])].log()} for name, s in before.items()}
+    after = {name: _scored(after_probs[: len(s["labels"])], s["labels"]) for name, s in before.items()}
     records = {"val": records, "test": records, "arc": records[:6]}
 
-    results_before = write_phase(tmp_path, "before", before, records, 5)
+    write_phase(tmp_path, "before", before, records, 5)
     assert sorted(p.name for p in tmp_path.glob("reliability_*.png")) == ["reliability_arc.png", "reliability_test.png"]
     one_column = _png_width(tmp_path / "reliability_test.png")
-    assert [len(fig.subfigs) for _, fig in drawn] == [1, 1]
-    assert results_before["test"]["n"] == 18 and "val" not in results_before
+    assert [len(fig.subfigs) for _, fig in drawn] == [1, 1]  # test and arc; nothing for val
 
     drawn.clear()
-    results_after = write_phase(tmp_path, "after", after, records, 5, before=before)
+    write_phase(tmp_path, "after", after, records, 5, before=before)
     assert sorted(p.name for p in tmp_path.glob("reliability_*.png")) == ["reliability_arc.png", "reliability_test.png"]
     assert _png_width(tmp_path / "reliability_test.png") > 1.8 * one_column
     (name, fig), _ = drawn
@@ -149,10 +154,11 @@ def test_write_phase_one_figure_per_set_before_then_both_columns(tmp_path, monke
     probs_before, probs_after = PROBS.log().softmax(1), after_probs.log().softmax(1)
     _check_titles(fig, 0, probs_before, LABELS, 5, "test, before training (N = 18)")
     _check_titles(fig, 1, probs_after, LABELS, 5, "test, after training (N = 18)")
-    # the titles and metrics.json's numbers come from the same computation
-    assert _number(r"conf-ECE (\d\.\d{4})", fig.subfigs[1].axes[0].get_title()) == pytest.approx(
-        results_after["test"]["conf_ece"], abs=5e-5
-    )
+    # the titles show the numbers evaluation measured (what metrics.json holds), not a computation of their own
+    after["test"]["metrics"]["conf_ece"] = 0.4321
+    write_phase(tmp_path, "after", after, records, 5, before=before)
+    fig = next(fig for name, fig in drawn[2:] if name == "reliability_test.png")
+    assert "conf-ECE 0.4321," in fig.subfigs[1].axes[0].get_title()
 
 
 def test_report_figure_draws_each_run_with_the_same_panels(tmp_path, monkeypatch):
@@ -164,7 +170,8 @@ def test_report_figure_draws_each_run_with_the_same_panels(tmp_path, monkeypatch
         folder.mkdir()
         rows = [{"gold": "AB"[int(y)], "probabilities": dict(zip("ABC", p.tolist()))} for p, y in zip(probs, LABELS)]
         (folder / "predictions_after.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        runs.append(RunResult(folder, "tiny", method, "mmlu", {"test": {}}, {"test": {}}, n_bins=5))
+        after = {"after": all_metrics(probs.double(), LABELS, 5)}  # what the run's metrics.json holds
+        runs.append(RunResult(folder, "tiny", method, "mmlu", {"test": after}, n_bins=5))
     reliability_figure(runs, tmp_path / "reliability.png")
     (fig,) = drawn
     assert len(fig.subfigs) == 2  # none before cft, the paper's order

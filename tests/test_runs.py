@@ -14,7 +14,10 @@ OUTPUT_FILES = {
     "predictions_after.jsonl",
     "reliability_test.png",
 }
-METRIC_KEYS = {"conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce", "adaptive_ece", "smooth_ece", "n", "ci95"}
+METRIC_KEYS = {
+    *("conf_ece", "cw_ece", "accuracy", "brier", "nll", "mce", "adaptive_ece", "smooth_ece", "n", "ci95"),
+    *("conf_ece_debiased", "cw_ece_debiased"),
+}
 
 
 def _check_outputs(out, trained: bool):

@@ -10,7 +10,7 @@ import torch
 
 from calibration_lightning.run import run
 from calibration_lightning.winrate.evaluate import WinRate
-from calibration_lightning.winrate.judges import JudgeError, LocalJudge, OpenAIJudge
+from calibration_lightning.winrate.judges import JudgeError, LocalJudge, OpenAIJudge, judge_text
 from calibration_lightning.winrate.scoring import bootstrap_interval, pair_outcomes, position_bias, summarize
 from tests.conftest import TINY_SPLIT
 
@@ -42,7 +42,19 @@ def test_a_judge_that_always_prefers_the_first_answer_is_caught(tiny_model, tiny
     assert all(r["p_answer_first_wins"] == 1.0 and r["p_reference_first_wins"] == 1.0 for r in rows)
 
 
-def test_local_judge_end_to_end_on_tiny(make_cfg, tmp_path):
+def _judge_reference(model, tokenizer, instruction: str, a: str, b: str) -> float:
+    """P("A") written out: the judging prompt in the chat template, softmax over the logits of "A" and "B"."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": judge_text((instruction, a, b), 1500)}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    letters = [tokenizer(text + x, add_special_tokens=False)["input_ids"][-1] for x in "AB"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1]
+    return float(torch.softmax(logits[letters].float(), -1)[0])
+
+
+def test_local_judge_end_to_end_on_tiny(make_cfg, tmp_path, tiny_model, tiny_tokenizer):
     path = tmp_path / "instructions.jsonl"
     path.write_text(
         "".join(
@@ -61,13 +73,25 @@ def test_local_judge_end_to_end_on_tiny(make_cfg, tmp_path):
     result = run(cfg)
     for phase in ("before", "after"):
         wr = result["win_rate"][phase]
-        assert 0.0 <= wr["win_rate"] <= 1.0 and wr["n"] == 6 and wr["judge"] == "local:self"
+        assert wr["n"] == 6 and wr["judge"] == "local:self"
         assert wr["ci95"][0] <= wr["win_rate"] <= wr["ci95"][1]
         rows = [json.loads(x) for x in (tmp_path / "run" / f"win_rate_{phase}.jsonl").read_text().splitlines()]
         judged = [r for r in rows if not r["identical"]]
         assert judged, "answers differ from the given references, so pairs are judged"
-        for r in judged:  # both orders judged, each a probability
-            assert 0 < r["p_answer_first_wins"] < 1 and 0 < r["p_reference_first_wins"] < 1
+        # the win rate from the written judgments: a win in both orders 1, a loss in both 0, else (or same text) 0.5
+        wins = [
+            0.5 if r["identical"] else ((r["p_answer_first_wins"] > 0.5) + (r["p_reference_first_wins"] < 0.5)) / 2
+            for r in rows
+        ]
+        assert wr["win_rate"] == pytest.approx(sum(wins) / len(wins), abs=1e-12)
+        # the judge (its adapters off: the base model) against P("A") computed by hand for both orders
+        r = judged[0]
+        for order, p in (
+            ((r["answer"], r["reference"]), "p_answer_first_wins"),
+            ((r["reference"], r["answer"]), "p_reference_first_wins"),
+        ):
+            expected = _judge_reference(tiny_model, tiny_tokenizer, r["instruction"], *order)
+            assert r[p] == pytest.approx(expected, abs=2e-6)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["win_rate"]["after"]["win_rate"] == result["win_rate"]["after"]["win_rate"]
 

@@ -10,6 +10,20 @@ from calibration_lightning.errors import ConfigError
 DEFAULT_TEMPLATE = "The following is a multiple choice question{about}.\n\n{question}\n{choices}\n"
 
 
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_text(tokenizer, content: str, system_prompt: str | None = None) -> str:
+    """``content`` as a user turn (after ``system_prompt`` as a system turn, if given) in the tokenizer's chat
+    template, ending where the assistant's reply begins. Holds its special tokens: tokenize it without adding
+    the tokenizer's own."""
+    messages = [{"role": "user", "content": content}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """How a record becomes a prompt.
@@ -45,16 +59,12 @@ class PromptFormat:
         body = self.body(record)
         if not self.chat_template:
             return body + self.answer_cue
-        if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        if tokenizer is None or not has_chat_template(tokenizer):
             raise ConfigError(
                 "dataset.prompt.chat_template=true, but the tokenizer has no chat template; "
                 "set dataset.prompt.chat_template=false"
             )
-        messages = [{"role": "user", "content": body.strip()}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text + self.answer_cue
+        return chat_text(tokenizer, body.strip(), self.system_prompt) + self.answer_cue
 
     @property
     def adds_special_tokens(self) -> bool:

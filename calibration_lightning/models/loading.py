@@ -27,9 +27,9 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         r, alpha, dropout = self.r, self.alpha, self.dropout
-        require("model.lora.r", r, isinstance(r, int) and r >= 1, "the LoRA rank must be an integer >= 1")
-        require("model.lora.alpha", alpha, is_number(alpha) and alpha > 0, "must be > 0")
-        require("model.lora.dropout", dropout, is_number(dropout) and 0 <= dropout < 1, "must be in [0, 1)")
+        require("model.lora.r", r, r >= 1, "the LoRA rank must be an integer >= 1")
+        require("model.lora.alpha", alpha, is_number(alpha) and alpha > 0, "must be > 0")  # int or float: Any
+        require("model.lora.dropout", dropout, 0 <= dropout < 1, "must be in [0, 1)")
 
 
 @dataclass
@@ -50,23 +50,7 @@ class ModelSettings:
     adapter: str | None = None  # a saved peft adapter (folder or hub id) to start from instead of fresh LoRA
     lora: LoraSettings = field(default_factory=LoraSettings)
 
-    def __post_init__(self) -> None:
-        require("model.dtype", self.dtype, self.dtype in ("auto", *DTYPES), f"allowed: auto, {', '.join(DTYPES)}")
-        require("model.quantize", self.quantize, self.quantize in ("auto", "nf4", "none"), "allowed: auto, nf4, none")
-        require(
-            "model.merge_for_eval",
-            self.merge_for_eval,
-            self.merge_for_eval in ("auto", "dequantize", True, False),
-            "allowed: auto, dequantize, true, false",
-        )
-        require(
-            "model.lora_compute",
-            self.lora_compute,
-            self.lora_compute in ("float32", "bfloat16"),
-            "allowed: float32, bfloat16",
-        )
-        for key in ("tf32", "liger", "compile"):
-            require(f"model.{key}", getattr(self, key), isinstance(getattr(self, key), bool), "must be true or false")
+    def __post_init__(self) -> None:  # types and the choices of dtype, quantize and lora_compute: schema.ModelConf
         if self.liger:
             import importlib.util
 
@@ -78,7 +62,7 @@ class ModelSettings:
                 f"(CUDA available: {torch.cuda.is_available()}; pip install liger-kernel); use model.liger=false",
             )
         if self.adapter is not None:
-            require("model.adapter", self.adapter, isinstance(self.adapter, str) and self.adapter, "must be a path")
+            require("model.adapter", self.adapter, bool(self.adapter), "must be a path")
             folder = Path(self.adapter).expanduser()
             local = folder.exists() or self.adapter.startswith((".", "/", "~")) or self.adapter.count("/") != 1
             require(
@@ -94,7 +78,7 @@ class ModelSettings:
         """From the ``model`` config group (its ``name`` and ``loader`` say where the model comes from)."""
         from omegaconf import OmegaConf
 
-        fields = OmegaConf.to_container(node, resolve=True)
+        fields = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
         lora = LoraSettings(**fields.pop("lora"))
         return cls(**{k: v for k, v in fields.items() if k not in ("name", "loader")}, lora=lora)
 
@@ -110,7 +94,7 @@ def model_label(node) -> str:
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
-    return DTYPES[name]  # ModelSettings checked the name
+    return DTYPES[name]  # the schema's Dtype choices
 
 
 def resolve_quantize(name: str, device: str) -> str:

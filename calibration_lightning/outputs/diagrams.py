@@ -8,7 +8,8 @@ its predicted probabilities aligned below on the same x axis:
 
 Observed values are bars with a 95% Wilson interval whisker; the gap to the bin's mean predicted probability is
 a wider hatched box drawn behind the bar, so it never covers it; bins with fewer than ``FEW`` samples are greyed
-over their whole height, their bars pale and dotted. Titles carry the numbers of metrics.json (``all_metrics``).
+over their whole height, their bars pale and dotted. Titles carry the numbers of metrics.json, given with each
+column (``Column.metrics``), never computed here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from calibration_lightning.calibration.binning import bin_index, binned_sums
-from calibration_lightning.calibration.metrics import all_metrics, top_label
+from calibration_lightning.calibration.metrics import top_label
 from calibration_lightning.data.records import LETTERS
 from calibration_lightning.outputs.files import atomic_write
 
@@ -33,12 +34,14 @@ HIST, HIST_SPARSE, FEW_SHADE = "#7f7f7f", "#d9d9d9", "#ececec"
 
 @dataclass(frozen=True)
 class Column:
-    """What one column of a reliability figure shows: ``probs [N, K]`` and gold ``labels [N]`` on ``n_bins``."""
+    """What one column of a reliability figure shows: ``probs [N, K]`` and gold ``labels [N]`` on ``n_bins``,
+    titled with ``metrics`` (the run's reported conf_ece, accuracy and cw_ece of these predictions)."""
 
     heading: str
     probs: Tensor
     labels: Tensor
     n_bins: int
+    metrics: dict
 
 
 def reliability_bins(p: Tensor, y: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -137,9 +140,7 @@ def legend_handles() -> list:
 def draw_column(axes, column: Column) -> None:
     """The four panels of one column: confidence reliability and histogram, classwise reliability and
     histogram (``axes`` top to bottom)."""
-    probs, labels, n_bins = column.probs, column.labels, column.n_bins
-    m = all_metrics(probs, labels, n_bins)  # as metrics.json computes them, on the same dtype
-    probs = probs.double()
+    probs, labels, n_bins, m = column.probs.double(), column.labels, column.n_bins, column.metrics
     conf, hit = top_label(probs, labels)
     onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)
     conf_title = f"confidence: conf-ECE {m['conf_ece']:.4f}, accuracy {m['accuracy']:.3f}"
@@ -202,10 +203,12 @@ def phase_heading(set_name: str, phase: str, n: int) -> str:
     return f"{set_name}, {phase} training (N = {n})"
 
 
-def save_set_figure(out_dir: Path, set_name: str, phases: dict[str, tuple[Tensor, Tensor]], n_bins: int):
+def save_set_figure(out_dir: Path, set_name: str, phases: dict[str, tuple[Tensor, Tensor, dict]], n_bins: int):
     """Write ``reliability_{set_name}.png``: one column per phase (``"before"``, then ``"after"`` when given),
-    each from ``probs [N, K]`` and ``labels [N]``. Returns the (closed) Figure."""
-    columns = [Column(phase_heading(set_name, phase, len(y)), p, y, n_bins) for phase, (p, y) in phases.items()]
+    each from ``probs [N, K]``, ``labels [N]`` and their reported metrics. Returns the (closed) Figure."""
+    columns = [
+        Column(phase_heading(set_name, phase, len(y)), p, y, n_bins, m) for phase, (p, y, m) in phases.items()
+    ]
     fig = reliability_figure(columns, title=f"Reliability on {set_name} ({n_bins} bins)")
     save_figure(fig, out_dir / f"reliability_{set_name}.png")
     return fig

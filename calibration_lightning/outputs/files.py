@@ -17,19 +17,34 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], directory: bool = False) -> Path:
+    """Call ``write(tmp)`` on a file (or, with ``directory``, a folder, e.g. a saved adapter) beside ``path``,
+    then rename it onto ``path``: readers never see a half-written output, and a kill leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
     try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        write(tmp)
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+        if not directory:
+            os.replace(tmp, path)
+        else:  # a folder cannot be renamed over a non-empty one: the old one is moved aside first
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
     return path
 
 
@@ -49,24 +64,3 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Like ``atomic_write`` for a folder (e.g. a saved adapter): build aside, swap in."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path

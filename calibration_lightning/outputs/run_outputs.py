@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning import evaluation
+from calibration_lightning.calibration.bootstrap import INTERVALS
 from calibration_lightning.errors import UserError
 from calibration_lightning.outputs.diagrams import save_set_figure
 from calibration_lightning.outputs.files import write_json, write_jsonl, write_text
@@ -16,16 +18,18 @@ from calibration_lightning.outputs.summary import format_comparison, format_tabl
 from calibration_lightning.redaction import scrub
 
 PHASES = ("before", "after")
-VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "lightning", "torchmetrics", "hydra-core", "relplot")
 
 
 def versions() -> dict[str, str | None]:
+    """The versions of Python and of every dependency pyproject.toml declares (the package's own metadata)."""
     found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
+    for requirement in metadata.requires("calibration-lightning") or []:
+        if "extra ==" not in requirement:
+            name = re.split(r"[\s;<>=!~\[]", requirement, maxsplit=1)[0]
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                found[name] = None
     return found
 
 
@@ -47,16 +51,13 @@ def redacted_config(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(cfg, resolve=True))))
 
 
-def write_phase(
-    out_dir: Path, phase: str, scored: dict, records: dict, n_bins: int, before: dict | None = None
-) -> dict[str, dict]:
-    """Predictions, diagrams and metrics of one phase ("before"/"after") for every evaluation set.
+def write_phase(out_dir: Path, phase: str, scored: dict, records: dict, n_bins: int, before: dict | None = None):
+    """Predictions and diagrams of one phase ("before"/"after") for every evaluation set.
 
     ``reliability_{set}.png`` holds one column per phase: the "before" column alone when written before
     training (so a failed run keeps it), rewritten with both columns after training when ``before`` (the
     "before" scores) is given.
     """
-    results = {}
     for name, s in scored.items():
         if name == "val":
             continue
@@ -64,10 +65,8 @@ def write_phase(
         write_jsonl(out_dir / f"predictions_{stem}.jsonl", evaluation.prediction_rows(s, records[name]))
         phases = {"before": before[name]} if before is not None else {}
         phases[phase] = s
-        columns = {p: (evaluation.probabilities(x), x["labels"]) for p, x in phases.items()}
+        columns = {p: (evaluation.probabilities(x), x["labels"], x["metrics"]) for p, x in phases.items()}
         save_set_figure(out_dir, name, columns, n_bins)
-        results[name] = evaluation.metrics(s, n_bins)
-    return results
 
 
 def write_win_rate(out_dir: Path, phase: str, summary: dict, rows: list[dict]) -> dict:
@@ -77,67 +76,47 @@ def write_win_rate(out_dir: Path, phase: str, summary: dict, rows: list[dict]) -
 
 
 def write_summary(
-    out_dir: Path,
-    cfg: DictConfig,
-    before: dict,
-    after: dict,
-    extra: dict,
-    scored: tuple[dict, dict] | None = None,
-    records: dict | None = None,
-) -> str:
-    """metrics.json and config.yaml; returns the printed before/after table.
+    out_dir: Path, cfg: DictConfig, scored: tuple[dict, dict], records: dict, extra: dict
+) -> tuple[dict, str]:
+    """metrics.json and config.yaml; returns what metrics.json holds and the printed before/after table.
 
-    ``before``/``after``: each set's point metrics (``write_phase``); they get ``ci95`` (bootstrap intervals,
-    ``cfg.bootstrap``) when ``scored`` (the before and after scores of every split) is given. Each set gets an
-    ``improvement`` (after - before, with the interval of the paired difference), and ``subjects`` (conf-ECE,
-    accuracy and n per subject) when ``records`` (every split's records) carry subjects.
+    ``scored``: the before and after scores of every split (``evaluation.evaluate``). Each evaluation set's
+    block (``evaluation.compare``: before, after, their ``ci95`` and the ``improvement``) is computed once here,
+    and metrics.json and the table are both written from it; ``subjects`` (conf-ECE, accuracy and n per
+    subject) when the set's records carry subjects.
     """
     boot = cfg.bootstrap
-    improvement, subjects = {}, {}
-    for name in before:
-        ci = {}
-        if scored is not None and boot.resamples > 0 and before[name]["n"] > 0:
-            ci = evaluation.intervals(
-                scored[0][name], scored[1][name], cfg.n_bins, boot.resamples, boot.seed, boot.level
-            )
-            before[name]["ci95"], after[name]["ci95"] = ci["before"], ci["after"]
-        paired = ci.get("improvement", {})
-        improvement[name] = {
-            m: {
-                "difference": after[name][m] - v,
-                "ci95": paired.get(m, {}).get("ci95"),
-                "excludes_zero": paired.get(m, {}).get("excludes_zero"),
-            }
-            for m, v in before[name].items()
-            if m not in ("n", "ci95")
-        }
-        if scored is not None and records is not None:
-            per_phase = [evaluation.subject_metrics(s[name], records[name], cfg.n_bins) for s in scored]
-            if per_phase[0] is not None:
-                subjects[name] = {k: dict(zip(PHASES, (p[k] for p in per_phase))) for k in per_phase[0]}
-
-    def one_set(name: str) -> dict:
-        node = {"before": before[name], "after": after[name], "improvement": improvement[name]}
-        return {**node, "subjects": subjects[name]} if name in subjects else node
-
-    test = one_set("test")
+    sets = {}
+    for name in (n for n in scored[1] if n != "val"):
+        sets[name] = evaluation.compare(
+            scored[0][name], scored[1][name], cfg.n_bins, boot.resamples, boot.seed, boot.level
+        )
+        per_phase = [evaluation.subject_metrics(s[name], records[name], cfg.n_bins) for s in scored]
+        if per_phase[0] is not None:
+            sets[name]["subjects"] = {k: dict(zip(PHASES, (p[k] for p in per_phase))) for k in per_phase[0]}
     summary = {
-        **test,
-        "eval_sets": {n: one_set(n) for n in before if n != "test"},
+        **sets["test"],
+        "eval_sets": {n: block for n, block in sets.items() if n != "test"},
         **extra,
-        "bootstrap": {"resamples": boot.resamples, "level": boot.level, "seed": boot.seed, "interval": "percentile"},
+        "bootstrap": {"resamples": boot.resamples, "level": boot.level, "seed": boot.seed, "interval": INTERVALS},
         "seed": cfg.seed,
         "versions": versions(),
     }
     write_text(out_dir / "config.yaml", redacted_config(cfg))
     write_json(out_dir / "metrics.json", summary)
+    return summary, format_summary(sets, extra, boot)
+
+
+def format_summary(sets: dict[str, dict], extra: dict, boot) -> str:
+    """The table printed at the end of a run, from the blocks metrics.json holds."""
     table = "\n\n".join(
-        format_comparison(name, extra["method"], before[name], after[name], improvement[name]) for name in before
+        format_comparison(name, extra["method"], s["before"], s["after"], s["improvement"]) for name, s in sets.items()
     )
-    if "ci95" in before["test"]:
+    if "ci95" in sets["test"]["before"]:
         table += (
-            f"\n[lo, hi]: {boot.level:.0%} percentile bootstrap interval, {boot.resamples} resamples of the questions"
-            "\n(after - before: the same resamples before and after, a paired difference)"
+            f"\n[lo, hi]: {boot.level:.0%} bootstrap interval, {boot.resamples} resamples of the questions; conf-ECE"
+            " and cw-ECE: for the population l2 binned ECE\n(debiased; the plug-in value printed can sit outside it),"
+            " the others percentile. after - before: paired (the same resamples)"
         )
     if "temperature" in extra:
         table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"

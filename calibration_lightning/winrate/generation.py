@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from calibration_lightning.data.prompts import chat_text, has_chat_template
+
 
 def chat_prompt(tokenizer, instruction: str) -> str:
     """The instruction as a user turn in the tokenizer's chat template (plain text if it has none)."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
-        )
+    if has_chat_template(tokenizer):
+        return chat_text(tokenizer, instruction)
     return f"Instruction: {instruction}\nResponse:"
 
 
@@ -28,7 +28,7 @@ def generate_answers(
 ) -> list[str]:
     """One answer per instruction, in input order. Prompts are batched longest first to limit padding."""
     prompts = [chat_prompt(tokenizer, x) for x in instructions]
-    special = not getattr(tokenizer, "chat_template", None)
+    special = not has_chat_template(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from calibration_lightning.data.letters import letter_token_ids
+from calibration_lightning.data.prompts import has_chat_template
 from calibration_lightning.errors import ConfigError, UserError
 from calibration_lightning.models.loading import base_model_scoring
-from calibration_lightning.models.scoring import causal_lm_logits
 from calibration_lightning.winrate.generation import chat_prompt
 
 log = logging.getLogger(__name__)
@@ -69,16 +69,20 @@ class LocalJudge:
 
     @torch.no_grad()
     def prob_first(self, triples: list[Triple]) -> Tensor:
+        """P("A") per triple: the letter probabilities of the run's own scoring (``CalibrationModule``), with the
+        judge's two options A and B, at the end of each judging prompt."""
+        from calibration_lightning.module import CalibrationModule, OptimSettings
+
         if self.model is None:
             raise RuntimeError("LocalJudge.bind() must be called before judging")
         prompts = [chat_prompt(self.tokenizer, judge_text(t, self.max_answer_chars)) for t in triples]
-        special = not getattr(self.tokenizer, "chat_template", None)
+        special = not has_chat_template(self.tokenizer)
         letters = letter_token_ids(self.tokenizer, prompts[0], "", 2, add_special_tokens=special)
         device = next(self.model.parameters()).device
-        model = self.model
-        context = base_model_scoring(model)
+        scorer = CalibrationModule(self.model, None, letters, OptimSettings())
+        scorer.letter_ids = scorer.letter_ids.to(device)  # not .to(device): a 4-bit model refuses to move
         out = torch.empty(len(prompts))
-        with context:
+        with base_model_scoring(self.model):
             for start in range(0, len(prompts), self.batch_size):
                 enc = self.tokenizer(
                     prompts[start : start + self.batch_size],
@@ -86,10 +90,9 @@ class LocalJudge:
                     padding=True,
                     add_special_tokens=special,
                 )
-                logits = causal_lm_logits(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
-                out[start : start + len(enc["input_ids"])] = torch.softmax(logits[:, -1, letters].float(), -1)[
-                    :, 0
-                ].cpu()
+                batch = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
+                batch["n_choices"] = torch.full((len(enc["input_ids"]),), 2, device=device)
+                out[start : start + len(enc["input_ids"])] = scorer(batch).letter_probs[:, 0].cpu()
         return out
 
 

@@ -1,4 +1,5 @@
-"""Bad input through the CLI, non-finite loss, kill -9 and resume, secrets, mixed numbers of choices."""
+"""Runs that stop or resume: non-finite loss, kill -9 and resume, checkpoints; secrets kept out of every output;
+relative data paths; mixed numbers of choices; a run without a validation split."""
 
 import csv
 import json
@@ -7,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,50 +15,12 @@ import torch
 from calibration_lightning.errors import TrainingError
 from calibration_lightning.run import run
 from tests.conftest import TINY_SPLIT
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "calibration_lightning", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def test_bad_data_file_exits_2_without_traceback(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(
-        '{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q", "choices": ["a"], "answer": 0}\n'
-    )
-    result = cli("model=tiny", "dataset=jsonl", f"dataset.path={bad}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    assert f"{bad}: line 2: field 'choices' has 1 options" in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+from tests.helpers import ROOT, RecordSaves, cli
 
 
 def test_relative_data_path_resolves_against_the_launch_directory(tmp_path):
     result = cli("model=tiny", "dataset=jsonl", "dataset.path=does/not/exist.jsonl", f"hydra.run.dir={tmp_path}/r")
     assert result.returncode == 2 and f"{ROOT}/does/not/exist.jsonl: no such file" in result.stderr
-
-
-def test_config_errors_name_the_key(tmp_path):
-    typo = cli("method.optim.lrr=0.1", f"hydra.run.dir={tmp_path}/a")
-    assert typo.returncode == 2 and typo.stderr.startswith("error: Could not override 'method.optim.lrr'.")
-    unknown = cli("method=rcf", f"hydra.run.dir={tmp_path}/b")
-    assert unknown.returncode == 2 and unknown.stderr.startswith(
-        "error: In 'config': Could not find 'method/rcf'. Available options in 'method': auto, cft, label_smoothing, "
-        "none, rcft, ts;"
-    )
-    negative = cli("model=tiny", "method.optim.lr=-1", f"hydra.run.dir={tmp_path}/c")
-    assert negative.returncode == 2 and "method.optim.lr=-1" in negative.stderr
-    for result in (typo, unknown, negative):
-        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr + result.stdout
-    assert not any((tmp_path / d).exists() for d in "abc")  # refused before Hydra creates the run directory
 
 
 def test_non_finite_loss_stops_and_keeps_outputs(make_cfg, tmp_path):
@@ -194,24 +156,21 @@ def test_rows_with_different_numbers_of_choices(make_cfg, tmp_path):
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_checkpoint_at_every_epoch_end_and_atomic_writes(make_cfg, tmp_path, monkeypatch):
-    from calibration_lightning.outputs import checkpoints
-
-    saved = []
-    real_replace = checkpoints.os.replace
-
-    def spy(src, dst):  # os is one module: every atomic write passes here, keep the checkpoints
-        if Path(dst).suffix == ".ckpt":
-            saved.append((Path(src).name, torch.load(src, weights_only=True)["global_step"]))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(checkpoints.os, "replace", spy)
+def test_checkpoint_at_every_epoch_end(make_cfg, tmp_path):
+    """Lightning's own atomic save writes last.ckpt at the end of each epoch; nothing else stays behind."""
+    RecordSaves.steps.clear()
     cfg = make_cfg(
-        "model=tiny", "method.epochs=2", "method.select=null", "trainer.checkpoint_every_n_steps=0", *TINY_SPLIT
+        "model=tiny",
+        "method.epochs=2",
+        "method.select=null",
+        "trainer.checkpoint_every_n_steps=0",
+        "method.callbacks=[{_target_: tests.helpers.RecordSaves}]",
+        *TINY_SPLIT,
     )
     run(cfg)
-    # 24 questions / batch 4 = 6 steps an epoch: saved at the end of each epoch, via a temporary file
-    assert [step for _, step in saved] == [6, 12] and all(name.startswith(".last.ckpt") for name, _ in saved)
+    # 24 questions / batch 4 = 6 steps an epoch: saved at the end of each epoch
+    assert RecordSaves.steps == [6, 12]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
 

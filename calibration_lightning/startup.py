@@ -1,0 +1,227 @@
+"""Every start-up check of a job, and the Hydra callback that runs them before Hydra writes anything.
+
+``check_job`` is the one entry: the config's ranges (types, choices and unknown keys were checked by the
+schema while composing), the training methods and model settings built, the run directory, the data read
+and its splits. ``StartupChecks`` (``hydra.callbacks.startup`` in conf/config.yaml) calls it
+
+- for a run in ``on_run_start``: after Hydra composed the config, before it creates the run directory and
+  writes ``.hydra/`` and the job log, so a refused run leaves a finished or interrupted run as it was;
+- for a ``-m`` sweep in ``on_multirun_start``: for every job (BasicSweeper's list), before the first job
+  starts, so one bad job refuses the whole sweep and nothing of a finished job is rewritten;
+- and turns a user error raised by a job (``UserError``) into one ``error:`` line in ``on_job_end``.
+
+Every user error ends as one ``error: ...`` line on stderr and exit code 2. The data each job reads is kept
+(per process, per dataset config), so the run itself does not read it again.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import os
+import re
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from calibration_lightning.errors import UserError
+
+log = logging.getLogger("calibration_lightning")
+
+KEYS_HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help` the options of each group"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's default, by name only
+
+
+@dataclass
+class Job:
+    """What the start-up checks built for a job: its training methods and its data."""
+
+    methods: dict
+    splits: Any  # data.splits.Splits
+    eval_sets: dict
+
+
+_DATA: dict[str, tuple] = {}  # dataset config -> (splits, eval_sets): each read once per process
+
+
+def job_data(cfg: DictConfig) -> tuple:
+    """The job's splits and extra evaluation sets (``assembly.load_data``), read once per dataset config."""
+    from calibration_lightning.assembly import load_data
+    from calibration_lightning.config import plain
+
+    key = json.dumps([plain(cfg.dataset), plain(cfg.eval_sets)], sort_keys=True, default=str)
+    if key not in _DATA:
+        _DATA[key] = load_data(cfg)
+    return _DATA[key]
+
+
+def check_settings(cfg: DictConfig) -> dict:
+    """The checks that need no file: every range (``schema.validate``), the model settings, and the training
+    methods built (their loss heads, optimizer settings and callbacks check their own values); returns those."""
+    from calibration_lightning.config import build_methods
+    from calibration_lightning.models.loading import ModelSettings
+    from calibration_lightning.schema import validate
+
+    validate(cfg)
+    ModelSettings.from_config(cfg.model)
+    return build_methods(cfg)
+
+
+def check_job(cfg: DictConfig, out_dir: Path | None = None) -> Job:
+    """Every start-up check of one job's config (without its ``hydra`` node): ``check_settings``, the run
+    directory ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data read and its splits.
+
+    Raises:
+        UserError: the first mistake, naming its key, file or folder (``ConfigError``, ``DataError``).
+    """
+    from calibration_lightning.assembly import check_splits
+    from calibration_lightning.outputs.run_outputs import check_run_dir
+
+    methods = check_settings(cfg)
+    if out_dir is not None:
+        check_run_dir(out_dir, cfg.resume)
+    splits, eval_sets = job_data(cfg)
+    check_splits(cfg, splits, methods)
+    return Job(methods, splits, eval_sets)
+
+
+def one_line(text: object) -> str:
+    return re.sub(r"\s*\n\s*", " ", str(text).strip())
+
+
+def fail(message: object) -> NoReturn:
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def hydra_message(e: Exception) -> str:
+    """Hydra's (or OmegaConf's) message for a config mistake on one line, keeping its list of allowed options."""
+    from hydra.errors import OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parts: list[str] = []
+    for line in str(e).split("Config search path:")[0].splitlines():
+        if line.startswith("\t") and parts:  # one allowed option per line
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line.strip()
+        elif line.strip() and not line.startswith(("    full_key:", "    object_type=", "    reference_type=")):
+            parts.append(line.strip())
+    message = " ".join(p if p[-1] in ".:;" else p + "." for p in parts)[:-1]
+    if isinstance(e, OverrideParseException):
+        message = f"override {e.override!r}: {message}"
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        message += f" ({str(cause).strip().splitlines()[0]})"
+    return f"{message}; {KEYS_HINT}"
+
+
+@contextmanager
+def reported():
+    """A user error or a config mistake raised inside: one ``error:`` line and exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except UserError as e:
+        fail(e)
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(hydra_message(e))
+
+
+def _is_launched_rank() -> bool:
+    """A process Lightning's DDP launcher started for rank > 0 (the run directory is rank 0's, already checked)."""
+    return any(os.environ.get(v, "0") != "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _check_composed(config: DictConfig, out_dir: Path) -> None:
+    """``check_job`` on a composed config with its ``hydra`` node, ``${hydra:runtime.output_dir}`` = ``out_dir``
+    as Hydra's run_job will set it."""
+    out_dir = Path(os.path.abspath(out_dir))
+    with open_dict(config):
+        config.hydra.runtime.output_dir = str(out_dir)
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)
+    try:
+        task = copy.deepcopy(config)
+        with open_dict(task):
+            del task["hydra"]
+        check_job(task, None if _is_launched_rank() else out_dir)
+    finally:
+        HydraConfig.instance().cfg = saved
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The override lists of a ``-m`` sweep's jobs, as Hydra's BasicSweeper makes them (``hydra.sweeper.params``
+    then the command line, a later key replacing an earlier one); None for another sweeper (it checks itself)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    params += list(config.hydra.overrides.task)
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    choices: dict[str, list[str]] = {}
+    for o in parser.parse_overrides(params):
+        key = o.get_key_element()
+        if o.is_discrete_sweep():
+            choices[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        elif not o.is_sweep_override():
+            choices[key] = [f"{key}={o.get_value_element_as_str()}"]
+        else:
+            return None  # an interval: BasicSweeper refuses it with its own message
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+class StartupChecks(Callback):
+    """The start-up checks as a Hydra callback (see the module docstring)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with reported():
+            _check_composed(config, Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        with reported():
+            loader = GlobalHydra.instance().config_loader()
+            for num, overrides in enumerate(sweep_jobs(config) or []):
+                job = loader.load_sweep_config(config, overrides)  # as the launcher composes each job
+                with open_dict(job):
+                    job.hydra.job.num, job.hydra.job.id = num, f"check_{num}"
+                _check_composed(job, Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        error = job_return._return_value  # the property would print Hydra's "Error executing job" line first
+        if job_return.status == JobStatus.FAILED and isinstance(error, UserError):
+            log.error("%s", one_line(error))  # the job log keeps the reason
+            fail(error)
+
+
+def option_groups() -> str:
+    """``--help``'s list of option groups, one line each (the private fragments of conf/_base/ left out)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    loader = GlobalHydra.instance().config_loader()
+
+    def options(group: str) -> list[str]:
+        found = list(loader.get_group_options(group, ObjectType.CONFIG))
+        for sub in loader.get_group_options(group, ObjectType.GROUP):
+            found += [f"{sub}/{o}" for o in options(f"{group}/{sub}")]
+        return sorted(found)
+
+    groups = [g for g in sorted(loader.list_groups("")) if not g.startswith("_") and g != "hydra"]
+    return "".join(f"{g}: {', '.join(options(g))}\n" for g in groups)
+
+
+OmegaConf.register_new_resolver("calibration_lightning.groups", option_groups, replace=True)

@@ -1,0 +1,134 @@
+"""Scoring any tool's predictions: the Python function, the CLI on a run's prediction files (it gives that
+run's metrics.json values) and on a real lm-evaluation-harness ``--log_samples`` file (its accuracy is
+lm-eval's ``acc``), and one error line for a bad file."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from calibration_lightning import evaluate_predictions
+from calibration_lightning.calibration.bootstrap import RESAMPLED
+from calibration_lightning.calibration.metrics import METRICS
+from calibration_lightning.evaluate_predictions.__main__ import main
+from calibration_lightning.run import run
+from tests.conftest import TINY_SPLIT
+
+CLI = [sys.executable, "-m", "calibration_lightning.evaluate_predictions"]
+
+
+def test_the_block_by_hand():
+    # Two questions, two options: right at 0.8, wrong at 0.6 (gold B). Accuracy 1/2, Brier ((0.2^2 * 2) +
+    # (0.6^2 * 2)) / 2 = 0.4, conf-ECE (top-label bins 0.8 and 0.6, gaps 0.2 and 0.6) = 0.4.
+    probs, labels = torch.tensor([[0.8, 0.2], [0.6, 0.4]]), torch.tensor([0, 1])
+    block = evaluate_predictions(probs, labels, resamples=200)
+    assert set(block) == {*METRICS, "conf_ece_debiased", "cw_ece_debiased", "n", "ci95"}
+    assert block["accuracy"] == 0.5 and block["n"] == 2
+    assert block["brier"] == pytest.approx(0.4) and block["conf_ece"] == pytest.approx(0.4)
+    assert block["conf_ece_debiased"] == 0.0  # one question per bin: no squared gap can be estimated
+    assert set(block["ci95"]) == set(RESAMPLED)
+    assert "ci95" not in evaluate_predictions(probs, labels, resamples=0)
+    changed = evaluate_predictions(torch.tensor([[0.8, 0.2], [0.3, 0.7]]), labels, resamples=200, before=probs)
+    d = changed["improvement"]
+    assert d["accuracy"]["difference"] == 0.5 and d["smooth_ece"]["ci95"] is None
+    assert set(d) == {*METRICS, "conf_ece_debiased", "cw_ece_debiased"}
+    with pytest.raises(ValueError, match="sum to 1"):
+        evaluate_predictions(torch.tensor([[2.0, -1.0]]).abs(), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
+        evaluate_predictions(probs, torch.tensor([0, 2]))
+
+
+def _close(got, want, path=""):
+    if isinstance(want, dict):
+        assert set(got) == set(want), path
+        for k in want:
+            _close(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            _close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7), path
+    else:
+        assert got == want, path
+
+
+def test_cli_on_a_finished_run_gives_its_metrics_json(make_cfg, tmp_path, capsys):
+    cfg = make_cfg("model=tiny", "method=ts", *TINY_SPLIT)
+    run(cfg)
+    out = tmp_path / "run"
+    metrics = json.loads((out / "metrics.json").read_text())
+    boot = metrics["bootstrap"]
+    options = ["--resamples", str(boot["resamples"]), "--level", str(boot["level"]), "--seed", str(boot["seed"])]
+    paired = [str(out / "predictions_after.jsonl"), "--before", str(out / "predictions_before.jsonl")]
+    assert main([*paired, "--out", str(tmp_path / "scored"), *options]) == 0
+    scored = json.loads((tmp_path / "scored" / "predictions_after.json").read_text())
+    assert scored["format"] == "calibration_lightning" and scored["bootstrap"] == boot
+    _close(scored["metrics"], {**metrics["after"], "improvement": metrics["improvement"]})
+    # Alone (no --before): the same values and intervals, the resamples being the same questions.
+    assert main([str(out / "predictions_after.jsonl"), "--out", str(tmp_path / "alone"), *options]) == 0
+    alone = json.loads((tmp_path / "alone" / "predictions_after.json").read_text())
+    _close(alone["metrics"], metrics["after"])
+    printed = capsys.readouterr().out
+    assert f"{metrics['after']['conf_ece']:.4f} [{metrics['after']['ci95']['conf_ece'][0]:.3f}," in printed
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"id": "q", "gold": "C", "probabilities": {"A": 0.5, "B": 0.5}}', "row 2: 'gold' must be one of"),
+        ('{"id": "q", "gold": "A", "probabilities": {"A": 0.9, "B": 0.5}}', "row 2: probabilities sum to 1.4"),
+        ("{not json", "row 2: not JSON"),
+    ],
+)
+def test_a_bad_file_is_one_error_line_and_nothing_is_written(tmp_path, capsys, line, message):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": "p", "gold": "A", "probabilities": {"A": 0.7, "B": 0.3}}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "p", "gold": "A", "probabilities": {"A": 0.7, "B": 0.3}}\n' + line + "\n")
+    assert main([str(good), str(bad), "--out", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    (line,) = printed.err.strip().splitlines()
+    assert line.startswith(f"error: {bad}: {message}"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_scores_a_real_lm_eval_run_with_lm_evals_own_accuracy(tiny_source, tmp_path):
+    """lm-eval (``hf`` model, local multiple-choice task on a jsonl file, ``--log_samples``) on the tiny model."""
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "data.jsonl"
+    choices = ["yes", "no", "both", "neither"]
+    rows = [{"question": f"Is statement {i} true?", "choices": choices, "answer": (i * 7) % 4} for i in range(16)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    lm_eval = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_source}"]
+    lm_eval += ["--tasks", "tiny_mc", "--include_path", str(tasks), "--output_path", str(tmp_path / "lm")]
+    lm_eval += ["--log_samples", "--device", "cpu", "--batch_size", "8"]
+    done = subprocess.run(lm_eval, capture_output=True, text=True, env=offline, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (samples,) = tmp_path.glob("lm/*/samples_tiny_mc_*.jsonl")
+    (results,) = tmp_path.glob("lm/*/results_*.json")
+    acc = json.loads(results.read_text())["results"]["tiny_mc"]["acc,none"]
+
+    result = subprocess.run([*CLI, str(samples), "--out", str(tmp_path / "scored")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    scored = json.loads((tmp_path / "scored" / f"{samples.stem}.json").read_text())
+    assert scored["format"] == "lm-eval" and scored["metrics"]["n"] == 16
+    assert scored["metrics"]["accuracy"] == pytest.approx(acc, abs=1e-9)
+    # The probabilities are the softmax of each row's choice log-likelihoods: NLL is -log of the gold's.
+    logged = [json.loads(line) for line in samples.read_text().splitlines()]
+    nll = [-torch.tensor([float(r[0]) for r in row["filtered_resps"]]).double().log_softmax(0)[int(row["target"])]
+           for row in logged]  # fmt: skip
+    assert scored["metrics"]["nll"] == pytest.approx(float(sum(nll) / len(nll)), rel=1e-5)
