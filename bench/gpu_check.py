@@ -187,7 +187,7 @@ def compare_twins(work: Path) -> dict:
             return {"ok": False, "error": f"{name} wrote no metrics.json"}
         metrics = json.loads(file.read_text())
         tables[name] = {
-            phase: {k: v for k, v in metrics[phase].items() if isinstance(v, (int, float))}
+            phase: {k: v for k, v in metrics[phase].items() if isinstance(v, float)}  # metrics, not counts
             for phase in ("before", "after")
         }
     diffs = {

@@ -1,7 +1,6 @@
 """The GPU speed levers on a CPU: each gives the plain path's loss, gradients or predictions to a stated
 tolerance, the training step never waits for the device, and GPU-only levers refuse a CPU cleanly."""
 
-import dataclasses
 import subprocess
 import sys
 import types
@@ -300,9 +299,16 @@ def test_dequantized_merged_nf4_scoring_matches_unmerged(tiny_source):
     assert torch.equal(after, unmerged)
 
 
-def test_merge_for_eval_values_are_checked():
+def test_merge_for_eval_and_lora_compute_choices_come_from_the_schema():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    from calibration_lightning.schema import ModelConf
+
     with pytest.raises(ConfigError, match="model.merge_for_eval"):
-        ModelSettings(merge_for_eval="dequantise")
-    with pytest.raises(ConfigError, match="model.lora_compute"):
-        ModelSettings(lora_compute="fp16")
-    assert dataclasses.replace(ModelSettings(), merge_for_eval="dequantize").merge_for_eval == "dequantize"
+        ModelConf(name="tiny", loader={}, merge_for_eval="dequantise")
+    assert ModelConf(name="tiny", loader={}, merge_for_eval="dequantize").merge_for_eval == "dequantize"
+    node = OmegaConf.structured(ModelConf)
+    node.lora_compute = "bfloat16"
+    with pytest.raises(ValidationError, match="lora_compute"):
+        node.lora_compute = "fp16"
