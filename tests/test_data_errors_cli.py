@@ -1,4 +1,4 @@
-"""Hostile data files through the real command line (issue 14): exit code 2, exactly one ``error:`` line naming
+"""Hostile data files through the real command line: exit code 2, exactly one ``error:`` line naming
 the file and the line / record / row and field, no traceback, and an existing run directory left as it was.
 
 A CLI process costs several seconds of imports, so the cases start together and each test checks one result;
