@@ -92,3 +92,14 @@ class RecordSaves(L.Callback):
 
     def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
         self.steps.append(checkpoint["global_step"])
+
+
+READS: list[str] = []
+
+
+def counted_records(path: str):
+    """``read_records_file`` that notes each read in ``READS``."""
+    from calibration_lightning.data.sources import read_records_file
+
+    READS.append(path)
+    return read_records_file(path)
