@@ -10,8 +10,8 @@ and its splits. ``StartupChecks`` (``hydra.callbacks.startup`` in conf/config.ya
   starts, so one bad job refuses the whole sweep and nothing of a finished job is rewritten;
 - and turns a user error raised by a job (``UserError``) into one ``error:`` line in ``on_job_end``.
 
-Every user error ends as one ``error: ...`` line on stderr and exit code 2. The data each job reads is kept
-(per process, per dataset config), so the run itself does not read it again.
+Every user error ends as one ``error: ...`` line on stderr and exit code 2. The data the callback reads is held
+for the run that follows in the same process, so a run reads its data once.
 """
 
 from __future__ import annotations
@@ -50,18 +50,21 @@ class Job:
     eval_sets: dict
 
 
-_DATA: dict[str, tuple] = {}  # dataset config -> (splits, eval_sets): each read once per process
+_CHECKED: dict[str, tuple] = {}  # dataset config -> (splits, eval_sets) read by the callback, until a run takes it
 
 
-def job_data(cfg: DictConfig) -> tuple:
-    """The job's splits and extra evaluation sets (``assembly.load_data``), read once per dataset config."""
+def job_data(cfg: DictConfig, keep: bool = False) -> tuple:
+    """The job's splits and extra evaluation sets (``assembly.load_data``). ``keep``: held for the run of this
+    process that asks next for the same dataset config (the callback's read, so the run does not read again);
+    without, what the callback held is taken."""
     from calibration_lightning.assembly import load_data
     from calibration_lightning.config import plain
 
     key = json.dumps([plain(cfg.dataset), plain(cfg.eval_sets)], sort_keys=True, default=str)
-    if key not in _DATA:
-        _DATA[key] = load_data(cfg)
-    return _DATA[key]
+    if keep:
+        _CHECKED[key] = _CHECKED.get(key) or load_data(cfg)
+        return _CHECKED[key]
+    return _CHECKED.pop(key, None) or load_data(cfg)
 
 
 def check_settings(cfg: DictConfig) -> dict:
@@ -76,9 +79,10 @@ def check_settings(cfg: DictConfig) -> dict:
     return build_methods(cfg)
 
 
-def check_job(cfg: DictConfig, out_dir: Path | None = None) -> Job:
+def check_job(cfg: DictConfig, out_dir: Path | None = None, keep: bool = False) -> Job:
     """Every start-up check of one job's config (without its ``hydra`` node): ``check_settings``, the run
-    directory ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data read and its splits.
+    directory ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data read (``job_data``, ``keep``) and
+    its splits.
 
     Raises:
         UserError: the first mistake, naming its key, file or folder (``ConfigError``, ``DataError``).
@@ -89,7 +93,7 @@ def check_job(cfg: DictConfig, out_dir: Path | None = None) -> Job:
     methods = check_settings(cfg)
     if out_dir is not None:
         check_run_dir(out_dir, cfg.resume)
-    splits, eval_sets = job_data(cfg)
+    splits, eval_sets = job_data(cfg, keep)
     check_splits(cfg, splits, methods)
     return Job(methods, splits, eval_sets)
 
@@ -154,7 +158,7 @@ def _check_composed(config: DictConfig, out_dir: Path) -> None:
         task = copy.deepcopy(config)
         with open_dict(task):
             del task["hydra"]
-        check_job(task, None if _is_launched_rank() else out_dir)
+        check_job(task, None if _is_launched_rank() else out_dir, keep=True)
     finally:
         HydraConfig.instance().cfg = saved
 

@@ -18,16 +18,27 @@ from calibration_lightning.losses.sft import CompletionSFT
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m calibration_lightning ARGS`` in a fresh process, from the repository root."""
-    return subprocess.run(
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``python -m calibration_lightning ARGS`` started in a fresh process, from the repository root."""
+    return subprocess.Popen(
         [sys.executable, "-m", "calibration_lightning", *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``start_cli`` run to its end."""
+    with start_cli(*args, env=env) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @dataclass
@@ -81,3 +92,14 @@ class RecordSaves(L.Callback):
 
     def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
         self.steps.append(checkpoint["global_step"])
+
+
+READS: list[str] = []
+
+
+def counted_records(path: str):
+    """``read_records_file`` that notes each read in ``READS``."""
+    from calibration_lightning.data.sources import read_records_file
+
+    READS.append(path)
+    return read_records_file(path)

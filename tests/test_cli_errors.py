@@ -330,3 +330,19 @@ def test_a_new_run_starts_a_new_csv_log(tmp_path):
     writer.log_metrics({"train/loss": 2.0}, 5)
     writer.save()
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,train/loss", "5,2.0"]
+
+
+def test_a_run_reads_its_data_once(tmp_path):
+    """The start-up checks read the data before Hydra writes anything; the run uses what they read."""
+    from tests import helpers
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(GOOD * 12)
+    helpers.READS.clear()
+    small = ["dataset.split.train=0", "dataset.split.val=0", "dataset.split.test=4", "logger=none"]
+    result = call_main(
+        "model=tiny", "method=none", "dataset=jsonl", f"dataset.path={data}", *small, "bootstrap.resamples=0",
+        "dataset.source._target_=tests.helpers.counted_records", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert helpers.READS == [str(data)] and (tmp_path / "run" / "metrics.json").exists()

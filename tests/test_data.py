@@ -149,7 +149,7 @@ def test_letter_check_names_the_letter_and_the_fix():
         letter_token_ids(tok, "Answer:", " ", 4)
 
 
-# ---------------------------------------------------------------- hostile files (issue 14), one per case
+# ------------------------------------------------------------------------- hostile files, one per case
 
 QA = '"question": "2 + 2 = ?", "choices": ["3", "4"]'
 TWENTY = json.dumps([f"option {i}" for i in range(20)])

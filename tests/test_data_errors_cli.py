@@ -1,4 +1,4 @@
-"""Hostile data files through the real command line (issue 14): exit code 2, exactly one ``error:`` line naming
+"""Hostile data files through the real command line: exit code 2, exactly one ``error:`` line naming
 the file and the line / record / row and field, no traceback, and an existing run directory left as it was.
 
 A CLI process costs several seconds of imports, so the cases start together and each test checks one result;
@@ -8,16 +8,15 @@ the other cases of each category are checked in-process in test_data.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import start_cli
+
 Q = '"question": "2 + 2 = ?", "choices": ["3", "4"]'
 LONG = "/tmp/" + "d" * 5000 + ".jsonl"  # longer than any file system allows a name to be
 
@@ -54,14 +53,7 @@ CASES = {
 
 def _cli(data: Path | str, run_dir: Path) -> subprocess.Popen:
     args = ["model=tiny", "dataset=jsonl", f"dataset.path={data}", f"hydra.run.dir={run_dir}", "resume=true"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "calibration_lightning", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled"},
-    )
+    return start_cli(*args, env={"HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled"})
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the data layer (issue 14): every generated row and every generated file either
+"""Property-based fuzzing of the data layer: every generated row and every generated file either
 loads into valid records or raises our DataError naming the file and the location; nothing else escapes,
 and a valid file is read back exactly.
 

@@ -176,9 +176,21 @@ def test_smooth_ece_by_hand():
     assert smooth_ece(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)).item() == 0.0
 
 
-def test_new_metrics_are_in_the_registry():
-    probs, labels = _random_probs(500, 4, 11)
+def test_every_reported_metric_on_four_questions_by_hand():
+    """Confidences 0.9 (right), 0.6 (wrong), 0.7 (right), 0.8 (right): each alone in a bin of width 0.1."""
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 0])
     values = all_metrics(probs, labels, 10)
-    assert set(values) == set(METRICS) | {"n"} and {"adaptive_ece", "smooth_ece"} <= set(values)
-    assert values["adaptive_ece"] == pytest.approx(adaptive_ece(probs, labels, 10).item())
-    assert values["smooth_ece"] == pytest.approx(smooth_ece(probs, labels).item())
+    assert set(values) == {*METRICS, "n"}
+    expected = {
+        "conf_ece": (0.1 + 0.6 + 0.3 + 0.2) / 4,
+        "cw_ece": ((0.1 + 0.6 + 0.3 + 0.2) / 4 + (0.1 + 0.6 + 0.3 + 0.2) / 4) / 2,  # each class alike here
+        "accuracy": 0.75,
+        "brier": (2 * 0.1**2 + 2 * 0.6**2 + 2 * 0.3**2 + 2 * 0.2**2) / 4,
+        "nll": -(math.log(0.9) + math.log(0.4) + math.log(0.7) + math.log(0.8)) / 4,
+        "mce": 0.6,
+        "n": 4,
+    }
+    assert {k: values[k] for k in expected} == pytest.approx(expected)
+    # two equal-mass bins: {0.6 wrong, 0.7 right} and {0.8, 0.9 both right}
+    assert all_metrics(probs, labels, 2)["adaptive_ece"] == pytest.approx((abs(0.65 - 0.5) + abs(0.85 - 1)) / 2)

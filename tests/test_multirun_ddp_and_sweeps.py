@@ -15,8 +15,7 @@ from tests.helpers import ROOT, cli
 
 SMALL = ["dataset.split.train=16", "dataset.split.val=8", "dataset.split.test=16", "dataset.batch_size=4"]
 EXPERIMENTS = sorted(
-    str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
-    for p in (CONF_DIR / "experiment").rglob("*.yaml")
+    str(p.relative_to(CONF_DIR / "experiment").with_suffix("")) for p in (CONF_DIR / "experiment").rglob("*.yaml")
 )
 
 

@@ -84,10 +84,10 @@ def test_metrics_json_equals_recomputation_with_sets_of_different_widths(make_cf
             checked += 1
     assert checked == 4
     # The logged (torchmetrics) test metrics agree with metrics.json: one computation, one width.
-    logged = (out / "logs").glob("**/metrics.csv")
-    for csv_file in logged:
-        header, *lines = csv_file.read_text().splitlines()
-        cols = header.split(",")
-        if "test/cw_ece" in cols:
-            last = [line.split(",") for line in lines if line.split(",")[cols.index("test/cw_ece")]][-1]
-            assert abs(float(last[cols.index("test/cw_ece")]) - metrics["after"]["cw_ece"]) < 1e-6
+    (csv_file,) = (out / "logs").glob("**/metrics.csv")
+    header, *lines = csv_file.read_text().splitlines()
+    cols = header.split(",")
+    for key, phase in (("test/cw_ece", "after"), ("test/conf_ece", "after"), ("test/ood/accuracy", "after")):
+        logged = [float(row[cols.index(key)]) for row in (line.split(",") for line in lines) if row[cols.index(key)]]
+        reported = metrics[phase] if key.count("/") == 1 else metrics["eval_sets"]["ood"][phase]
+        assert len(logged) == 2 and abs(logged[-1] - reported[key.rsplit("/", 1)[1]]) < 1e-6, key  # before, after

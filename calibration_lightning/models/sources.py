@@ -160,7 +160,7 @@ def bundled_smollm2() -> str:
         tokenizer.save_pretrained(out)
 
     folder = _publish(convert, cache_dir() / "smollm2-135m-instruct")
-    _drop_gguf_quantization_config(folder)  # folders converted before the fix above
+    _drop_gguf_quantization_config(folder)  # folders converted by earlier versions kept it
     return str(folder)
 
 

@@ -206,9 +206,7 @@ def phase_heading(set_name: str, phase: str, n: int) -> str:
 def save_set_figure(out_dir: Path, set_name: str, phases: dict[str, tuple[Tensor, Tensor, dict]], n_bins: int):
     """Write ``reliability_{set_name}.png``: one column per phase (``"before"``, then ``"after"`` when given),
     each from ``probs [N, K]``, ``labels [N]`` and their reported metrics. Returns the (closed) Figure."""
-    columns = [
-        Column(phase_heading(set_name, phase, len(y)), p, y, n_bins, m) for phase, (p, y, m) in phases.items()
-    ]
+    columns = [Column(phase_heading(set_name, phase, len(y)), p, y, n_bins, m) for phase, (p, y, m) in phases.items()]
     fig = reliability_figure(columns, title=f"Reliability on {set_name} ({n_bins} bins)")
     save_figure(fig, out_dir / f"reliability_{set_name}.png")
     return fig
