@@ -115,7 +115,7 @@ def check_job(cfg: DictConfig, run_dir: bool) -> None:
         del task["hydra"]
     methods = check_config(task)
     if run_dir:
-        check_run_dir(out_dir, task.resume)
+        check_run_dir(out_dir, task.resume, task)
         if task.resume and out_dir.exists():  # a resumed run's directory holds its .hydra/ and log: read the data
             from calibration_lightning.assembly import check_splits, load_data  # now, before Hydra rewrites them
 
@@ -171,11 +171,27 @@ def hydra_main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # Our evaluation batch sampler returns every index once (length-sorted); Lightning cannot know that.
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*for prediction.*")
+    from calibration_lightning.outputs.run_state import WRITE_ERRNOS, Preempted, resume_hint
+
     try:
         result = run(cfg)
     except UserError as e:
         log.error("%s", one_line(e))
         fail(e)
+    except Preempted as e:
+        message = resume_hint(Path(cfg.output_dir), e)
+        log.error("%s", message)
+        print(f"interrupted: {message}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except OSError as e:  # a full disk, ``ulimit -f``, a folder made read-only during the run
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        fail(
+            UserError(
+                f"cannot write {e.filename or 'an output'} ({e.strerror}); the outputs written so far are "
+                "kept: free disk space or fix the permission, then rerun with resume=true"
+            )
+        )
     return result.get("after", {}).get("conf_ece")
 
 
@@ -185,10 +201,15 @@ def fail(e: UserError) -> None:
 
 
 def main() -> None:
+    from calibration_lightning.outputs.run_state import FinishedRun
+
     try:
         sys.argv[1:] = check_command_line(sys.argv[1:])
     except UserError as e:
         fail(e)
+    except FinishedRun as e:  # resume=true on a finished run: nothing to do, nothing rewritten
+        print(one_line(e), file=sys.stderr)
+        sys.exit(0)
     hydra_main()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from calibration_lightning.models.loading import (
     model_label,
 )
 from calibration_lightning.module import CalibrationModule, OptimSettings
+from calibration_lightning.outputs import run_state
 from calibration_lightning.outputs.files import atomic_directory
 from calibration_lightning.outputs.run_outputs import (
     check_run_dir,
@@ -45,11 +47,27 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run ``cfg`` and return the dict written to ``metrics.json``."""
+    """Run ``cfg`` and return the dict written to ``metrics.json`` (a finished run resumed: the one it holds).
+
+    Raises:
+        run_state.Preempted: a stop signal arrived (SIGTERM, SIGINT); the last checkpoint is saved.
+    """
+    out_dir = Path(cfg.output_dir)
+    try:
+        with run_state.stop_signals():
+            return _run(cfg)
+    except run_state.FinishedRun as e:
+        log.warning("%s", e)
+        return json.loads((out_dir / "metrics.json").read_text())
+    finally:
+        run_state.unlock_run_dir(out_dir)
+
+
+def _run(cfg: DictConfig) -> dict:
     started = time.time()
     methods = check_config(cfg)  # every setting checked, the training methods built
     out_dir = Path(cfg.output_dir)
-    check_run_dir(out_dir, cfg.resume)
+    check_run_dir(out_dir, cfg.resume, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits, eval_sets = load_data(cfg)  # a bad file fails here, before any model loads
     check_splits(cfg, splits, methods)
@@ -78,6 +96,8 @@ def run(cfg: DictConfig) -> dict:
 
     after = before
     if methods:
+        if is_zero:
+            run_state.save_settings(out_dir, cfg)  # what resume=true is compared against
         after, chosen = train_methods(cfg, methods, model, dm, out_dir, logger, settings, extra)
         if is_zero:
             atomic_directory(out_dir / "adapter", model.save_pretrained)
