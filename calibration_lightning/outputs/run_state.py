@@ -5,7 +5,7 @@ an exit code that says the run did not finish.
 - ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``RUN_DIR/.lock`` for the life of the process (the kernel
   drops it when the process dies, so a killed run leaves no stuck lock); a second run there is refused.
 - ``save_settings`` / ``check_resume``: the settings that change a run's result (``RESULT_KEYS``) are saved in
-  ``checkpoints/settings.yaml`` when the run starts; ``resume=true`` with other values is refused, naming them.
+  ``.run_settings.json`` when training starts; ``resume=true`` with other values is refused, naming them.
 - ``check_checkpoints``: every ``*.ckpt`` a resumed run will read is loaded once (``weights_only``) at start-up.
 - ``stop_signals``: SIGTERM and SIGINT (and, under SLURM, the requeue signal a launcher already handles) stop
   the run at the next training step with a checkpoint, exit ``128 + signal`` and say how to resume.
@@ -31,7 +31,7 @@ from calibration_lightning.redaction import REDACTED, is_secret_key
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-SETTINGS_NAME = "settings.yaml"  # in checkpoints/
+SETTINGS_NAME = ".run_settings.json"
 # Config subtrees whose values change what training computes; the keys below them that do not are left out.
 RESULT_KEYS = ("model", "dataset", "method", "trainer", "seed", "n_bins", "eval_sets")
 NEUTRAL_KEYS = frozenset(
@@ -143,11 +143,11 @@ def result_settings(cfg: DictConfig) -> dict[str, object]:
 
 
 def save_settings(out_dir: Path, cfg: DictConfig) -> None:
-    """``checkpoints/settings.yaml``, once per run folder: what a resumed run is compared against."""
+    """``RUN_DIR/.run_settings.json``: what a resumed run is compared against (kept when resuming)."""
     from calibration_lightning.outputs.files import write_text
 
-    path = out_dir / "checkpoints" / SETTINGS_NAME
-    if not path.exists():
+    path = out_dir / SETTINGS_NAME
+    if not (cfg.resume and path.exists()):
         write_text(path, json.dumps(result_settings(cfg), indent=1, sort_keys=True) + "\n")
 
 
@@ -155,9 +155,9 @@ def check_resume(out_dir: Path, cfg: DictConfig) -> None:
     """Refuse ``resume=true`` with settings that change the result, naming each key with both values.
 
     Raises:
-        UserError: settings.yaml is unreadable, or some key differs.
+        UserError: the saved settings are unreadable, or some key differs.
     """
-    path = out_dir / "checkpoints" / SETTINGS_NAME
+    path = out_dir / SETTINGS_NAME
     if not path.exists():
         return
     try:
@@ -210,9 +210,9 @@ def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None) -> None:
     """The start-up checks of a run folder (after ``check_run_dir``'s finished/unfinished test): its lock,
     and, for a resumed run, its settings and checkpoints."""
     lock_run_dir(out_dir)
+    if resume and cfg is not None:
+        check_resume(out_dir, cfg)
     if resume and (out_dir / "checkpoints").is_dir():
-        if cfg is not None:
-            check_resume(out_dir, cfg)
         check_checkpoints(out_dir)
 
 
