@@ -192,12 +192,13 @@ def check_checkpoints(out_dir: Path) -> None:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            if "Unsupported global" in str(e):  # a class or function to import: code, not tensors
                 raise UserError(
                     f"{path}: refused: the checkpoint holds Python objects other than tensors (an unsafe pickle, "
                     f"not written by this program); {start_over}"
                 ) from None
-            raise UserError(f"{path}: not a readable checkpoint (damaged); {start_over}") from None
+            reason = "empty" if path.stat().st_size == 0 else "truncated or damaged"
+            raise UserError(f"{path}: not a readable checkpoint ({reason}); {start_over}") from None
         except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError, KeyError) as e:
             reason = "empty" if path.stat().st_size == 0 else "truncated or damaged"
             raise UserError(f"{path}: not a readable checkpoint ({reason}: {type(e).__name__}); {start_over}") from None
@@ -207,13 +208,13 @@ def check_checkpoints(out_dir: Path) -> None:
 
 
 def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None) -> None:
-    """The start-up checks of a run folder (after ``check_run_dir``'s finished/unfinished test): its lock,
-    and, for a resumed run, its settings and checkpoints."""
-    lock_run_dir(out_dir)
+    """The start-up checks of a run folder (after ``check_run_dir``'s finished/unfinished test): for a resumed
+    run its settings and checkpoints, then the folder's lock (nothing is written in a refused folder)."""
     if resume and cfg is not None:
         check_resume(out_dir, cfg)
     if resume and (out_dir / "checkpoints").is_dir():
-        check_checkpoints(out_dir)
+        check_checkpoints(out_dir)  # read-only; checkpoints are replaced by rename, so a running run is no harm
+    lock_run_dir(out_dir)
 
 
 # -- stop signals --------------------------------------------------------------------------------------------
