@@ -3,7 +3,7 @@
 Hydra composes the config, creates the run directory and writes ``.hydra/`` and the job log before it calls the
 task, and reports its own config errors with exit 1. So, before Hydra starts, ``check_command_line``:
 
-- moves secret values given as overrides (``+judge.api_key=...``: see ``redaction.is_secret_key``) into
+- moves secret values given as overrides (``+judge.api_key=...``: see ``redaction.hide_secret_overrides``) into
   environment variables; the command line, ``.hydra/``, the log and the W&B run's arguments hold
   ``${oc.env:CALIBRATION_LIGHTNING_SECRET_N}`` instead;
 - composes the config the way Hydra will (each job of a ``-m`` sweep) and turns a misspelt key, an unknown option
@@ -31,11 +31,10 @@ from omegaconf import DictConfig
 
 from calibration_lightning.config import CONF_DIR
 from calibration_lightning.errors import ConfigError, UserError
-from calibration_lightning.redaction import is_secret_key
+from calibration_lightning.redaction import hide_secret_overrides
 
 log = logging.getLogger("calibration_lightning")
 
-SECRET_ENV = "CALIBRATION_LIGHTNING_SECRET_"
 MAX_CHECKED_JOBS = 100  # a larger sweep checks its first jobs here; every job still checks itself before loading
 KEYS_HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help` the options of each group"
 
@@ -62,24 +61,6 @@ def hydra_message(e: Exception) -> str:
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
         message += f" ({str(cause).strip().splitlines()[0]})"
     return f"{message}; {KEYS_HINT}"
-
-
-def hide_secrets(overrides: list[str]) -> dict[str, str]:
-    """Move each secret override's value into an environment variable; returns {old override: new override}."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    replaced = {}
-    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
-        if o.is_delete() or o.is_sweep_override() or not is_secret_key(o.key_or_group):
-            continue
-        value = o.value()
-        if value is None or value == "" or isinstance(value, (dict, list)) or "${" in str(value):
-            continue  # nothing to hide, or already an interpolation (a relaunched DDP rank sees its own argv)
-        var = f"{SECRET_ENV}{sum(k.startswith(SECRET_ENV) for k in os.environ)}"
-        os.environ[var] = str(value)
-        ref = f"'${{oc.env:{var}}}'" if isinstance(value, str) else f"'${{oc.decode:${{oc.env:{var}}}}}'"
-        replaced[text] = f"{o.get_key_element()}={ref}"
-    return replaced
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
@@ -139,11 +120,10 @@ def check_command_line(argv: list[str]) -> list[str]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    argv = hide_secret_overrides(argv)  # before any parser can quote a secret in an error
     args = get_args_parser().parse_args(argv)
     try:
-        replaced = hide_secrets(args.overrides)
-        argv = [replaced.get(a, a) for a in argv]
-        overrides = [replaced.get(o, o) for o in args.overrides]
+        overrides = args.overrides
         other = args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun
         if other or args.config_path or args.config_dir:
             return argv  # nothing composed here, or another config folder: Hydra reports on its own

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from calibration_lightning.__main__ import check_command_line, hide_secrets
+from calibration_lightning.__main__ import check_command_line
 from calibration_lightning.errors import ConfigError, DataError, UserError
 from calibration_lightning.outputs.csv_logger import ResumableExperimentWriter
 from calibration_lightning.outputs.run_outputs import redacted_config
@@ -196,14 +196,18 @@ def test_hub_dataset_not_reachable(offline_hub):
 
 
 def test_secret_overrides_move_to_the_environment(monkeypatch):
+    from calibration_lightning.redaction import hide_secret_overrides
+
     for var in [k for k in os.environ if k.startswith("CALIBRATION_LIGHTNING_SECRET_")]:
         monkeypatch.delenv(var)
     monkeypatch.setattr(os, "environ", dict(os.environ))  # the variables set here vanish after the test
-    replaced = hide_secrets(["+judge.api_key=sk-abc", "win_rate.max_new_tokens=8", "+x.hf_token=123", "seed=1"])
-    assert replaced == {
-        "+judge.api_key=sk-abc": "+judge.api_key='${oc.env:CALIBRATION_LIGHTNING_SECRET_0}'",
-        "+x.hf_token=123": "+x.hf_token='${oc.decode:${oc.env:CALIBRATION_LIGHTNING_SECRET_1}}'",
-    }
+    argv = ["+judge.api_key=sk-abc", "win_rate.max_new_tokens=8", "+x.hf_token=123", "seed=1"]
+    assert hide_secret_overrides(argv) == [
+        "+judge.api_key='${oc.env:CALIBRATION_LIGHTNING_SECRET_0}'",
+        "win_rate.max_new_tokens=8",
+        "+x.hf_token='${oc.decode:${oc.env:CALIBRATION_LIGHTNING_SECRET_1}}'",
+        "seed=1",
+    ]
     assert os.environ["CALIBRATION_LIGHTNING_SECRET_0"] == "sk-abc"
     cfg = OmegaConf.create({"judge": {"api_key": "${oc.env:CALIBRATION_LIGHTNING_SECRET_0}"}})
     assert cfg.judge.api_key == "sk-abc"  # the run still sees the value

@@ -207,14 +207,15 @@ def check_checkpoints(out_dir: Path) -> None:
             raise UserError(f"{path}: not a checkpoint of this program (no {sorted(needs)}); {start_over}")
 
 
-def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None) -> None:
+def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None, lock: bool = True) -> None:
     """The start-up checks of a run folder (after ``check_run_dir``'s finished/unfinished test): for a resumed
     run its settings and checkpoints, then the folder's lock (nothing is written in a refused folder)."""
     if resume and cfg is not None:
         check_resume(out_dir, cfg)
     if resume and (out_dir / "checkpoints").is_dir():
         check_checkpoints(out_dir)  # read-only; checkpoints are replaced by rename, so a running run is no harm
-    lock_run_dir(out_dir)
+    if lock:
+        lock_run_dir(out_dir)
 
 
 # -- stop signals --------------------------------------------------------------------------------------------
