@@ -89,6 +89,8 @@ def _run(cfg: DictConfig) -> dict:
     win_rate = build_win_rate(cfg, model, tokenizer, device(cfg)) if cfg.win_rate.enabled and is_zero else None
     extra = {"model": model_label(cfg.model), "method": cfg.method.name, "requested_method": cfg.method.name}
     extra["regime"] = evaluation.regime(before, cfg.n_bins, cfg.regime.tolerance)
+    if dm.truncation:  # prompts cut to dataset.max_length, per split: how many, and what they lost
+        extra["truncation"] = {"max_length": cfg.dataset.max_length, **dm.truncation}
     if is_zero:  # written now, so a failure during training leaves them behind
         results_before = write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
         if win_rate:
@@ -117,5 +119,20 @@ def _run(cfg: DictConfig) -> dict:
     table = write_summary(out_dir, cfg, results_before, results_after, extra, (before, after), dm.records)
     diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
     publish_run(logger, yaml.safe_load(redacted_config(cfg)), diagrams)
+    if "truncation" in extra:
+        table += "\n" + truncation_line(extra["truncation"])
     print(f"\n{table}\n\nOutputs: {out_dir}")
     return {"before": results_before["test"], "after": results_after["test"], **extra}
+
+
+def truncation_line(report: dict) -> str:
+    """One line of the printed table: prompts cut to ``dataset.max_length`` and what they lost, per split."""
+    parts = []
+    for split, r in report.items():
+        if split == "max_length":
+            continue
+        lost = ", ".join(
+            f"{r[k]} lost the {k[:-4].replace('_', ' ')}" for k in r if k.endswith("_cut") and k != "rows_cut" and r[k]
+        )
+        parts.append(f"{split} {r['rows_cut']}/{r['rows']}" + (f" ({lost})" if lost else ""))
+    return f"prompts cut to dataset.max_length={report['max_length']} tokens: {'; '.join(parts)}"
