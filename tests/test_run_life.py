@@ -207,7 +207,8 @@ def test_broken_checkpoints_are_refused_at_start_up(tmp_path, content, reason, n
     with pytest.raises(UserError) as caught:
         check_command_line([*SELECTING, f"hydra.run.dir={out}", "resume=true"])
     assert str(caught.value).startswith(f"{path}: {reason}")
-    assert str(caught.value).endswith(f"delete {out / 'checkpoints'} and rerun without resume=true to train from the start")
+    start_over = f"delete {out / 'checkpoints'} and rerun without resume=true to train from the start"
+    assert str(caught.value).endswith(start_over)
     run_state.unlock_run_dir(out)
 
 

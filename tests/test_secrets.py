@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from calibration_lightning.__main__ import check_command_line
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.outputs.run_outputs import redacted_config
-from calibration_lightning.redaction import hide_secret_overrides, is_secret_key, scrub
+from calibration_lightning.redaction import is_secret_key, scrub
 from tests.test_reliability import cli
 
 NASTY = "s3,cr=et]'x\"y"  # every character Hydra's override grammar treats specially
