@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from calibration_lightning.errors import ConfigError
+from calibration_lightning.models.artifacts import check_model_folder, damaged_cache_file
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,19 @@ def cache_dir() -> Path:
 
 
 def _publish(build, target: Path) -> Path:
-    """Build a model folder in a temporary sibling, then rename it into place (atomic)."""
+    """Build a model folder in a temporary sibling, then rename it into place (atomic); a cached folder with
+    a damaged file (a disk that filled up, a copy cut short) is built again."""
     if (target / "config.json").exists():
-        return target
+        damaged = damaged_cache_file(target)
+        if damaged is None:
+            return target
+        log.warning("%s is damaged in the model cache: building %s again", damaged, target.name)
+        aside = Path(tempfile.mkdtemp(prefix=target.name + ".damaged.", dir=target.parent))
+        try:
+            target.rename(aside / target.name)
+        except OSError:  # another process already moved or rebuilt it
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
@@ -69,6 +80,7 @@ def pretrained(name_or_path: str) -> str:
                 f"{key}: the folder {local.resolve()} holds no model (no config.json); pass a folder written by "
                 "save_pretrained (config.json, weights, tokenizer files) or a hub id ORG/NAME"
             )
+        check_model_folder(local.resolve(), key)
         return str(local.resolve())
     if local.exists():
         raise ConfigError(f"{key}: {local.resolve()} is a file; pass the model's folder or a hub id ORG/NAME")
