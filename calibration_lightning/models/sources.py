@@ -8,6 +8,7 @@ is the same code path for all of them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -47,8 +48,11 @@ def _publish(build, target: Path) -> Path:
         except OSError:  # another process already moved or rebuilt it
             pass
         shutil.rmtree(aside, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    except OSError as e:  # an unwritable or missing HOME, a read-only cache
+        raise ConfigError(_cache_unwritable(target, e)) from None
     try:
         import torch
 
@@ -59,9 +63,20 @@ def _publish(build, target: Path) -> Path:
         except OSError:  # another process published it first
             if not (target / "config.json").exists():
                 raise
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        raise ConfigError(_cache_unwritable(target, e)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _cache_unwritable(target: Path, e: OSError) -> str:
+    return (
+        f"cannot write the model cache {target.parent} ({e.strerror or e}); set CALIBRATION_LIGHTNING_CACHE "
+        "to a writable folder with room for the model"
+    )
 
 
 def pretrained(name_or_path: str) -> str:
