@@ -86,6 +86,7 @@ def check_job(cfg: DictConfig, run_dir: bool) -> None:
 
     from calibration_lightning.config import check_config
     from calibration_lightning.outputs.run_outputs import check_run_dir
+    from calibration_lightning.outputs.run_state import claim_run_dir
 
     out_dir = Path(os.path.abspath(str(cfg.hydra.run.dir)))  # as Hydra's run_job
     with open_dict(cfg):
@@ -101,6 +102,7 @@ def check_job(cfg: DictConfig, run_dir: bool) -> None:
             from calibration_lightning.assembly import check_splits, load_data  # now, before Hydra rewrites them
 
             check_splits(task, load_data(task)[0], methods)
+        claim_run_dir(out_dir, task.resume)  # its checkpoints, then its lock, held through the run
 
 
 def _is_launched_rank() -> bool:

@@ -67,11 +67,11 @@ def _run(cfg: DictConfig) -> dict:
     started = time.time()
     methods = check_config(cfg)  # every setting checked, the training methods built
     out_dir = Path(cfg.output_dir)
-    check_run_dir(out_dir, cfg.resume, cfg, lock=False)
+    check_run_dir(out_dir, cfg.resume, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits, eval_sets = load_data(cfg)  # a bad file fails here, before any model loads
     check_splits(cfg, splits, methods)
-    run_state.lock_run_dir(out_dir)  # the command line took it before Hydra wrote; a refused run creates nothing
+    run_state.claim_run_dir(out_dir, cfg.resume)  # checkpoints, lock (the command line took it before Hydra)
     source, settings = build(cfg.model.loader), ModelSettings.from_config(cfg.model)
     tokenizer = load_tokenizer(source, settings)
     dm = build_datamodule(cfg, splits, eval_sets, tokenizer)

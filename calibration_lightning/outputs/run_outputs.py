@@ -29,11 +29,10 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def check_run_dir(out_dir: Path, resume: bool, cfg: DictConfig | None = None, lock: bool = True) -> None:
-    """Refuse to overwrite a finished run, or to start in a folder another run holds; a resumed run may reuse
-    its own directory, with the settings it started with (``cfg``) and readable checkpoints
-    (``run_state.check_folder``; ``lock``: take the folder's lock now). A finished run resumed raises
-    ``run_state.FinishedRun``: nothing to do."""
+def check_run_dir(out_dir: Path, resume: bool, cfg: DictConfig | None = None) -> None:
+    """Refuse to overwrite a finished run; a resumed run may reuse its own directory, with the settings it
+    started with (``cfg``; ``run_state.check_folder``). A finished run resumed raises ``run_state.FinishedRun``:
+    nothing to do. Read-only: ``run_state.claim_run_dir`` then checks checkpoints and takes the folder's lock."""
     from calibration_lightning.outputs.run_state import FinishedRun, check_folder
 
     if resume and (out_dir / "metrics.json").exists():
@@ -47,7 +46,7 @@ def check_run_dir(out_dir: Path, resume: bool, cfg: DictConfig | None = None, lo
             f"{out_dir} holds an unfinished run (checkpoints/); pass resume=true to continue it, "
             "or choose another hydra.run.dir"
         )
-    check_folder(out_dir, resume, cfg, lock)
+    check_folder(out_dir, resume, cfg)
 
 
 def redacted_config(cfg: DictConfig) -> str:

@@ -207,15 +207,18 @@ def check_checkpoints(out_dir: Path) -> None:
             raise UserError(f"{path}: not a checkpoint of this program (no {sorted(needs)}); {start_over}")
 
 
-def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None, lock: bool = True) -> None:
-    """The start-up checks of a run folder (after ``check_run_dir``'s finished/unfinished test): for a resumed
-    run its settings and checkpoints, then the folder's lock (nothing is written in a refused folder)."""
+def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None) -> None:
+    """A resumed run's settings against those it started with (read-only: a refused run writes nothing)."""
     if resume and cfg is not None:
         check_resume(out_dir, cfg)
+
+
+def claim_run_dir(out_dir: Path, resume: bool) -> None:
+    """The last start-up checks of a run folder, after the data's: a resumed run's checkpoints, then the
+    folder's lock (held until the process ends)."""
     if resume and (out_dir / "checkpoints").is_dir():
         check_checkpoints(out_dir)  # read-only; checkpoints are replaced by rename, so a running run is no harm
-    if lock:
-        lock_run_dir(out_dir)
+    lock_run_dir(out_dir)
 
 
 # -- stop signals --------------------------------------------------------------------------------------------
