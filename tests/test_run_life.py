@@ -93,7 +93,7 @@ def test_killed_during_final_evaluation_moved_and_resumed_equals_the_uninterrupt
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in moved.rglob("*") if p.is_file()} == before
 
 
-def test_sigterm_mid_training_exits_143_and_resumes_exactly(reference, tmp_path):
+def test_sigterm_mid_training_exits_143_and_a_copy_resumes_exactly(reference, tmp_path):
     out = tmp_path / "run"
     stopped = cli(out, interrupt="step:7:TERM")  # epoch 2 (6 steps an epoch), between two step checkpoints
     assert stopped.returncode == 143, stopped.stderr[-3000:]
@@ -105,9 +105,12 @@ def test_sigterm_mid_training_exits_143_and_resumes_exactly(reference, tmp_path)
         f"hydra.run.dir={out}"
     )
     assert not (out / "metrics.json").exists()
-    resumed = cli(out, "resume=true")
+    copy = tmp_path / "copied"
+    shutil.copytree(out, copy)  # training goes on in the copy: its best score must survive the new path
+    resumed = cli(copy, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert outputs(out) == reference
+    assert "dirpath has changed" not in resumed.stderr
+    assert outputs(copy) == reference
 
 
 def test_ctrl_c_during_the_first_evaluation_exits_130(tmp_path):

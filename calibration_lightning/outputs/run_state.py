@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning.errors import UserError
-from calibration_lightning.redaction import REDACTED, is_secret_key
+from calibration_lightning.redaction import scrub
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,8 @@ def result_settings(cfg: DictConfig) -> dict[str, object]:
     """The run's settings that change its result, flattened to dotted keys (secrets blanked)."""
     tree = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
             for k in RESULT_KEYS if k in cfg}  # fmt: skip
-    flat = _flatten(tree)
-    return {
-        k: (REDACTED if is_secret_key(k) and v not in (None, "") else v)
-        for k, v in flat.items()
-        if k not in NEUTRAL_KEYS and not any(k.startswith(n + ".") for n in NEUTRAL_KEYS)
-    }
+    flat = _flatten(scrub(tree))  # secret keys and URL passwords blanked
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS and not any(k.startswith(n + ".") for n in NEUTRAL_KEYS)}
 
 
 def save_settings(out_dir: Path, cfg: DictConfig) -> None:
