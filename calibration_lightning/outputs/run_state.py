@@ -135,7 +135,8 @@ def result_settings(cfg: DictConfig) -> dict[str, object]:
     tree = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
             for k in RESULT_KEYS if k in cfg}  # fmt: skip
     flat = _flatten(scrub(tree))  # secret keys and URL passwords blanked
-    return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS and not any(k.startswith(n + ".") for n in NEUTRAL_KEYS)}
+    neutral = tuple(n + "." for n in NEUTRAL_KEYS)
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS and not k.startswith(neutral)}
 
 
 def save_settings(out_dir: Path, cfg: DictConfig) -> None:
