@@ -152,6 +152,28 @@ def test_the_lock_is_an_flock_on_the_run_folder(tmp_path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def test_a_run_folder_that_cannot_be_written_is_one_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "run"  # its parent is a file: as unwritable as a read-only parent, even for root
+    with pytest.raises(UserError) as caught:
+        check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+    assert str(caught.value) == (
+        f"cannot write in the run folder {out} (Not a directory); make it writable, or choose another "
+        "hydra.run.dir (e.g. hydra.run.dir=/scratch/$USER/run)"
+    )
+
+
+def test_the_same_folder_named_two_ways_is_one_lock(tmp_path):
+    (tmp_path / "run").mkdir()
+    run_state.lock_run_dir(tmp_path / "run")
+    try:
+        run_state.lock_run_dir(tmp_path / "run" / ".." / "run")  # as Hydra and the command line may spell it
+    finally:
+        run_state.unlock_run_dir(tmp_path / "run")
+    assert not run_state._held
+
+
 def _unfinished(out: Path, *overrides: str) -> None:
     """A run folder as a killed run leaves it: saved settings and a checkpoint folder."""
     from hydra import compose, initialize_config_dir

@@ -85,7 +85,7 @@ def lock_run_dir(out_dir: Path) -> None:
     Raises:
         UserError: the folder (or its parent) cannot be written, or another run holds it.
     """
-    key = str(Path(out_dir).absolute())
+    key = os.path.realpath(out_dir)
     if key in _held or is_launched_rank():
         return
     try:
@@ -115,7 +115,7 @@ def lock_run_dir(out_dir: Path) -> None:
 
 
 def unlock_run_dir(out_dir: Path) -> None:
-    fd = _held.pop(str(Path(out_dir).absolute()), None)
+    fd = _held.pop(os.path.realpath(out_dir), None)
     if fd is not None:
         os.close(fd)  # closing the last descriptor releases the flock
 
