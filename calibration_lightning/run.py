@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from calibration_lightning.models.loading import (
     model_label,
 )
 from calibration_lightning.module import CalibrationModule, OptimSettings
+from calibration_lightning.outputs import run_state
 from calibration_lightning.outputs.files import atomic_write
 from calibration_lightning.outputs.run_outputs import (
     redacted_config,
@@ -44,7 +46,23 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run ``cfg`` and return the dict written to ``metrics.json``."""
+    """Run ``cfg`` and return the dict written to ``metrics.json`` (a finished run resumed: the one it holds).
+
+    Raises:
+        run_state.Preempted: a stop signal arrived (SIGTERM, SIGINT); the last checkpoint is saved.
+    """
+    out_dir = Path(cfg.output_dir)
+    try:
+        with run_state.stop_signals():
+            return _run(cfg)
+    except run_state.FinishedRun as e:
+        log.warning("%s", e)
+        return json.loads((out_dir / "metrics.json").read_text())
+    finally:
+        run_state.unlock_run_dir(out_dir)
+
+
+def _run(cfg: DictConfig) -> dict:
     started = time.time()
     out_dir = Path(cfg.output_dir)
     job = check_job(cfg, out_dir)  # before any model loads; Hydra's callback ran it already (the data is kept)
@@ -66,6 +84,8 @@ def run(cfg: DictConfig) -> dict:
     win_rate = build_win_rate(cfg, model, tokenizer, device(cfg)) if cfg.win_rate.enabled and is_zero else None
     extra = {"model": model_label(cfg.model), "method": cfg.method.name, "requested_method": cfg.method.name}
     extra["regime"] = evaluation.regime(before, cfg.n_bins, cfg.regime.tolerance)
+    if dm.truncation:  # prompts cut to dataset.max_length, per split: how many, and what they lost
+        extra["truncation"] = {"max_length": cfg.dataset.max_length, **dm.truncation}
     if is_zero:  # written now, so a failure during training leaves them behind
         write_phase(out_dir, "before", before, dm.records, cfg.n_bins)
         if win_rate:
@@ -74,6 +94,8 @@ def run(cfg: DictConfig) -> dict:
 
     after = before
     if methods:
+        if is_zero:
+            run_state.save_settings(out_dir, cfg)  # what resume=true is compared against
         after, chosen = train_methods(cfg, methods, model, dm, out_dir, logger, settings, extra)
         if is_zero:
             atomic_write(out_dir / "adapter", model.save_pretrained, directory=True)
@@ -92,5 +114,20 @@ def run(cfg: DictConfig) -> dict:
     summary, table = write_summary(out_dir, cfg, (before, after), dm.records, extra)
     diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
     publish_run(logger, yaml.safe_load(redacted_config(cfg)), diagrams)
+    if "truncation" in extra:
+        table += "\n" + truncation_line(extra["truncation"])
     print(f"\n{table}\n\nOutputs: {out_dir}")
     return summary
+
+
+def truncation_line(report: dict) -> str:
+    """One line of the printed table: prompts cut to ``dataset.max_length`` and what they lost, per split."""
+    parts = []
+    for split, r in report.items():
+        if split == "max_length":
+            continue
+        lost = ", ".join(
+            f"{r[k]} lost the {k[:-4].replace('_', ' ')}" for k in r if k.endswith("_cut") and k != "rows_cut" and r[k]
+        )
+        parts.append(f"{split} {r['rows_cut']}/{r['rows']}" + (f" ({lost})" if lost else ""))
+    return f"prompts cut to dataset.max_length={report['max_length']} tokens: {'; '.join(parts)}"

@@ -38,7 +38,6 @@ from calibration_lightning.errors import UserError
 log = logging.getLogger("calibration_lightning")
 
 KEYS_HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help` the options of each group"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's default, by name only
 
 
 @dataclass
@@ -79,22 +78,30 @@ def check_settings(cfg: DictConfig) -> dict:
     return build_methods(cfg)
 
 
-def check_job(cfg: DictConfig, out_dir: Path | None = None, keep: bool = False) -> Job:
+def check_job(cfg: DictConfig, out_dir: Path | None = None, keep: bool = False, claim: bool = True) -> Job:
     """Every start-up check of one job's config (without its ``hydra`` node): ``check_settings``, the run
-    directory ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data read (``job_data``, ``keep``) and
-    its splits.
+    directory ``out_dir`` (None: not checked, e.g. a DDP rank > 0: a finished run, a resume with other
+    settings), the data read (``job_data``, ``keep``) and its splits; then a resumed run's checkpoints and, with
+    ``claim``, the folder's lock (``run_state.claim_run_dir``, held until the run ends). A sweep checks its jobs
+    without ``claim``: each job takes its own folder's lock when it starts, perhaps in another process.
 
     Raises:
         UserError: the first mistake, naming its key, file or folder (``ConfigError``, ``DataError``).
+        run_state.FinishedRun: ``resume=true`` on a finished run (nothing to do).
     """
     from calibration_lightning.assembly import check_splits
+    from calibration_lightning.outputs import run_state
     from calibration_lightning.outputs.run_outputs import check_run_dir
 
     methods = check_settings(cfg)
     if out_dir is not None:
-        check_run_dir(out_dir, cfg.resume)
+        check_run_dir(out_dir, cfg.resume, cfg)
     splits, eval_sets = job_data(cfg, keep)
     check_splits(cfg, splits, methods)
+    if out_dir is not None and claim:
+        run_state.claim_run_dir(out_dir, cfg.resume)
+    elif out_dir is not None and cfg.resume and (out_dir / "checkpoints").is_dir():
+        run_state.check_checkpoints(out_dir)
     return Job(methods, splits, eval_sets)
 
 
@@ -129,9 +136,12 @@ def hydra_message(e: Exception) -> str:
 
 @contextmanager
 def reported():
-    """A user error or a config mistake raised inside: one ``error:`` line and exit 2."""
+    """A user error or a config mistake raised inside: one ``error:`` line and exit 2. ``resume=true`` on a
+    finished run: its message and exit 0, nothing rewritten."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    from calibration_lightning.outputs.run_state import FinishedRun
 
     try:
         yield
@@ -139,14 +149,12 @@ def reported():
         fail(e)
     except (HydraException, OmegaConfBaseException) as e:
         fail(hydra_message(e))
+    except FinishedRun as e:
+        print(one_line(e), file=sys.stderr)
+        sys.exit(0)
 
 
-def _is_launched_rank() -> bool:
-    """A process Lightning's DDP launcher started for rank > 0 (the run directory is rank 0's, already checked)."""
-    return any(os.environ.get(v, "0") != "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def _check_composed(config: DictConfig, out_dir: Path) -> None:
+def _check_composed(config: DictConfig, out_dir: Path, claim: bool = True) -> None:
     """``check_job`` on a composed config with its ``hydra`` node, ``${hydra:runtime.output_dir}`` = ``out_dir``
     as Hydra's run_job will set it."""
     out_dir = Path(os.path.abspath(out_dir))
@@ -158,7 +166,9 @@ def _check_composed(config: DictConfig, out_dir: Path) -> None:
         task = copy.deepcopy(config)
         with open_dict(task):
             del task["hydra"]
-        check_job(task, None if _is_launched_rank() else out_dir, keep=True)
+        from calibration_lightning.outputs.run_state import is_launched_rank
+
+        check_job(task, None if is_launched_rank() else out_dir, keep=True, claim=claim)
     finally:
         HydraConfig.instance().cfg = saved
 
@@ -169,7 +179,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    if not str(config.hydra.sweeper.get("_target_")).endswith(".BasicSweeper"):  # Hydra's default sweeper
         return None
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     params += list(config.hydra.overrides.task)
@@ -196,17 +206,38 @@ class StartupChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
+        from calibration_lightning.outputs.run_state import FinishedRun
+
         with reported():
             loader = GlobalHydra.instance().config_loader()
             for num, overrides in enumerate(sweep_jobs(config) or []):
                 job = loader.load_sweep_config(config, overrides)  # as the launcher composes each job
                 with open_dict(job):
                     job.hydra.job.num, job.hydra.job.id = num, f"check_{num}"
-                _check_composed(job, Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir))
+                try:
+                    _check_composed(job, Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir), claim=False)
+                except FinishedRun:
+                    continue  # resume=true: that job returns the results it holds
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """A job's user error: one ``error:`` line, exit 2; a stop signal: how to resume, exit 128 + signal;
+        a write that failed (full disk, ``ulimit -f``, a folder made read-only): one line, exit 2."""
+        from calibration_lightning.outputs.run_state import WRITE_ERRNOS, Preempted, resume_hint
+
         error = job_return._return_value  # the property would print Hydra's "Error executing job" line first
-        if job_return.status == JobStatus.FAILED and isinstance(error, UserError):
+        if job_return.status != JobStatus.FAILED:
+            return
+        if isinstance(error, Preempted):
+            message = resume_hint(Path(config.hydra.runtime.output_dir), error)
+            log.error("%s", message)
+            print(f"interrupted: {message}", file=sys.stderr)
+            sys.exit(error.exit_code)
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            error = UserError(
+                f"cannot write {error.filename or 'an output'} ({error.strerror}); the outputs written so far are "
+                "kept: free disk space or fix the permission, then rerun with resume=true"
+            )
+        if isinstance(error, UserError):
             log.error("%s", one_line(error))  # the job log keeps the reason
             fail(error)
 

@@ -4,16 +4,20 @@ validation split when the method selects, and the one kept (the only one, or ``m
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from calibration_lightning import evaluation
 from calibration_lightning.assembly import adapter_weights, build_trainer, set_adapter_weights
 from calibration_lightning.methods import Method, choose_method
 from calibration_lightning.models.loading import autocast_dtype, merged_adapters
 from calibration_lightning.module import CalibrationModule
+from calibration_lightning.outputs import run_state
+from calibration_lightning.outputs.checkpoints import TrainingLength
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,15 @@ def train_and_evaluate(
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
     last = ckpt_dir / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.exists() else None
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
-    training = {"epochs_run": trainer.current_epoch, "epochs_max": method.epochs, "kept_epoch": trainer.current_epoch}
+    with run_state.training():
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+        except SIGTERMException:  # Lightning's own SIGTERM stop (inside validation): the last checkpoint stands
+            raise run_state.Preempted(signal.SIGTERM) from None
+    if run_state.stop_requested():  # arrived after the last step: the epoch's checkpoint is already saved
+        raise run_state.Preempted(run_state.stop_requested())
+    epochs = next(c for c in trainer.callbacks if isinstance(c, TrainingLength)).epochs_run
+    training = {"epochs_run": epochs, "epochs_max": method.epochs, "kept_epoch": epochs}
     if method.select:
         best = torch.load(ckpt_dir / "best.ckpt", map_location="cpu", weights_only=True)
         module.load_state_dict(best["state_dict"], strict=False)  # adapters (and loss-head state) only

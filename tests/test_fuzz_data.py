@@ -133,6 +133,8 @@ def _answer_oracle(raw, n: int) -> int | None:
         s = raw.strip()
         if len(s) == 1 and s in string.ascii_letters:
             return LETTERS.index(s.upper()) if LETTERS.index(s.upper()) < n else None
+        if re.fullmatch(r"[0-9]+\.0+", s):  # "1.0", as a spreadsheet writes the index 1
+            s = s.split(".")[0]
         if s and all(c in string.digits for c in s):
             s = s.lstrip("0") or "0"
             return int(s) if len(s) < 10 and int(s) < n else None
@@ -377,7 +379,7 @@ valid_row = st.fixed_dictionaries(
 @fuzz_settings(VALID_FILE_EXAMPLES)
 @given(
     st.sampled_from(FORMATS),
-    st.lists(valid_row, min_size=1, max_size=5),
+    st.lists(valid_row, min_size=1, max_size=5, unique_by=lambda r: r.get("id", object())),  # ids are unique
     st.booleans(),
     st.booleans(),
     st.booleans(),

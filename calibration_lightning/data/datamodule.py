@@ -11,11 +11,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from calibration_lightning.data.letters import letter_token_ids
 from calibration_lightning.data.prompts import PromptFormat
-from calibration_lightning.data.records import MCRecord
+from calibration_lightning.data.records import LETTERS, MCRecord
 from calibration_lightning.data.sampling import LengthGroupedBatchSampler, LengthSortedBatches
 from calibration_lightning.data.splits import Splits
 
 log = logging.getLogger(__name__)
+
+TRUNCATED_PARTS = ("question", "gold_option", "answer_cue")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
             tokenizer, prompt.render(first, tokenizer), prompt.answer_prefix, self.k_max, prompt.adds_special_tokens
         )
         self.encoded: dict[str, EncodedSplit] = {}
+        # per split whose prompts were cut to max_length: rows, rows_cut and, per part, how many rows lost it
+        self.truncation: dict[str, dict[str, int]] = {}
         self.train_sampler: LengthGroupedBatchSampler | None = None
 
     def longest(self, split: str) -> int:
@@ -110,19 +114,39 @@ class MultipleChoiceDataModule(L.LightningDataModule):
 
     def encode(self, records: list[MCRecord], name: str) -> EncodedSplit:
         texts = [self.prompt.render(r, self.tokenizer) for r in records]
-        ids = self.tokenizer(texts, add_special_tokens=self.prompt.adds_special_tokens)["input_ids"]
-        truncated = sum(len(x) > self.max_length for x in ids)
-        if truncated:
+        fast = getattr(self.tokenizer, "is_fast", False)
+        enc = self.tokenizer(texts, add_special_tokens=self.prompt.adds_special_tokens, return_offsets_mapping=fast)
+        ids = enc["input_ids"]
+        cut = [i for i, x in enumerate(ids) if len(x) > self.max_length]
+        if cut:
+            report = {"rows": len(ids), "rows_cut": len(cut)}
+            if fast:
+                lost = [self._lost(records[i], texts[i], enc["offset_mapping"][i]) for i in cut]
+                report.update({f"{part}_cut": sum(part in parts for parts in lost) for part in TRUNCATED_PARTS})
+            self.truncation[name] = report
             log.warning(
-                "%s: %d of %d prompts are longer than dataset.max_length=%d and keep only their last tokens",
+                "%s: %d of %d prompts are longer than dataset.max_length=%d and keep only their last tokens%s",
                 name,
-                truncated,
+                len(cut),
                 len(ids),
                 self.max_length,
+                "".join(f"; {n} lost {p.replace('_', ' ')}" for p in TRUNCATED_PARTS if (n := report.get(f"{p}_cut"))),
             )
         return EncodedSplit(
             [Encoded(x[-self.max_length :], r.answer, len(r.choices), i) for i, (x, r) in enumerate(zip(ids, records))]
         )
+
+    def _lost(self, record: MCRecord, text: str, offsets) -> set[str]:
+        """Which parts of a cut prompt (``TRUNCATED_PARTS``) start before its first kept character."""
+        kept_from = offsets[-self.max_length][0]
+        question_at = text.find(record.question)
+        gold = self.prompt.choice_format.format(letter=LETTERS[record.answer], text=record.choices[record.answer])
+        starts = {
+            "question": question_at,
+            "gold_option": text.find(gold, max(question_at, 0) + len(record.question)),
+            "answer_cue": text.rfind(self.prompt.answer_cue) if self.prompt.answer_cue else -1,
+        }
+        return {part for part, at in starts.items() if 0 <= at < kept_from}
 
     def setup(self, stage: str | None = None) -> None:
         for name, records in self.records.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import re
 import string
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ def _parse_answer(value: Any, n_choices: int, where: str) -> int:
                     f"{where}: field 'answer' is the letter {text!r}, but the row has only {n_choices} choices ({last})"
                 )
             return index
+        if re.fullmatch(r"[0-9]+\.0+", text):  # "1.0": how spreadsheets write the index that JSON writes as 1.0
+            text = text.split(".")[0]
         if not text.isdigit():
             raise wrong()
         if len(text.lstrip("0")) > 3:  # out of range anyway; never convert thousands of digits
@@ -160,3 +163,21 @@ def make_record(row: Mapping[str, Any], where: str, default_id: str) -> MCRecord
         answer=answer,
         subject=subject.strip() if subject else None,
     )
+
+
+def check_unique_ids(records: list[MCRecord], wheres: list[str], source: str) -> None:
+    """Refuse two rows with the same id (``0`` and ``"0"`` are the same id): prediction rows are joined back
+    to the data by id.
+
+    Raises:
+        DataError: naming both rows and the id.
+    """
+    first: dict[str, str] = {}
+    for record, where in zip(records, wheres):
+        if record.id in first:
+            raise DataError(
+                f"{source}: {where}: id {record.id!r} is also the id of {first[record.id]} (the number 0 and the "
+                'text "0" are the same id); ids must be unique so that prediction rows can be joined back to the '
+                "data: give each row its own id, or leave the id field out"
+            )
+        first[record.id] = where

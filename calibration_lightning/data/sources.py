@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from calibration_lightning.data.records import MCRecord, make_record
+from calibration_lightning.data.records import MCRecord, check_unique_ids, make_record
 from calibration_lightning.errors import DataError
 
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
@@ -38,11 +38,13 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def _records(rows: Iterable[tuple[str, Any]], source: str) -> list[MCRecord]:
-    records = [
-        make_record(row, f"{source}: {where}", f"{Path(source).stem}-{i}") for i, (where, row) in enumerate(rows)
-    ]
+    records, wheres = [], []
+    for i, (where, row) in enumerate(rows):
+        records.append(make_record(row, f"{source}: {where}", f"{Path(source).stem}-{i}"))
+        wheres.append(where)
     if not records:
         raise DataError(f"{source}: the file holds no records")
+    check_unique_ids(records, wheres, source)
     return records
 
 
@@ -297,6 +299,8 @@ def read_records_file(path: str) -> list[MCRecord]:
         raise DataError(f"{p}: no such file (dataset.path={path})")
     if is_dir:
         raise DataError(f"{p}: is a directory, expected a data file (dataset.path={path})")
+    if not p.is_file():  # a named pipe would block the run until something writes to it
+        raise DataError(f"{p}: not a regular file (a named pipe or a device); copy the data into a file first")
     reader = _READERS.get(p.suffix.lower())
     if reader is None:
         raise DataError(f"{p}: unknown file format {p.suffix!r}; use one of {', '.join(FILE_FORMATS)}")

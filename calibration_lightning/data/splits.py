@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -17,8 +18,9 @@ class Splits:
 
 
 def _count(size: int | float, total: int, name: str) -> int:
+    """A split's size: a count, or a fraction of ``total`` rounded down (the epsilon keeps 0.29 * 100 at 29)."""
     if isinstance(size, float) and 0 < size < 1:
-        return int(round(size * total))
+        return math.floor(size * total + 1e-9)
     if size < 0 or (isinstance(size, float) and not size.is_integer()):
         raise DataError(f"dataset.split.{name}: must be a count >= 0 or a fraction in (0, 1), got {size}")
     return int(size)
@@ -27,13 +29,25 @@ def _count(size: int | float, total: int, name: str) -> int:
 def split_records(
     records: list[MCRecord], train: int | float, val: int | float, test: int | float, seed: int = 0
 ) -> Splits:
-    """Shuffle with ``seed`` and cut into train, val and test (counts or fractions of all records)."""
+    """Shuffle with ``seed`` and cut into train, val and test (counts, or fractions of all records rounded down).
+
+    Raises:
+        DataError: the sizes add up to more records than there are, naming the splits given as counts (those
+            the user can lower; fractions rounded down never overflow unless they add up to more than 1).
+    """
     n = len(records)
-    sizes = [_count(s, n, name) for s, name in ((train, "train"), (val, "val"), (test, "test"))]
+    given = {"train": train, "val": val, "test": test}
+    sizes = [_count(s, n, name) for name, s in given.items()]
     if sum(sizes) > n:
+        counts = [f"dataset.split.{k}" for k, s in given.items() if not (isinstance(s, float) and 0 < s < 1)]
+        fix = (
+            f"lower {' or '.join(c for c in counts if given[c.rsplit('.', 1)[1]])}"
+            if any(given[c.rsplit(".", 1)[1]] for c in counts)
+            else "make the fractions add up to at most 1"
+        )
         raise DataError(
             f"dataset.split asks for {sizes[0]} + {sizes[1]} + {sizes[2]} = {sum(sizes)} records, "
-            f"but the source has only {n}; lower the split sizes"
+            f"but the source has only {n}; {fix}"
         )
     order = list(range(n))
     random.Random(seed).shuffle(order)

@@ -72,6 +72,9 @@ class ModelSettings:
                 "no peft adapter there (a folder with adapter_config.json, e.g. a run's adapter/ folder, "
                 "or a hub id ORG/NAME)",
             )
+            from calibration_lightning.models.artifacts import check_adapter
+
+            check_adapter(self.adapter)  # complete and loadable, before the base model loads
 
     @classmethod
     def from_config(cls, node) -> ModelSettings:
@@ -220,7 +223,12 @@ def load_adapter(model, settings: ModelSettings):
     source = (
         str(Path(settings.adapter).expanduser()) if Path(settings.adapter).expanduser().exists() else settings.adapter
     )
-    model = PeftModel.from_pretrained(model, source, is_trainable=True, revision=settings.revision)
+    try:
+        model = PeftModel.from_pretrained(model, source, is_trainable=True, revision=settings.revision)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:  # another shape or base model: one line
+        from calibration_lightning.models.artifacts import adapter_load_error
+
+        raise adapter_load_error(e, settings.adapter, model.config.name_or_path) from None
     log.info("adapter loaded from %s (its own LoRA settings; model.lora is not used)", settings.adapter)
     return model
 

@@ -8,6 +8,7 @@ is the same code path for all of them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from calibration_lightning.errors import ConfigError
+from calibration_lightning.models.artifacts import check_model_folder, damaged_cache_file
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,24 @@ def cache_dir() -> Path:
 
 
 def _publish(build, target: Path) -> Path:
-    """Build a model folder in a temporary sibling, then rename it into place (atomic)."""
+    """Build a model folder in a temporary sibling, then rename it into place (atomic); a cached folder with
+    a damaged file (a disk that filled up, a copy cut short) is built again."""
     if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        damaged = damaged_cache_file(target)
+        if damaged is None:
+            return target
+        log.warning("%s is damaged in the model cache: building %s again", damaged, target.name)
+        aside = Path(tempfile.mkdtemp(prefix=target.name + ".damaged.", dir=target.parent))
+        try:
+            target.rename(aside / target.name)
+        except OSError:  # another process already moved or rebuilt it
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    except OSError as e:  # an unwritable or missing HOME, a read-only cache
+        raise ConfigError(_cache_unwritable(target, e)) from None
     try:
         import torch
 
@@ -48,9 +63,20 @@ def _publish(build, target: Path) -> Path:
         except OSError:  # another process published it first
             if not (target / "config.json").exists():
                 raise
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        raise ConfigError(_cache_unwritable(target, e)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _cache_unwritable(target: Path, e: OSError) -> str:
+    return (
+        f"cannot write the model cache {target.parent} ({e.strerror or e}); set CALIBRATION_LIGHTNING_CACHE "
+        "to a writable folder with room for the model"
+    )
 
 
 def pretrained(name_or_path: str) -> str:
@@ -69,6 +95,7 @@ def pretrained(name_or_path: str) -> str:
                 f"{key}: the folder {local.resolve()} holds no model (no config.json); pass a folder written by "
                 "save_pretrained (config.json, weights, tokenizer files) or a hub id ORG/NAME"
             )
+        check_model_folder(local.resolve(), key)
         return str(local.resolve())
     if local.exists():
         raise ConfigError(f"{key}: {local.resolve()} is a file; pass the model's folder or a hub id ORG/NAME")

@@ -1,0 +1,152 @@
+"""Checks of the model files a run reads, made before they load: a saved adapter (``model.adapter``), a model
+folder, the converted models in the cache. Each problem is one ``ConfigError`` naming the file and what to do,
+not a traceback from safetensors or peft after the base model has loaded."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from calibration_lightning.errors import ConfigError
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (empty, truncated, bad header), or None if it is."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "empty" if size == 0 else "truncated (no header)"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return "truncated (the header is cut)"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    except (ValueError, UnicodeDecodeError):
+        return "damaged (the header is not valid JSON)"
+    if not isinstance(header, dict):
+        return "damaged (the header is not valid JSON)"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"truncated ({size} of {need} bytes)"
+    return None
+
+
+def check_model_folder(folder: Path, key: str) -> None:
+    """Refuse a model folder whose weights are cut short (a copy or download interrupted)."""
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            raise ConfigError(f"{key}: {path} is {problem}; copy or download the model again")
+
+
+def damaged_cache_file(folder: Path) -> Path | None:
+    """The first damaged file of a converted model in the cache (weights, config, tokenizer), or None."""
+    for path in sorted(folder.glob("*.safetensors")):
+        if safetensors_problem(path):
+            return path
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.exists():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return path
+    return None
+
+
+def check_adapter(adapter: str) -> None:
+    """``model.adapter``: a local peft adapter folder, complete, or a hub adapter that can be fetched.
+
+    Raises:
+        ConfigError: naming the file (or hub id) and what to do.
+    """
+    key = f"model.adapter={adapter}"
+    folder = Path(adapter).expanduser()
+    if not folder.exists():
+        _check_hub_adapter(adapter, key)
+        return
+    config = folder / "adapter_config.json"
+    try:
+        text = config.read_text(encoding="utf-8")
+        data = json.loads(text) if text.strip() else None
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {config} ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{key}: {config} is not valid JSON ({e}); save the adapter again") from None
+    if data is None:
+        raise ConfigError(f"{key}: {config} is empty; save the adapter again (peft's save_pretrained)")
+    if not isinstance(data, dict) or not data.get("peft_type"):
+        raise ConfigError(f"{key}: {config} is not a peft adapter config (no peft_type); save the adapter again")
+    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
+    if not weights:
+        raise ConfigError(
+            f"{key}: {folder} holds no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); pass the folder "
+            "peft's save_pretrained wrote (a run's adapter/ folder)"
+        )
+    if weights[0].suffix == ".safetensors":
+        problem = safetensors_problem(weights[0])
+        if problem:
+            raise ConfigError(f"{key}: {weights[0]} is {problem}; copy or save the adapter again")
+
+
+def _check_hub_adapter(repo_id: str, key: str) -> None:
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    offline = " (HF_HUB_OFFLINE=1 forbids downloads)" if constants.HF_HUB_OFFLINE else ""
+    local_hint = "pass a local adapter folder: model.adapter=/path/to/adapter"
+    try:
+        hf_hub_download(repo_id, "adapter_config.json")
+    except HFValidationError:
+        raise ConfigError(f"{key}: neither an existing folder nor a hub id ORG/NAME; {local_hint}") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{key}: the Hugging Face hub has no adapter {repo_id} (or it is private)") from None
+    except LocalEntryNotFoundError:  # before EntryNotFoundError, its parent class
+        raise ConfigError(
+            f"{key}: cannot download {repo_id} from the Hugging Face hub{offline}, and it is not in the cache; "
+            f"check the network, or {local_hint}"
+        ) from None
+    except EntryNotFoundError:
+        raise ConfigError(f"{key}: {repo_id} on the Hugging Face hub has no adapter_config.json") from None
+    except OSError as e:  # HTTP errors and connection failures
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ConfigError(
+            f"{key}: cannot download {repo_id} from the Hugging Face hub ({reason}); {local_hint}"
+        ) from None
+
+
+def adapter_load_error(e: Exception, adapter: str, model_name: str) -> ConfigError:
+    """The one-line error for an adapter peft could not put on the base model (after ``check_adapter``)."""
+    text = " ".join(str(e).split())
+    base = ""
+    try:
+        saved = json.loads((Path(adapter).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
+        if saved.get("base_model_name_or_path"):
+            base = f" (trained on {saved['base_model_name_or_path']})"
+    except (OSError, ValueError, AttributeError):
+        pass
+    key = f"model.adapter={adapter}"
+    if "size mismatch" in text:
+        first = text[text.index("size mismatch") :][:200]
+        return ConfigError(
+            f"{key}: the adapter{base} was trained on a model of another shape than {model_name} ({first}); "
+            "use an adapter trained on this base model"
+        )
+    if "not found in the base model" in text or "Target module" in text:
+        return ConfigError(
+            f"{key}: the adapter{base} adapts modules that {model_name} does not have ({text[:200]}); "
+            "use an adapter trained on this base model"
+        )
+    return ConfigError(f"{key}: peft cannot load this adapter{base} ({type(e).__name__}: {text[:200]})")

@@ -1,0 +1,290 @@
+"""A run folder's life: one run in it at a time, resumed only with the settings it started with, its
+checkpoints checked before anything loads, and a scheduler's stop signal turned into a saved checkpoint and
+an exit code that says the run did not finish.
+
+- ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``RUN_DIR/.lock`` for the life of the process (the kernel
+  drops it when the process dies, so a killed run leaves no stuck lock); a second run there is refused.
+- ``save_settings`` / ``check_resume``: the settings that change a run's result (``RESULT_KEYS``) are saved in
+  ``.run_settings.json`` when training starts; ``resume=true`` with other values is refused, naming them.
+- ``check_checkpoints``: every ``*.ckpt`` a resumed run will read is loaded once (``weights_only``) at start-up.
+- ``stop_signals``: SIGTERM and SIGINT (and, under SLURM, the requeue signal a launcher already handles) stop
+  the run at the next training step with a checkpoint, exit ``128 + signal`` and say how to resume.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from calibration_lightning.errors import UserError
+from calibration_lightning.redaction import scrub
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+SETTINGS_NAME = ".run_settings.json"
+# Config subtrees whose values change what training computes; the keys below them that do not are left out.
+RESULT_KEYS = ("model", "dataset", "method", "trainer", "seed", "n_bins", "eval_sets")
+NEUTRAL_KEYS = frozenset(
+    {
+        "model.compile",
+        "model.gradient_checkpointing",
+        "dataset.eval_batch_size",
+        "trainer.enable_progress_bar",
+        "trainer.log_every_n_steps",
+        "trainer.checkpoint_every_n_steps",
+    }
+)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class FinishedRun(Exception):
+    """``resume=true`` in a folder whose run has finished: nothing to do (not an error)."""
+
+
+class Preempted(Exception):
+    """A stop signal arrived; ``checkpoint`` is the saved state to resume from (None: none was saved)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.checkpoint = signum, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def is_launched_rank() -> bool:
+    """A process started for a rank > 0 (Lightning's DDP launcher, torchrun, srun): rank 0 owns the folder."""
+    return any(os.environ.get(v, "0") != "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+# -- one run per folder --------------------------------------------------------------------------------------
+_held: dict[str, int] = {}
+
+
+def _unwritable(path: Path, e: OSError) -> UserError:
+    return UserError(
+        f"cannot write in the run folder {path} ({e.strerror or e}); make it writable, or choose another "
+        "hydra.run.dir (e.g. hydra.run.dir=/scratch/$USER/run)"
+    )
+
+
+def lock_run_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed, check that it is writable, and hold its lock for the life of this process.
+
+    Raises:
+        UserError: the folder (or its parent) cannot be written, or another run holds it.
+    """
+    key = os.path.realpath(out_dir)
+    if key in _held or is_launched_rank():
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise _unwritable(out_dir, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise UserError(
+            f"{out_dir} is in use by another run (process {holder or 'unknown'}); wait for it to end, or choose "
+            "another hydra.run.dir"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        probe, name = tempfile.mkstemp(prefix=".write-test.", dir=out_dir)  # the lock file may predate a chmod
+        os.close(probe)
+        os.unlink(name)
+    except OSError as e:
+        os.close(fd)
+        raise _unwritable(out_dir, e) from None
+    _held[key] = fd
+
+
+def unlock_run_dir(out_dir: Path) -> None:
+    fd = _held.pop(os.path.realpath(out_dir), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+# -- resuming with the same settings ---------------------------------------------------------------------------
+def _flatten(node, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict) and node:
+        flat = {}
+        for k, v in node.items():
+            flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return flat
+    return {prefix: node}
+
+
+def result_settings(cfg: DictConfig) -> dict[str, object]:
+    """The run's settings that change its result, flattened to dotted keys (secrets blanked)."""
+    tree = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+            for k in RESULT_KEYS if k in cfg}  # fmt: skip
+    flat = _flatten(scrub(tree))  # secret keys and URL passwords blanked
+    neutral = tuple(n + "." for n in NEUTRAL_KEYS)
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS and not k.startswith(neutral)}
+
+
+def save_settings(out_dir: Path, cfg: DictConfig) -> None:
+    """``RUN_DIR/.run_settings.json``: what a resumed run is compared against (kept when resuming)."""
+    from calibration_lightning.outputs.files import write_text
+
+    path = out_dir / SETTINGS_NAME
+    if not (cfg.resume and path.exists()):
+        write_text(path, json.dumps(result_settings(cfg), indent=1, sort_keys=True) + "\n")
+
+
+def check_resume(out_dir: Path, cfg: DictConfig) -> None:
+    """Refuse ``resume=true`` with settings that change the result, naming each key with both values.
+
+    Raises:
+        UserError: the saved settings are unreadable, or some key differs.
+    """
+    path = out_dir / SETTINGS_NAME
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); restore it from a copy of the run, or start a new run") from None
+    now = result_settings(cfg)
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "<unset>") != now.get(k, "<unset>"))
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} there, {now.get(k, '<unset>')!r} now" for k in changed[:8])
+        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise UserError(
+            f"resume=true: {out_dir} was started with other settings ({shown}{more}); resuming would mix two "
+            "runs: pass the run's own settings (see its .hydra/overrides.yaml), or start a new run in another "
+            "hydra.run.dir"
+        )
+
+
+# -- checkpoints a resumed run reads -------------------------------------------------------------------------
+def check_checkpoints(out_dir: Path) -> None:
+    """Load every checkpoint under ``out_dir/checkpoints`` once, as the resumed run will.
+
+    Raises:
+        UserError: a checkpoint is empty, truncated, not a checkpoint, or holds objects other than tensors.
+    """
+    import pickle
+
+    import torch
+
+    start_over = f"delete {out_dir / 'checkpoints'} and rerun without resume=true to train from the start"
+    for path in sorted((out_dir / "checkpoints").rglob("*.ckpt")):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Unsupported global" in str(e):  # a class or function to import: code, not tensors
+                raise UserError(
+                    f"{path}: refused: the checkpoint holds Python objects other than tensors (an unsafe pickle, "
+                    f"not written by this program); {start_over}"
+                ) from None
+            reason = "empty" if path.stat().st_size == 0 else "truncated or damaged"
+            raise UserError(f"{path}: not a readable checkpoint ({reason}); {start_over}") from None
+        except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError, KeyError) as e:
+            reason = "empty" if path.stat().st_size == 0 else "truncated or damaged"
+            raise UserError(f"{path}: not a readable checkpoint ({reason}: {type(e).__name__}); {start_over}") from None
+        needs = {"state_dict", "epoch", "global_step"} | ({"loops"} if path.name != "best.ckpt" else set())
+        if not isinstance(ckpt, dict) or not needs <= ckpt.keys():
+            raise UserError(f"{path}: not a checkpoint of this program (no {sorted(needs)}); {start_over}")
+
+
+def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None) -> None:
+    """A resumed run's settings against those it started with (read-only: a refused run writes nothing)."""
+    if resume and cfg is not None:
+        check_resume(out_dir, cfg)
+
+
+def claim_run_dir(out_dir: Path, resume: bool) -> None:
+    """The last start-up checks of a run folder, after the data's: a resumed run's checkpoints, then the
+    folder's lock (held until the process ends)."""
+    if resume and (out_dir / "checkpoints").is_dir():
+        check_checkpoints(out_dir)  # read-only; checkpoints are replaced by rename, so a running run is no harm
+    lock_run_dir(out_dir)
+
+
+# -- stop signals --------------------------------------------------------------------------------------------
+_pending: list[int] = []
+_training = [0]
+_chained: dict[int, object] = {}
+
+
+def stop_requested() -> int | None:
+    """The stop signal received while training, if any (the training loop saves and stops at the next step)."""
+    return _pending[0] if _pending else None
+
+
+def _handler(signum, frame) -> None:
+    if _training[0] and not _pending:
+        log.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
+        _pending.append(signum)
+        return
+    hand_over(signum)  # outside training (or a second signal): the last checkpoint is the one to resume from
+    raise Preempted(signum)
+
+
+def hand_over(signum: int) -> None:
+    """Call the handler a launcher installed for ``signum`` before us (submitit's requeue), if any."""
+    previous = _chained.get(signum)
+    if callable(previous):
+        previous(signum, None)
+
+
+@contextmanager
+def stop_signals():
+    """Route SIGTERM, SIGINT (and SIGUSR1/SIGUSR2 where a SLURM launcher handles them) to ``_handler``."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = [signal.SIGTERM, signal.SIGINT]
+    for extra in (signal.SIGUSR1, signal.SIGUSR2):
+        if callable(signal.getsignal(extra)) and os.environ.get("SLURM_JOB_ID"):
+            signums.append(extra)  # e.g. submitit's requeue: it runs after our checkpoint is saved
+    previous = {s: signal.getsignal(s) for s in signums}
+    _chained.update({s: h for s, h in previous.items() if s not in (signal.SIGTERM, signal.SIGINT)})
+    _pending.clear()
+    for s in signums:
+        signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        _chained.clear()
+
+
+@contextmanager
+def training():
+    """While inside, a stop signal is deferred to the next training step (``stop_requested``)."""
+    _training[0] += 1
+    try:
+        yield
+    finally:
+        _training[0] -= 1
+
+
+def resume_hint(out_dir: Path, e: Preempted) -> str:
+    saved = f"training state saved in {e.checkpoint}" if e.checkpoint else "no training step was lost to a checkpoint"
+    if not e.checkpoint and (out_dir / "checkpoints").is_dir():
+        saved = f"the last checkpoint in {out_dir / 'checkpoints'} is kept"
+    return (
+        f"stopped by {signal.Signals(e.signum).name} ({saved}); to continue, run the same command with "
+        f"resume=true hydra.run.dir={out_dir}"
+    )

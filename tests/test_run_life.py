@@ -1,0 +1,267 @@
+"""A run's life on a cluster: killed at any moment, stopped by SIGTERM, moved, resumed, started twice, pointed at
+broken checkpoints: resumed runs equal the uninterrupted one, everything else is one ``error:`` line."""
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from calibration_lightning.__main__ import check_command_line
+from calibration_lightning.errors import UserError
+from calibration_lightning.outputs import run_state
+from tests.conftest import TINY_SPLIT
+
+ROOT = Path(__file__).resolve().parent.parent
+# Early stopping ends this run before method.epochs (see test_training_length), with live LoRA dropout.
+SELECTING = [
+    "model=tiny",
+    "method=cft",
+    "method.epochs=6",
+    "method.optim.lr=2e-2",
+    "model.lora.dropout=0.1",
+    "trainer.checkpoint_every_n_steps=4",
+    "bootstrap.resamples=50",
+    "logger=csv",
+    *TINY_SPLIT,
+]
+
+
+def cli(out: Path, *extra: str, interrupt: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI on ``SELECTING`` in ``out``; ``interrupt``: ``WHERE:N:SIGNAL`` (tests/interrupt_hook.py)."""
+    entry = ["-m", "calibration_lightning"]
+    env = dict(os.environ)
+    if interrupt:
+        entry = ["-c", "import tests.interrupt_hook as h; h.main()"]
+        env["INTERRUPT_AT"] = interrupt
+    return subprocess.run(
+        [sys.executable, *entry, *SELECTING, f"hydra.run.dir={out}", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def outputs(out: Path) -> dict:
+    """What a run's result is: metrics (less the wall time), predictions and the saved adapter."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.pop("wall_time_s")
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    return {
+        "metrics": metrics,
+        "predictions": {p.name: p.read_text() for p in sorted(out.glob("predictions_*.jsonl"))},
+        "adapter": {k: v.tolist() for k, v in adapter.items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = cli(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = outputs(out)
+    training = found["metrics"]["training"]
+    assert training["epochs_run"] < 6, "the reference must stop early for the case to test its decision"
+    return found
+
+
+def test_killed_during_final_evaluation_moved_and_resumed_equals_the_uninterrupted_run(reference, tmp_path):
+    first = tmp_path / "first"
+    killed = cli(first, interrupt="evaluate:2:KILL")  # 1: before training, 2: after it, before metrics.json
+    assert killed.returncode == -9 and not (first / "metrics.json").exists()
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(first, moved)  # checkpoints record their paths relative to the folder
+
+    resumed = cli(moved, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert outputs(moved) == reference
+    assert "dirpath has changed" not in resumed.stderr
+
+    # a finished run resumed: nothing retrained, nothing rewritten
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in moved.rglob("*") if p.is_file()}
+    again = cli(moved, "resume=true")
+    assert again.returncode == 0 and "nothing to resume" in again.stderr
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in moved.rglob("*") if p.is_file()} == before
+
+
+def test_sigterm_mid_training_exits_143_and_a_copy_resumes_exactly(reference, tmp_path):
+    out = tmp_path / "run"
+    stopped = cli(out, interrupt="step:7:TERM")  # epoch 2 (6 steps an epoch), between two step checkpoints
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 7  # saved at the signal, not at the last periodic checkpoint (step 4)
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "interrupted: stopped by SIGTERM (training state saved in "
+        f"{out / 'checkpoints' / 'last.ckpt'}); to continue, run the same command with resume=true "
+        f"hydra.run.dir={out}"
+    )
+    assert not (out / "metrics.json").exists()
+    copy = tmp_path / "copied"
+    shutil.copytree(out, copy)  # training goes on in the copy: its best score must survive the new path
+    resumed = cli(copy, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "dirpath has changed" not in resumed.stderr
+    assert outputs(copy) == reference
+
+
+def test_ctrl_c_during_the_first_evaluation_exits_130(tmp_path):
+    out = tmp_path / "run"
+    stopped = cli(out, interrupt="evaluate:1:INT")
+    assert stopped.returncode == 130 and "resume=true" in stopped.stderr.splitlines()[-1]
+    assert "Traceback" not in stopped.stderr
+
+
+def test_a_second_run_in_a_busy_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(  # another process holding the lock, as a running run does
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from calibration_lightning.outputs "
+         "import run_state; run_state.lock_run_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)",
+         str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"^{out} is in use by another run \(process {holder.pid}\); wait"):
+            check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+    finally:
+        holder.kill()
+        holder.wait()
+    # a killed run leaves no stuck lock
+    check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+    run_state.unlock_run_dir(out)
+
+
+def test_the_lock_is_an_flock_on_the_run_folder(tmp_path):
+    run_state.lock_run_dir(tmp_path)
+    try:
+        with open(tmp_path / ".lock") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        run_state.unlock_run_dir(tmp_path)
+    with open(tmp_path / ".lock") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "run"  # its parent is a file: as unwritable as a read-only parent, even for root
+    with pytest.raises(UserError) as caught:
+        check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+    assert str(caught.value) == (
+        f"cannot write in the run folder {out} (Not a directory); make it writable, or choose another "
+        "hydra.run.dir (e.g. hydra.run.dir=/scratch/$USER/run)"
+    )
+
+
+def test_the_same_folder_named_two_ways_is_one_lock(tmp_path):
+    (tmp_path / "run").mkdir()
+    run_state.lock_run_dir(tmp_path / "run")
+    try:
+        run_state.lock_run_dir(tmp_path / "run" / ".." / "run")  # as Hydra and the command line may spell it
+    finally:
+        run_state.unlock_run_dir(tmp_path / "run")
+    assert not run_state._held
+
+
+def _unfinished(out: Path, *overrides: str) -> None:
+    """A run folder as a killed run leaves it: saved settings and a checkpoint folder."""
+    from hydra import compose, initialize_config_dir
+
+    from calibration_lightning.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"output_dir={out}", *SELECTING, *overrides])
+    run_state.save_settings(out, cfg)
+    (out / "checkpoints").mkdir()
+
+
+def test_resuming_with_settings_that_change_the_result_is_refused_naming_them(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    _unfinished(out)
+    written = sorted(out.rglob("*"))
+    argv = [*SELECTING, f"hydra.run.dir={out}", "resume=true"]
+    with pytest.raises(UserError) as caught:
+        check_command_line([*argv, "method.optim.lr=0.001", "seed=3", "dataset=jsonl", "dataset.path=other.jsonl"])
+    message = str(caught.value)
+    assert message.startswith(f"resume=true: {out} was started with other settings (")
+    for key in ("method.optim.lr: 0.02 there, 0.001 now", "seed: 0 there, 3 now", "dataset.path: '<unset>' there"):
+        assert key in message
+    assert "hydra.run.dir" in message
+    assert sorted(out.rglob("*")) == written  # refused before anything was written
+    # settings that do not change the result may differ
+    check_command_line([*argv, "trainer.enable_progress_bar=false", "dataset.eval_batch_size=3", "logger=none"])
+    run_state.unlock_run_dir(out)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "not a readable checkpoint (empty"),
+        (None, "not a readable checkpoint (truncated or damaged"),
+        (os.urandom(4096), "not a readable checkpoint (truncated or damaged"),
+        ("unsafe", "refused: the checkpoint holds Python objects other than tensors"),
+    ],
+)
+@pytest.mark.parametrize("name", ["last.ckpt", "best.ckpt"])
+def test_broken_checkpoints_are_refused_at_start_up(tmp_path, content, reason, name):
+    out = tmp_path / "run"
+    out.mkdir()
+    _unfinished(out)
+    good = {"state_dict": {"w": torch.ones(3)}, "epoch": 1, "global_step": 6, "loops": {}}
+    for n in ("last.ckpt", "best.ckpt"):
+        torch.save(good, out / "checkpoints" / n)
+    path = out / "checkpoints" / name
+    if content is None:  # cut in half, as a copy interrupted by a full disk
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif content == "unsafe":
+        torch.save({**good, "hook": shutil.rmtree}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError) as caught:
+        check_command_line([*SELECTING, f"hydra.run.dir={out}", "resume=true"])
+    assert str(caught.value).startswith(f"{path}: {reason}")
+    start_over = f"delete {out / 'checkpoints'} and rerun without resume=true to train from the start"
+    assert str(caught.value).endswith(start_over)
+    run_state.unlock_run_dir(out)
+
+
+def test_a_broken_checkpoint_through_the_cli_is_one_error_line(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    _unfinished(out)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 not a zip")
+    result = cli(out, "resume=true")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith(
+        f"error: {out / 'checkpoints' / 'last.ckpt'}: not a readable checkpoint"
+    )
+
+
+def test_a_file_size_limit_mid_run_is_one_error_line(tmp_path):
+    import resource
+
+    out = tmp_path / "run"
+
+    def limit() -> None:  # room for the code's caches and the log, not for a checkpoint
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "calibration_lightning", *SELECTING, f"hydra.run.dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limit,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write ") and "rerun with resume=true" in last
+    assert "Traceback" not in result.stderr
