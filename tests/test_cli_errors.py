@@ -259,7 +259,6 @@ def test_hub_dataset_not_reachable(offline_hub):
 
 
 def test_secret_overrides_move_to_the_environment(monkeypatch):
-    from calibration_lightning.redaction import hide_secret_overrides
 
     for var in [k for k in os.environ if k.startswith("CALIBRATION_LIGHTNING_SECRET_")]:
         monkeypatch.delenv(var)
