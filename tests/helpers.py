@@ -103,3 +103,16 @@ def counted_records(path: str):
 
     READS.append(path)
     return read_records_file(path)
+
+
+def startup_check(overrides: list[str]) -> None:
+    """The start-up callback's checks of one run (``startup.StartupChecks.on_run_start``) on the config that
+    ``python -m calibration_lightning OVERRIDES`` composes, in this process; raises what they raise."""
+    from hydra import compose, initialize_config_dir
+
+    from calibration_lightning.config import CONF_DIR
+    from calibration_lightning.startup import _check_composed
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        _check_composed(cfg, Path(str(cfg.hydra.run.dir)))

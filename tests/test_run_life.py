@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from calibration_lightning.__main__ import check_command_line
 from calibration_lightning.errors import UserError
 from calibration_lightning.outputs import run_state
 from tests.conftest import TINY_SPLIT
+from tests.helpers import startup_check
 
 ROOT = Path(__file__).resolve().parent.parent
 # Early stopping ends this run before method.epochs (see test_training_length), with live LoRA dropout.
@@ -132,12 +132,12 @@ def test_a_second_run_in_a_busy_folder_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(UserError, match=rf"^{out} is in use by another run \(process {holder.pid}\); wait"):
-            check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+            startup_check(["model=tiny", f"hydra.run.dir={out}"])
     finally:
         holder.kill()
         holder.wait()
     # a killed run leaves no stuck lock
-    check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+    startup_check(["model=tiny", f"hydra.run.dir={out}"])
     run_state.unlock_run_dir(out)
 
 
@@ -157,7 +157,7 @@ def test_a_run_folder_that_cannot_be_written_is_one_error(tmp_path):
     blocker.write_text("not a folder")
     out = blocker / "run"  # its parent is a file: as unwritable as a read-only parent, even for root
     with pytest.raises(UserError) as caught:
-        check_command_line(["model=tiny", f"hydra.run.dir={out}"])
+        startup_check(["model=tiny", f"hydra.run.dir={out}"])
     assert str(caught.value) == (
         f"cannot write in the run folder {out} (Not a directory); make it writable, or choose another "
         "hydra.run.dir (e.g. hydra.run.dir=/scratch/$USER/run)"
@@ -193,7 +193,7 @@ def test_resuming_with_settings_that_change_the_result_is_refused_naming_them(tm
     written = sorted(out.rglob("*"))
     argv = [*SELECTING, f"hydra.run.dir={out}", "resume=true"]
     with pytest.raises(UserError) as caught:
-        check_command_line([*argv, "method.optim.lr=0.001", "seed=3", "dataset=jsonl", "dataset.path=other.jsonl"])
+        startup_check([*argv, "method.optim.lr=0.001", "seed=3", "dataset=jsonl", "dataset.path=other.jsonl"])
     message = str(caught.value)
     assert message.startswith(f"resume=true: {out} was started with other settings (")
     for key in ("method.optim.lr: 0.02 there, 0.001 now", "seed: 0 there, 3 now", "dataset.path: '<unset>' there"):
@@ -201,7 +201,7 @@ def test_resuming_with_settings_that_change_the_result_is_refused_naming_them(tm
     assert "hydra.run.dir" in message
     assert sorted(out.rglob("*")) == written  # refused before anything was written
     # settings that do not change the result may differ
-    check_command_line([*argv, "trainer.enable_progress_bar=false", "dataset.eval_batch_size=3", "logger=none"])
+    startup_check([*argv, "trainer.enable_progress_bar=false", "dataset.eval_batch_size=3", "logger=none"])
     run_state.unlock_run_dir(out)
 
 
@@ -230,7 +230,7 @@ def test_broken_checkpoints_are_refused_at_start_up(tmp_path, content, reason, n
     else:
         path.write_bytes(content)
     with pytest.raises(UserError) as caught:
-        check_command_line([*SELECTING, f"hydra.run.dir={out}", "resume=true"])
+        startup_check([*SELECTING, f"hydra.run.dir={out}", "resume=true"])
     assert str(caught.value).startswith(f"{path}: {reason}")
     start_over = f"delete {out / 'checkpoints'} and rerun without resume=true to train from the start"
     assert str(caught.value).endswith(start_over)

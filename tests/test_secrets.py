@@ -6,11 +6,9 @@ import os
 import pytest
 from omegaconf import OmegaConf
 
-from calibration_lightning.__main__ import check_command_line
-from calibration_lightning.errors import ConfigError
 from calibration_lightning.outputs.run_outputs import redacted_config
-from calibration_lightning.redaction import is_secret_key, scrub
-from tests.test_reliability import cli
+from calibration_lightning.redaction import hide_secret_overrides, is_secret_key, scrub
+from tests.helpers import call_main, cli
 
 NASTY = "s3,cr=et]'x\"y"  # every character Hydra's override grammar treats specially
 
@@ -47,7 +45,7 @@ def test_values_with_any_character_leave_the_command_line_before_hydra_parses_it
         "-cn",
         "config",
     ]
-    hidden = check_command_line(argv)
+    hidden = hide_secret_overrides(argv)
     text = " ".join(hidden)
     assert NASTY not in text and "PA55" not in text and "quoted,value" not in text
     assert hidden[:3] == argv[:3] and hidden[-2:] == ["-cn", "config"]
@@ -56,9 +54,9 @@ def test_values_with_any_character_leave_the_command_line_before_hydra_parses_it
 
 
 def test_an_error_line_never_prints_a_secret(fresh_env, tmp_path):
-    with pytest.raises(ConfigError) as caught:
-        check_command_line([f"+judge.clientSecret={NASTY}", "method=rcfx", f"hydra.run.dir={tmp_path}"])
-    assert "Could not find 'method/rcfx'" in str(caught.value) and "s3,cr" not in str(caught.value)
+    shown = call_main(f"+judge.clientSecret={NASTY}", "method=rcfx", f"hydra.run.dir={tmp_path}")
+    assert shown.returncode == 2 and "Could not find 'method/rcfx'" in shown.stderr
+    assert "s3,cr" not in shown.stdout + shown.stderr
 
 
 def test_url_passwords_are_redacted_in_written_config():
