@@ -8,12 +8,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from calibration_lightning.calibration.bootstrap import paired_bootstrap
 from calibration_lightning.calibration.confidence import set_probabilities
 from calibration_lightning.calibration.metrics import metric
 from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.data.records import LETTERS, MCRecord
-from calibration_lightning.evaluate_predictions import phase_metrics
+from calibration_lightning.evaluate_predictions import evaluate_pair, phase_metrics
 
 Scored = dict  # letter_logits [N, K], labels [N], n_choices [N], index [N] in split order; "metrics": see below
 
@@ -89,35 +88,14 @@ def metrics(scored: Scored, n_bins: int) -> dict:
 
 def compare(before: Scored, after: Scored, n_bins: int, resamples: int, seed: int, level: float) -> dict:
     """One evaluation set's block of metrics.json, from its before and after scores: ``{"before": metrics,
-    "after": metrics, "improvement": {metric: {"difference": after - before, "ci95", "excludes_zero"}}}``, the
-    metrics those ``evaluate`` measured, with ``ci95`` (bootstrap intervals, paired: the same resampled
-    questions before and after, ``calibration.bootstrap.paired_bootstrap``) unless ``resamples`` is 0."""
-    block = {"before": dict(before["metrics"]), "after": dict(after["metrics"])}
-    paired = {}
-    if resamples > 0 and before["metrics"]["n"] > 0:
-        ci = intervals(before, after, n_bins, resamples, seed, level)
-        block["before"]["ci95"], block["after"]["ci95"], paired = ci["before"], ci["after"], ci["improvement"]
-    block["improvement"] = {
-        m: {
-            "difference": block["after"][m] - v,
-            "ci95": paired.get(m, {}).get("ci95"),
-            "excludes_zero": paired.get(m, {}).get("excludes_zero"),
-        }
-        for m, v in before["metrics"].items()
-        if m != "n"
-    }
-    return block
-
-
-def intervals(before: Scored, after: Scored, n_bins: int, resamples: int, seed: int, level: float) -> dict:
-    """Bootstrap intervals of one set's metrics before and after, and of their difference (paired: the same
-    resampled questions before and after). ``{"before": {metric: [lo, hi]}, "after": ..., "improvement":
-    {metric: {"difference", "ci95", "excludes_zero"}}}`` (``calibration.bootstrap.paired_bootstrap``)."""
+    "after": metrics, "improvement": {metric: {"difference": after - before, "ci95", "excludes_zero"}}}``, each
+    phase's metrics with ``ci95`` unless ``resamples`` is 0 (paired: the same resampled questions before and
+    after). The one computation of that block: ``evaluate_predictions.evaluate_pair``, which also scores any
+    tool's predictions."""
     if not torch.equal(before["index"], after["index"]):
         raise ValueError("before and after must score the same questions in the same order")
-    return paired_bootstrap(
-        probabilities(before), probabilities(after), before["labels"], n_bins, resamples, seed, level
-    )
+    options = {"n_bins": n_bins, "resamples": resamples, "level": level, "seed": seed}
+    return evaluate_pair(probabilities(before), probabilities(after), before["labels"], **options)
 
 
 def subject_metrics(scored: Scored, records: list[MCRecord], n_bins: int) -> dict[str, dict] | None:
