@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     args.shape = "tiny" if dry else "llama31_8b"
     args.batch, args.seq = (2, 32) if dry else (8, 256)
-    args.eval_batch, args.score_prompts = (4, 12) if dry else (32, 256)
+    args.eval_batch, args.score_prompts = (4, 32) if dry else (32, 256)
     args.rounds = args.rounds or (2 if dry else 4)
     args.steps = args.steps or (1 if dry else 5)
     quants = (args.quants or ("bf16" if dry else "bf16,nf4")).split(",")
