@@ -38,7 +38,7 @@ from calibration_lightning.errors import UserError
 log = logging.getLogger("calibration_lightning")
 
 KEYS_HINT = "`python -m calibration_lightning --cfg job` shows every key and `--help` the options of each group"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's default, by name only
+BASIC_SWEEPER = ".basic_sweeper.BasicSweeper"  # the end of the _target_ of Hydra's default sweeper
 
 
 @dataclass
@@ -169,7 +169,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    if not str(config.hydra.sweeper.get("_target_")).endswith(BASIC_SWEEPER):
         return None
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     params += list(config.hydra.overrides.task)
