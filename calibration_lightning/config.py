@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from calibration_lightning.errors import UserError, is_integer, is_number, require
-from calibration_lightning.methods import Method, Selection
+from calibration_lightning.methods import LRSearch, Method, Selection
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -43,7 +43,7 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
         require(
             "method.epochs", node.epochs, isinstance(node.epochs, int) and node.epochs >= 1, "must be an integer >= 1"
         )
-        select = node.get("select")
+        select, lr_search = node.get("select"), node.get("lr_search")
         methods[name] = Method(
             name,
             build(node.loss),
@@ -51,6 +51,7 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
             node.epochs,
             [build(c) for c in node.callbacks],
             Selection(**select) if select else None,
+            LRSearch(**lr_search) if lr_search else None,
         )
     return methods
 

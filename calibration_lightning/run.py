@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run ``cfg`` and return the dict written to ``metrics.json``."""
+    """Run ``cfg``; returns the test split's results before and after, ``metrics.json``'s other entries, and
+    ``objective``: the after-training validation conf-ECE, the value sweeps minimise (never a test metric)."""
     started = time.time()
     methods = check_config(cfg)  # every setting checked, the training methods built
     out_dir = Path(cfg.output_dir)
@@ -78,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
 
     after = before
     if methods:
-        after, chosen = train_methods(cfg, methods, model, dm, out_dir, logger, settings, extra)
+        after, chosen = train_methods(cfg, methods, model, dm, out_dir, logger, settings, extra, before)
         if is_zero:
             atomic_directory(out_dir / "adapter", model.save_pretrained)
         if win_rate:
@@ -97,4 +98,5 @@ def run(cfg: DictConfig) -> dict:
     diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
     publish_run(logger, yaml.safe_load(redacted_config(cfg)), diagrams)
     print(f"\n{table}\n\nOutputs: {out_dir}")
-    return {"before": results_before["test"], "after": results_after["test"], **extra}
+    objective = evaluation.metrics(after["val"], cfg.n_bins)["conf_ece"] if "val" in after else None
+    return {"before": results_before["test"], "after": results_after["test"], **extra, "objective": objective}
