@@ -47,7 +47,11 @@ def build_trainer(
         if method.select:  # both decide at validation end, and before last.ckpt saves their state (order kept)
             s = method.select
             stopping = EarlyStopping(
-                monitor=s.monitor, mode=s.mode, min_delta=s.min_delta, patience=s.patience, check_on_train_epoch_end=False
+                monitor=s.monitor,
+                mode=s.mode,
+                min_delta=s.min_delta,
+                patience=s.patience,
+                check_on_train_epoch_end=False,
             )
             if baseline is not None:  # the untrained model is epoch 0: patience counts from it (in state_dict)
                 stopping.best_score = torch.tensor(float(baseline))

@@ -156,3 +156,24 @@ def choose_method(
         "accuracy_tolerance": accuracy_tolerance,
         "accuracy_z": z,
     }
+
+
+def describe_training(name: str, training: dict) -> str:
+    """One line for the log and the printed table: the settings the run chose on validation."""
+    text = f"{name}: lr {training['lr']:g}"
+    if "lr_search" in training:
+        grid = ", ".join(f"{lr:g}" for lr in training["lr_search"]["lrs"])
+        text += f" (chosen on validation from {grid})"
+    text += f"; {training['epochs_run']} epoch(s) run of at most {training['epochs_max']}"
+    if "monitor" not in training:
+        return text + ", the last kept"
+    before, kept = training.get("monitor_before"), training.get("monitor_kept")
+    if training["kept_epoch"] == 0:
+        text += f"; no epoch beat the model before training on {training['monitor']}"
+        if before is not None:
+            text += f" ({before:.4f})"
+        return text + ": the untrained adapters are kept"
+    text += f", epoch {training['kept_epoch']} kept"
+    if before is not None and kept is not None:
+        text += f" ({training['monitor']} {before:.4f} before training -> {kept:.4f})"
+    return text

@@ -15,7 +15,7 @@ import torch
 from calibration_lightning import evaluation
 from calibration_lightning.assembly import adapter_weights, build_trainer, set_adapter_weights
 from calibration_lightning.lr_search import search_learning_rate
-from calibration_lightning.methods import Method, choose_method
+from calibration_lightning.methods import Method, choose_method, describe_training
 from calibration_lightning.models.loading import merged_adapters
 from calibration_lightning.module import CalibrationModule
 from calibration_lightning.outputs.files import write_json
@@ -109,7 +109,9 @@ def train_and_evaluate(
     if s and before_val is not None:
         baseline = evaluation.metrics(before_val, cfg.n_bins)[s.monitor.removeprefix("val/")]
     module = CalibrationModule(model, method.loss, dm.letter_ids, optim, cfg.n_bins)
-    trainer = build_trainer(cfg, out_dir, logger, method, ckpt_dir, validates=bool(dm.records["val"]), baseline=baseline)
+    trainer = build_trainer(
+        cfg, out_dir, logger, method, ckpt_dir, validates=bool(dm.records["val"]), baseline=baseline
+    )
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
     last = ckpt_dir / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.exists() else None
@@ -143,24 +145,3 @@ def _best_score(trainer) -> float | None:
         if isinstance(callback, BestCheckpoint) and callback.best_model_score is not None:
             return float(callback.best_model_score)
     return None
-
-
-def describe_training(name: str, training: dict) -> str:
-    """One line for the log and the printed table: the settings the run chose on validation."""
-    text = f"{name}: lr {training['lr']:g}"
-    if "lr_search" in training:
-        grid = ", ".join(f"{lr:g}" for lr in training["lr_search"]["lrs"])
-        text += f" (chosen on validation from {grid})"
-    text += f"; {training['epochs_run']} epoch(s) run of at most {training['epochs_max']}"
-    if "monitor" not in training:
-        return text + ", the last kept"
-    before, kept = training.get("monitor_before"), training.get("monitor_kept")
-    if training["kept_epoch"] == 0:
-        text += f"; no epoch beat the model before training on {training['monitor']}"
-        if before is not None:
-            text += f" ({before:.4f})"
-        return text + ": the untrained adapters are kept"
-    text += f", epoch {training['kept_epoch']} kept"
-    if before is not None and kept is not None:
-        text += f" ({training['monitor']} {before:.4f} before training -> {kept:.4f})"
-    return text
