@@ -62,11 +62,14 @@ class LRSearch:
     steps (same batches, same seed) and is scored on the validation split by ``method.select.monitor``;
     the best ``1/eta`` go on to a rung ``eta`` times longer, until one is left (Jamieson and Talwalkar
     2016; Li et al. 2018, Hyperband). The run then trains with it from the initial adapters.
+    ``method.optim.lr``, when it is one of ``lrs``, is the reference: a rung ranks it above every rate that
+    does not beat it by more than ``z`` standard errors of the paired per-question difference of the monitor.
     """
 
     lrs: list[float] = field(default_factory=lambda: [1.5e-4, 5.0e-4, 1.5e-3])
     probe_steps: int = 10
     eta: int = 3
+    z: float = 1.0
 
     def __post_init__(self) -> None:
         self.lrs = list(self.lrs)
@@ -74,6 +77,7 @@ class LRSearch:
         require("method.lr_search.lrs", self.lrs, ok, "must be a non-empty list of learning rates > 0")
         _require_positive_int("method.lr_search.probe_steps", self.probe_steps)
         _require_positive_int("method.lr_search.eta", self.eta, low=2)
+        require("method.lr_search.z", self.z, is_number(self.z) and self.z >= 0, "must be a number >= 0")
 
     def rungs(self) -> list[tuple[int, int]]:
         """``(candidates trained, steps each)`` per rung: ``len(lrs)`` at ``probe_steps``, then the best

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import calibration_lightning.lr_search as lr_search
 from calibration_lightning.methods import LRSearch, Method
@@ -26,7 +27,7 @@ def test_a_candidate_that_leads_early_can_lose_on_the_longer_rung(monkeypatch):
     monkeypatch.setattr(
         lr_search,
         "probe",
-        lambda cfg, m, model, dm, init, lr, steps, mon: calls.append((lr, steps)) or scores[(lr, steps)],
+        lambda cfg, m, model, dm, init, lr, steps, mon: calls.append((lr, steps)) or (scores[(lr, steps)], None),
     )
     monkeypatch.setattr(lr_search, "set_adapter_weights", lambda model, weights: restored.append(weights))
     method = Method("cft", None, None, 10, lr_search=LRSearch(lrs=[1e-4, 3e-4, 1e-3, 3e-3], probe_steps=5, eta=2))
@@ -41,6 +42,26 @@ def test_a_candidate_that_leads_early_can_lose_on_the_longer_rung(monkeypatch):
     assert result["chosen"] == 3e-3
 
 
+def test_the_reference_rate_stays_unless_clearly_beaten():
+    # per-question NLL of 4 questions; differences to the reference (5e-4): 1.5e-4 -> [-0.1, 0.1, -0.1, -0.3]
+    # (mean -0.1, sample sd 0.1633, SE 0.0816); 1.5e-3 -> [-0.4, -0.6, -0.5, -0.5] (mean -0.5, SE 0.0408)
+    ref = torch.tensor([1.0, 1.2, 0.8, 1.0])
+    scores = {
+        1.5e-4: (0.9, ref + torch.tensor([-0.1, 0.1, -0.1, -0.3])),
+        5e-4: (1.0, ref),
+        1.5e-3: (0.5, ref + torch.tensor([-0.4, -0.6, -0.5, -0.5])),
+    }
+    assert lr_search.paired_se(scores[1.5e-4][1], ref) == pytest.approx(0.1633 / 2, abs=1e-4)
+    # z = 1: 1.5e-3 beats the reference by 0.5 > 0.041, 1.5e-4 by 0.1 > 0.082: plain order
+    assert lr_search.rank(scores, 5e-4, 1.0, 1.0) == [1.5e-3, 1.5e-4, 5e-4]
+    # z = 2: 0.1 < 2 x 0.082, so 1.5e-4 now ranks below the reference
+    assert lr_search.rank(scores, 5e-4, 1.0, 2.0) == [1.5e-3, 5e-4, 1.5e-4]
+    # z = 20: nothing is clearly better than the reference
+    assert lr_search.rank(scores, 5e-4, 1.0, 20.0)[0] == 5e-4
+    # without a reference in the grid: best mean first
+    assert lr_search.rank(scores, None, 1.0, 20.0) == [1.5e-3, 1.5e-4, 5e-4]
+
+
 def test_run_trains_with_the_learning_rate_that_won_on_validation(make_cfg, tmp_path):
     cfg = make_cfg(
         "model=tiny",
@@ -48,6 +69,7 @@ def test_run_trains_with_the_learning_rate_that_won_on_validation(make_cfg, tmp_
         "method.epochs=2",
         "method.lr_search.lrs=[1e-6,5e-2]",
         "method.lr_search.probe_steps=3",
+        "method.lr_search.z=0",  # plain successive halving: the better mean wins
         "bootstrap.resamples=0",
         *TINY_SPLIT,
     )
