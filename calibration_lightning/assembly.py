@@ -121,12 +121,15 @@ def build_datamodule(cfg: DictConfig, splits: Splits, eval_sets: dict, tokenizer
 
 def check_splits(cfg: DictConfig, splits: Splits, methods: dict[str, Method]) -> None:
     """Refuse, before any model loads, a split the method needs that came out empty."""
-    selects = any(m.select for m in methods.values())
+    selects = any(m.select or m.lr_search for m in methods.values())
     chooses = bool(cfg.method.get("calibrator")) or len(methods) > 1 or selects
     needs = {"train": bool(methods), "val": chooses, "test": True}
     why = {"train": "trains on it", "val": "fits or chooses on it", "test": "reports on it"}
     if selects and not splits.val:
-        why["val"] += " (method.select chooses the training length; method.select=null trains method.epochs)"
+        why["val"] += (
+            " (method.select chooses the training length and method.lr_search the learning rate; "
+            "method.select=null method.lr_search=null train method.epochs at method.optim.lr)"
+        )
     for split, needed in needs.items():
         if needed and not getattr(splits, split):
             raise ConfigError(
