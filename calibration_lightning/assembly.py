@@ -32,10 +32,12 @@ def build_trainer(
     method: Method | None = None,
     ckpt_dir: Path | None = None,
     validates: bool = True,
+    baseline: float | None = None,
 ) -> L.Trainer:
     """A Lightning Trainer: for evaluation only (``method=None``), or for training ``method`` with its
     callbacks, its ``max_epochs`` and checkpoints in ``ckpt_dir``, all given to the constructor
-    (``validates``: the run has a validation split, evaluated after every epoch)."""
+    (``validates``: the run has a validation split, evaluated after every epoch; ``baseline``: the
+    selection monitor of the model before training, the score every epoch must beat)."""
     kwargs = dict(build(cfg.trainer, _convert_="all"))  # a strategy may itself be a _target_ node
     every = kwargs.pop("checkpoint_every_n_steps")
     callbacks = []
@@ -44,16 +46,16 @@ def build_trainer(
         callbacks = list(method.callbacks)
         if method.select:  # both decide at validation end, and before last.ckpt saves their state (order kept)
             s = method.select
-            callbacks += [
-                EarlyStopping(
-                    monitor=s.monitor,
-                    mode=s.mode,
-                    min_delta=s.min_delta,
-                    patience=s.patience,
-                    check_on_train_epoch_end=False,
-                ),
-                BestCheckpoint(ckpt_dir, s.monitor, s.mode, s.min_delta),
-            ]
+            stopping = EarlyStopping(
+                monitor=s.monitor,
+                mode=s.mode,
+                min_delta=s.min_delta,
+                patience=s.patience,
+                check_on_train_epoch_end=False,
+            )
+            if baseline is not None:  # the untrained model is epoch 0: patience counts from it (in state_dict)
+                stopping.best_score = torch.tensor(float(baseline))
+            callbacks += [stopping, BestCheckpoint(ckpt_dir, s.monitor, s.mode, s.min_delta, baseline)]
         callbacks += last_checkpoints(ckpt_dir, every, validates)
     # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.
     return L.Trainer(
@@ -119,12 +121,15 @@ def build_datamodule(cfg: DictConfig, splits: Splits, eval_sets: dict, tokenizer
 
 def check_splits(cfg: DictConfig, splits: Splits, methods: dict[str, Method]) -> None:
     """Refuse, before any model loads, a split the method needs that came out empty."""
-    selects = any(m.select for m in methods.values())
+    selects = any(m.select or m.lr_search for m in methods.values())
     chooses = bool(cfg.method.get("calibrator")) or len(methods) > 1 or selects
     needs = {"train": bool(methods), "val": chooses, "test": True}
     why = {"train": "trains on it", "val": "fits or chooses on it", "test": "reports on it"}
     if selects and not splits.val:
-        why["val"] += " (method.select chooses the training length; method.select=null trains method.epochs)"
+        why["val"] += (
+            " (method.select chooses the training length and method.lr_search the learning rate; "
+            "method.select=null method.lr_search=null train method.epochs at method.optim.lr)"
+        )
     for split, needed in needs.items():
         if needed and not getattr(splits, split):
             raise ConfigError(

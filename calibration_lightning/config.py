@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning import schema  # noqa: F401 (registers the schema every composition starts from)
 from calibration_lightning.errors import UserError
-from calibration_lightning.methods import Method, Selection
+from calibration_lightning.methods import LRSearch, Method, Selection
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -48,7 +48,7 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
     nodes = dict(cfg.method.get("candidates") or ({cfg.method.name: cfg.method} if cfg.method.train else {}))
     methods = {}
     for name, node in nodes.items():
-        select = node.get("select")
+        select, lr_search = node.get("select"), node.get("lr_search")
         methods[name] = Method(
             name,
             build(node.loss),
@@ -56,5 +56,6 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
             node.epochs,
             [build(c) for c in node.callbacks],
             Selection(**plain(select)) if select else None,
+            LRSearch(**plain(lr_search)) if lr_search else None,
         )
     return methods

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from calibration_lightning.calibration.metrics import METRICS
-from calibration_lightning.errors import require
+from calibration_lightning.errors import is_number, require
 
 HIGHER_IS_BETTER = ("accuracy",)
+
+
+def _require_positive_int(key: str, value, low: int = 1) -> None:  # the type: schema.py
+    require(key, value, value >= low, f"must be an integer >= {low}")
 
 
 @dataclass
 class Selection:
     """``method.select``: choose the training length on the validation split.
 
-    Validation runs after every epoch; training stops once ``monitor`` has not improved by more than
-    ``min_delta`` for ``patience`` epochs (Lightning's EarlyStopping), and the adapters of the best epoch
-    (improvements of at most ``min_delta`` do not count) are the ones kept and reported.
+    Validation runs after every epoch. The model before training counts as epoch 0: an epoch is better
+    only if it improves the best so far (epoch 0 included) by more than ``min_delta``; training stops
+    after ``patience`` epochs without such an improvement (Lightning's EarlyStopping, its best score
+    starting at the untrained model's), and the best epoch's adapters are kept, the untrained ones when no
+    epoch beat them. Patience, not a threshold, is what sees through the validation split's noise: the
+    standard error of a mean NLL over 80 questions is a few hundredths, as large as a real epoch's gain.
     """
 
     monitor: str = "val/nll"
-    min_delta: float = 0.01
-    patience: int = 1
+    min_delta: float = 0.0
+    patience: int = 2
 
     def __post_init__(self) -> None:
         allowed = [f"val/{name}" for name in METRICS]
@@ -34,11 +43,52 @@ class Selection:
     def mode(self) -> str:
         return "max" if self.monitor.removeprefix("val/") in HIGHER_IS_BETTER else "min"
 
+    def improves(self, value: float, best: float) -> bool:
+        """``value`` beats ``best`` by more than ``min_delta`` in the monitor's direction."""
+        gain = best - value if self.mode == "min" else value - best
+        return gain > self.min_delta
+
+
+@dataclass
+class LRSearch:
+    """``method.lr_search``: the learning rate chosen on the validation split by successive halving.
+
+    Every learning rate of ``lrs`` trains from the same initial adapters for ``probe_steps`` optimizer
+    steps (same batches, same seed) and is scored on the validation split by ``method.select.monitor``;
+    the best ``1/eta`` go on to a rung ``eta`` times longer, until one is left (Jamieson and Talwalkar
+    2016; Li et al. 2018, Hyperband). The run then trains with it from the initial adapters.
+    ``method.optim.lr``, when it is one of ``lrs``, is the reference: a rung ranks it above every rate that
+    does not beat it by more than ``z`` standard errors of the paired per-question difference of the monitor.
+    """
+
+    lrs: list[float] = field(default_factory=lambda: [1.5e-4, 5.0e-4, 1.5e-3])
+    probe_steps: int = 10
+    eta: int = 3
+    z: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.lrs = list(self.lrs)
+        ok = len(self.lrs) >= 1 and all(is_number(x) and x > 0 for x in self.lrs)
+        require("method.lr_search.lrs", self.lrs, ok, "must be a non-empty list of learning rates > 0")
+        _require_positive_int("method.lr_search.probe_steps", self.probe_steps)
+        _require_positive_int("method.lr_search.eta", self.eta, low=2)
+        require("method.lr_search.z", self.z, is_number(self.z) and self.z >= 0, "must be a number >= 0")
+
+    def rungs(self) -> list[tuple[int, int]]:
+        """``(candidates trained, steps each)`` per rung: ``len(lrs)`` at ``probe_steps``, then the best
+        ``ceil(n / eta)`` at ``eta`` times the steps, while more than one is left."""
+        n, steps, plan = len(self.lrs), self.probe_steps, []
+        while n > 1:
+            plan.append((n, steps))
+            n, steps = math.ceil(n / self.eta), steps * self.eta
+        return plan
+
 
 @dataclass
 class Method:
     """A training method as a run uses it: its loss head, optimizer settings, epochs (the most, with
-    ``select``), callbacks and training-length selection (None: train ``epochs``, keep the last adapters)."""
+    ``select``), callbacks, training-length selection (None: train ``epochs``, keep the last adapters) and
+    learning-rate search (None: ``optim.lr``)."""
 
     name: str
     loss: Any  # a LossHead
@@ -46,30 +96,83 @@ class Method:
     epochs: int
     callbacks: list = field(default_factory=list)
     select: Selection | None = None
+    lr_search: LRSearch | None = None
 
 
 RULE = (
-    "train each candidate from the same initial adapters; among those whose validation accuracy is within "
-    "regime.accuracy_tolerance of the best, keep the lowest validation conf-ECE (ties: the first listed)"
+    "train each candidate from the same initial adapters; a candidate is eligible unless its validation "
+    "accuracy is below the best's by more than regime.accuracy_tolerance plus method.accuracy_z standard "
+    "errors of the paired difference (the same validation questions, exact counts); among the eligible, "
+    "keep the lowest validation conf-ECE (ties: the first listed)"
 )
 
 
-def choose_method(val_metrics: dict[str, dict], accuracy_tolerance: float) -> dict:
-    """Apply ``RULE`` to each candidate's validation metrics (``{name: {"accuracy", "conf_ece", ...}}``).
+def paired_difference(best: list[bool], other: list[bool]) -> tuple[int, float]:
+    """Correct answers of ``best`` minus those of ``other`` on the same questions, and the standard error
+    of that count (from the discordant pairs: ``sqrt(b + c - (b - c)^2 / n)``, the paired, McNemar-type
+    variance of a sum of per-question differences)."""
+    if len(best) != len(other):
+        raise ValueError("candidates must be scored on the same validation questions")
+    b = sum(x and not y for x, y in zip(best, other))
+    c = sum(y and not x for x, y in zip(best, other))
+    n = len(best)
+    return b - c, math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) if n else 0.0
+
+
+def choose_method(
+    val_metrics: dict[str, dict], correct: dict[str, list[bool]], accuracy_tolerance: float, z: float = 1.96
+) -> dict:
+    """Apply ``RULE`` to each candidate's validation metrics (``{name: {"accuracy", "conf_ece", ...}}``) and
+    per-question correctness (``{name: [bool, ...]}``, the same questions in the same order).
+
+    The accuracy test uses integer counts: a loss of ``d`` questions out of ``n`` is within the tolerance
+    when ``d <= tolerance * n`` exactly (``Fraction``), so 29/100 against 31/100 is within 0.02.
 
     Returns:
-        ``{"candidates": val_metrics, "eligible": [...], "chosen": name, "rule": RULE,
-        "accuracy_tolerance": accuracy_tolerance}`` (written to metrics.json under ``auto``).
+        ``{"candidates": val_metrics, "paired": {name: {"correct", "behind_best", "se"}}, "eligible": [...],
+        "chosen": name, "rule": RULE, "accuracy_tolerance": ..., "accuracy_z": z}`` (metrics.json ``auto``).
     """
     if not val_metrics:
         raise ValueError("no candidate to choose from")
-    best = max(m["accuracy"] for m in val_metrics.values())
-    eligible = [name for name, m in val_metrics.items() if m["accuracy"] >= best - accuracy_tolerance]
+    require("method.accuracy_z", z, is_number(z) and z >= 0, "must be a number >= 0")
+    counts = {name: sum(correct[name]) for name in val_metrics}
+    leader = max(val_metrics, key=lambda name: counts[name])  # the first listed among ties
+    n = len(correct[leader])
+    allowed = Fraction(str(accuracy_tolerance)) * n
+    paired, eligible = {}, []
+    for name in val_metrics:
+        behind, se = paired_difference(correct[leader], correct[name])
+        paired[name] = {"correct": counts[name], "n": n, "behind_best": behind, "se": round(se, 4)}
+        if behind <= allowed or behind - allowed <= z * se:
+            eligible.append(name)
     chosen = min(eligible, key=lambda name: val_metrics[name]["conf_ece"])
     return {
         "candidates": val_metrics,
+        "paired": paired,
         "eligible": eligible,
         "chosen": chosen,
         "rule": RULE,
         "accuracy_tolerance": accuracy_tolerance,
+        "accuracy_z": z,
     }
+
+
+def describe_training(name: str, training: dict) -> str:
+    """One line for the log and the printed table: the settings the run chose on validation."""
+    text = f"{name}: lr {training['lr']:g}"
+    if "lr_search" in training:
+        grid = ", ".join(f"{lr:g}" for lr in training["lr_search"]["lrs"])
+        text += f" (chosen on validation from {grid})"
+    text += f"; {training['epochs_run']} epoch(s) run of at most {training['epochs_max']}"
+    if "monitor" not in training:
+        return text + ", the last kept"
+    before, kept = training.get("monitor_before"), training.get("monitor_kept")
+    if training["kept_epoch"] == 0:
+        text += f"; no epoch beat the model before training on {training['monitor']}"
+        if before is not None:
+            text += f" ({before:.4f})"
+        return text + ": the untrained adapters are kept"
+    text += f", epoch {training['kept_epoch']} kept"
+    if before is not None and kept is not None:
+        text += f" ({training['monitor']} {before:.4f} before training -> {kept:.4f})"
+    return text

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg`` and return the dict written to ``metrics.json`` (a finished run resumed: the one it holds).
+    Its ``objective`` is the after-training validation conf-ECE, the value sweeps minimise (never a test metric).
 
     Raises:
         run_state.Preempted: a stop signal arrived (SIGTERM, SIGINT); the last checkpoint is saved.
@@ -96,7 +97,7 @@ def _run(cfg: DictConfig) -> dict:
     if methods:
         if is_zero:
             run_state.save_settings(out_dir, cfg)  # what resume=true is compared against
-        after, chosen = train_methods(cfg, methods, model, dm, out_dir, logger, settings, extra)
+        after, chosen = train_methods(cfg, methods, model, dm, out_dir, logger, settings, extra, before)
         if is_zero:
             atomic_write(out_dir / "adapter", model.save_pretrained, directory=True)
         if win_rate:
@@ -110,6 +111,7 @@ def _run(cfg: DictConfig) -> dict:
     if not is_zero:
         return {}
     write_phase(out_dir, "after", after, dm.records, cfg.n_bins, before=before)
+    extra["objective"] = after["val"]["metrics"]["conf_ece"] if "val" in after else None  # what sweeps minimise
     extra["wall_time_s"] = round(time.time() - started, 1)
     summary, table = write_summary(out_dir, cfg, (before, after), dm.records, extra)
     diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}

@@ -93,8 +93,16 @@ class OptimConf:
 @dataclass
 class SelectConf:
     monitor: str = "val/nll"
-    min_delta: float = 0.01
-    patience: int = 1
+    min_delta: float = 0.0
+    patience: int = 2
+
+
+@dataclass
+class LRSearchConf:
+    lrs: list[float] = field(default_factory=lambda: [1.5e-4, 5.0e-4, 1.5e-3])
+    probe_steps: int = 10
+    eta: int = 3
+    z: float = 1.0
 
 
 @dataclass
@@ -103,6 +111,8 @@ class MethodConf:
     train: bool = False
     epochs: int = 1
     select: SelectConf | None = None
+    lr_search: LRSearchConf | None = None
+    accuracy_z: float = 1.96  # method=auto: the noise allowance of its accuracy test
     loss: Any = None
     callbacks: list[Any] = field(default_factory=list)
     calibrator: Any = None

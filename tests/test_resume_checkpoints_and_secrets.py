@@ -178,7 +178,7 @@ def test_no_validation_split(tmp_path):
     """A training method with a fixed length runs without validation; a method that chooses (its length, or
     between candidates) or fits on val is refused."""
     base = ["model=tiny", "dataset.split.train=16", "dataset.split.val=0", "dataset.split.test=16", "logger=none"]
-    trained = cli(*base, "method=cft", "method.select=null", f"hydra.run.dir={tmp_path}/cft")
+    trained = cli(*base, "method=cft", "method.select=null", "method.lr_search=null", f"hydra.run.dir={tmp_path}/cft")
     assert trained.returncode == 0, trained.stderr[-2000:]
     metrics = json.loads((tmp_path / "cft" / "metrics.json").read_text())
     assert metrics["regime"] is None and metrics["after"]["n"] == 16

@@ -94,6 +94,7 @@ def test_cft_lowers_training_loss_on_tiny(make_cfg, tmp_path):
         "method=cft",
         "method.epochs=3",
         "method.select=null",
+        "method.lr_search=null",
         "method.optim.lr=5e-3",
         "trainer.log_every_n_steps=1",
         *TINY_SPLIT,

@@ -157,9 +157,10 @@ def last_checkpoints(ckpt_dir: Path, every_n_steps: int, validates: bool) -> lis
 class BestCheckpoint(RelocatableCheckpoint):
     """``ckpt_dir/best.ckpt``: the epoch whose ``monitor`` improved on the best so far by more than
     ``min_delta``, the same test as Lightning's EarlyStopping, so the kept epoch is the one early stopping
-    counts from."""
+    counts from. ``baseline`` (the untrained model's score) is the best before the first epoch: no file is
+    written when no epoch beats it."""
 
-    def __init__(self, ckpt_dir: Path, monitor: str, mode: str, min_delta: float) -> None:
+    def __init__(self, ckpt_dir: Path, monitor: str, mode: str, min_delta: float, baseline: float | None = None):
         super().__init__(
             dirpath=ckpt_dir,
             filename="best",
@@ -169,10 +170,20 @@ class BestCheckpoint(RelocatableCheckpoint):
             enable_version_counter=False,
             save_on_train_epoch_end=False,  # at validation end, where the monitor is computed
         )
-        self.min_delta = min_delta
+        self.min_delta, self.baseline = min_delta, baseline
 
     def check_monitor_top_k(self, trainer, current: torch.Tensor | None = None) -> bool:
-        if current is None or self.best_model_score is None or not self.best_k_models:
+        best = self.best_model_score if self.best_k_models else None
+        if best is None and self.baseline is not None:
+            best = torch.tensor(self.baseline)
+        if current is None or best is None:
             return super().check_monitor_top_k(trainer, current)
-        gain = self.best_model_score - current if self.mode == "min" else current - self.best_model_score
+        gain = best - current if self.mode == "min" else current - best
         return bool(gain > self.min_delta)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.baseline = state_dict.get("baseline", self.baseline)
+        super().load_state_dict(state_dict)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from calibration_lightning import evaluation
 from calibration_lightning.calibration.bootstrap import INTERVALS
 from calibration_lightning.errors import UserError
+from calibration_lightning.methods import describe_training
 from calibration_lightning.outputs.diagrams import save_set_figure
 from calibration_lightning.outputs.files import write_json, write_jsonl, write_text
 from calibration_lightning.outputs.summary import format_comparison, format_table
@@ -127,6 +128,8 @@ def format_summary(sets: dict[str, dict], extra: dict, boot) -> str:
         )
     if "temperature" in extra:
         table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"
+    if "training" in extra:
+        table += f"\nchosen on validation: {describe_training(extra['method'], extra['training'])}"
     if "auto" in extra:
         auto = extra["auto"]
         table += "\n\nmethod=auto candidates on the validation split:\n" + format_table(
