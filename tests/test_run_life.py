@@ -196,7 +196,11 @@ def test_resuming_with_settings_that_change_the_result_is_refused_naming_them(tm
         startup_check([*argv, "method.optim.lr=0.001", "seed=3", "dataset=jsonl", "dataset.path=other.jsonl"])
     message = str(caught.value)
     assert message.startswith(f"resume=true: {out} was started with other settings (")
-    for key in ("method.optim.lr: 0.02 there, 0.001 now", "seed: 0 there, 3 now", "dataset.path: '<unset>' there"):
+    for key in (
+        "method.optim.lr: 0.02 there, 0.001 now",
+        "seed: 0 there, 3 now",
+        "dataset.path: None there, 'other.jsonl' now",
+    ):
         assert key in message
     assert "hydra.run.dir" in message
     assert sorted(out.rglob("*")) == written  # refused before anything was written
