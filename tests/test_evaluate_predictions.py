@@ -144,3 +144,8 @@ def test_cli_scores_a_real_lm_eval_run_with_lm_evals_own_accuracy(tiny_source, t
     nll = [-torch.tensor([float(r[0]) for r in row["filtered_resps"]]).double().log_softmax(0)[int(row["target"])]
            for row in logged]  # fmt: skip
     assert scored["metrics"]["nll"] == pytest.approx(float(sum(nll) / len(nll)), rel=1e-5)
+
+
+def test_no_question_is_a_value_error_not_a_crash():
+    with pytest.raises(ValueError, match=r"holds no question \(N = 0\)"):
+        evaluate_predictions(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))

@@ -32,6 +32,8 @@ def _checked(probs, labels, name: str) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{name} must be [N, K] probabilities with K >= 2 options, got shape {tuple(probs.shape)}")
     if labels.ndim != 1 or len(labels) != len(probs):
         raise ValueError(f"labels must be [N] = [{len(probs)}], got shape {tuple(labels.shape)}")
+    if len(labels) == 0:
+        raise ValueError(f"{name} holds no question (N = 0): no metric is defined")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
     if len(labels) and not bool(((labels >= 0) & (labels < probs.shape[1])).all()):

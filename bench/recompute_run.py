@@ -1,6 +1,6 @@
 """Recompute a run's metrics.json point values from its predictions_*.jsonl with plain numpy (reviewer's check).
 
-Usage: python bench/review_recompute.py RUN_DIR [METRICS_JSON]   (exit 1 when any value differs by > 1e-6)
+Usage: python bench/recompute_run.py RUN_DIR [METRICS_JSON]   (exit 1 when any value differs by > 1e-6)
 """
 
 from __future__ import annotations

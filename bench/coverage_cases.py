@@ -2,7 +2,7 @@
 
 Populations are drawn by a generator whose population binned ECE is computed here, from a 2e6-question draw with
 an unbiased within-bin U-statistic (numpy only), so nothing of the package is reused for the reference.
-Usage: python bench/review_coverage.py CELL [CELL ...] [--reps R] [--resamples B]
+Usage: python bench/coverage_cases.py CELL [CELL ...] [--reps R] [--resamples B]
 """
 
 from __future__ import annotations

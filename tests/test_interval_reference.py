@@ -50,7 +50,7 @@ def test_conf_ece_interval_covers_known_population_ece(g):
         lo, hi = evaluate_predictions(probs, labels, resamples=150, seed=rep)["ci95"]["conf_ece"]
         covered += lo <= g <= hi
         widths.append(hi - lo)
-    assert covered / reps >= 0.85  # measured 0.96-0.99 over 150 repetitions of 300 resamples (bench/review_coverage.py)
+    assert covered / reps >= 0.85  # measured 0.96-0.99 over 150 repetitions of 300 resamples (bench/coverage_cases.py)
     assert np.mean(widths) <= 0.18
 
 
