@@ -3,7 +3,7 @@
     python bench/bootstrap_bench.py                     # 14,042 questions x 4 options, 1,000 resamples
     python bench/bootstrap_bench.py --n 240 --threads 1
 
-Prints the median wall time and CPU time of ``paired_bootstrap`` (one draw of R x N resampled
+Prints the median wall time and CPU time of ``paired_intervals`` (one draw of R x N resampled
 questions; the debiased conf-ECE and cw-ECE of each resample's shrunk world, accuracy, Brier, NLL, MCE and
 adaptive ECE for all R resamples before and after; the intervals and those of the changes; the point
 differences of every metric, smECE included) and, for scale, one smECE
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from calibration_lightning.calibration.bootstrap import paired_bootstrap
+from calibration_lightning.calibration.bootstrap import paired_intervals
 from calibration_lightning.calibration.metrics import metric
 
 
@@ -38,11 +38,11 @@ def main() -> None:
     logits = torch.randn(args.n, args.k, generator=g) * 2
     labels = torch.randint(0, args.k, (args.n,), generator=g)
     before, after = torch.softmax(logits, dim=1), torch.softmax(logits / 2, dim=1)
-    paired_bootstrap(before, after, labels, 10, args.resamples)  # warm-up
+    paired_intervals(before, after, labels, 10, args.resamples)  # warm-up
     times, cpu = [], []
     for _ in range(args.repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
-        paired_bootstrap(before, after, labels, 10, args.resamples)
+        paired_intervals(before, after, labels, 10, args.resamples)
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     start = time.perf_counter()
@@ -54,7 +54,7 @@ def main() -> None:
         f"N={args.n} x K={args.k}, R={args.resamples}, torch threads {torch.get_num_threads()}, "
         f"{os.cpu_count()} CPUs, load average {load:.1f}"
     )
-    print(f"paired_bootstrap (before + after + difference, all metrics): median {statistics.median(times):.3f} s, "
+    print(f"paired_intervals (before + after + difference, all metrics): median {statistics.median(times):.3f} s, "
           f"min {min(times):.3f} s over {args.repeats}  (target < 1 s)")  # fmt: skip
     print(f"  CPU time of the process (all threads): median {statistics.median(cpu):.3f} s (wall time on a busy "
           "machine is CPU time / the share of the cores this process gets)")  # fmt: skip

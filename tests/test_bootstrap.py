@@ -15,12 +15,12 @@ from calibration_lightning.calibration.bootstrap import (
     _features,
     _scores,
     bootstrap_intervals,
-    paired_bootstrap,
     resampled_metrics,
 )
 from calibration_lightning.calibration.debiased import DebiasedECE, debiased_square, slots
 from calibration_lightning.calibration.metrics import metric
 from calibration_lightning.data.records import MCRecord
+from calibration_lightning.evaluate_predictions import evaluate_pair
 from calibration_lightning.outputs.run_outputs import write_summary
 
 
@@ -119,7 +119,7 @@ def test_seeded_and_paired():
     assert bootstrap_intervals(probs, labels, 10, 300, seed=5) != bootstrap_intervals(probs, labels, 10, 300, seed=6)
     # The same model before and after: every resample's difference is exactly 0 (paired), not the spread of two
     # independent draws.
-    same = paired_bootstrap(probs, probs, labels, 10, 300)["improvement"]
+    same = evaluate_pair(probs, probs, labels, n_bins=10, resamples=300)["improvement"]
     assert all(same[m] == {"difference": 0.0, "ci95": [0.0, 0.0], "excludes_zero": False} for m in RESAMPLED)
     assert same["smooth_ece"]["ci95"] is None  # smECE: point value only
     # After: one more question right (its gold option raised to 0.9), so the accuracy difference of a resample is
@@ -129,7 +129,7 @@ def test_seeded_and_paired():
     after = probs.clone()
     after[wrong] = 0.1 / 3
     after[wrong, labels[wrong]] = 0.9
-    d = paired_bootstrap(probs, after, labels, 10, 4000)["improvement"]["accuracy"]
+    d = evaluate_pair(probs, after, labels, n_bins=10, resamples=4000)["improvement"]["accuracy"]
     assert d["difference"] == pytest.approx(1 / 200)
     assert d["ci95"] == pytest.approx([0.0, 3 / 200], abs=1e-6)
     assert d["excludes_zero"] is False
@@ -168,9 +168,9 @@ def test_coverage_on_a_population_with_known_calibration():
     try:
         for rep in range(reps):
             before, after, labels = _population(1000, g, 0.1)
-            result = paired_bootstrap(before, after, labels, 10, n_resamples=400, seed=rep)
+            result = evaluate_pair(before, after, labels, n_bins=10, resamples=400, seed=rep)
             for name, value in truth.items():
-                lo, hi = result["before"][name]
+                lo, hi = result["before"]["ci95"][name]
                 covered[name] += lo <= value <= hi
             lo, hi = result["improvement"]["conf_ece"]["ci95"]
             covered["difference"] += lo <= 0.10354 - 0.15 <= hi

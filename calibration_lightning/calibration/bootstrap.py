@@ -29,7 +29,7 @@ from torch import Tensor
 
 from calibration_lightning.calibration.binning import bin_index
 from calibration_lightning.calibration.debiased import DebiasedECE, change_interval, interval
-from calibration_lightning.calibration.metrics import METRICS, equal_mass_ece, metric, top_label
+from calibration_lightning.calibration.metrics import METRICS, equal_mass_ece, top_label
 
 DEBIASED = {"conf_ece": "conf", "cw_ece": "cw"}  # metric -> kind of DebiasedECE
 PERCENTILE = ("accuracy", "brier", "nll", "mce", "adaptive_ece")
@@ -187,27 +187,3 @@ def paired_intervals(
         "after": _phase_intervals(after, debiased_after, level),
         "improvement": improvement,
     }
-
-
-def paired_bootstrap(
-    probs_before: Tensor,
-    probs_after: Tensor,
-    labels: Tensor,
-    n_bins: int,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, dict]:
-    """``paired_intervals`` with the point difference after - before of every metric of ``METRICS``.
-
-    Returns:
-        ``{"before": {metric: [lo, hi]}, "after": {metric: [lo, hi]}, "improvement": {metric: {"difference":
-        after - before (point values), "ci95": [lo, hi], "excludes_zero": bool}}}``; the improvement also holds
-        smooth_ece's point difference, with ``ci95`` None, and ``conf_ece_debiased`` / ``cw_ece_debiased``.
-    """
-    result = paired_intervals(probs_before, probs_after, labels, n_bins, n_resamples, seed, level)
-    improvement = result["improvement"]
-    for name in METRICS:
-        difference = float(metric(name, probs_after, labels, n_bins) - metric(name, probs_before, labels, n_bins))
-        improvement[name] = {"difference": difference, "ci95": None, "excludes_zero": None, **improvement.get(name, {})}
-    return result

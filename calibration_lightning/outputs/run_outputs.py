@@ -122,9 +122,9 @@ def format_summary(sets: dict[str, dict], extra: dict, boot) -> str:
     )
     if "ci95" in sets["test"]["before"]:
         table += (
-            f"\n[lo, hi]: {boot.level:.0%} bootstrap interval, {boot.resamples} resamples of the questions; conf-ECE"
-            " and cw-ECE: for the population l2 binned ECE\n(debiased; the plug-in value printed can sit outside it),"
-            " the others percentile. after - before: paired (the same resamples)"
+            f"\n[lo, hi]: {boot.level:.0%} bootstrap interval, {boot.resamples} resamples of the questions;"
+            "\nconf-ECE and cw-ECE: for the population l2 binned ECE (debiased; the plug-in value printed can sit"
+            " outside it),\nthe others percentile. after - before: paired (the same resamples)"
         )
     if "temperature" in extra:
         table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"
