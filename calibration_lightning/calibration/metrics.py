@@ -85,15 +85,8 @@ def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
 
     For each class j, bins all N samples by ``p_j`` and compares the fraction whose
     gold label is j with the mean ``p_j`` per bin, weighted by ``|B| / N``; the K
-    per-class errors are averaged.
-
-    Args:
-        probs: ``[N, K]`` probabilities.
-        labels: ``[N]`` gold class indices.
-        n_bins: number of equal-width bins; the last includes 1.0.
-
-    Returns:
-        0-dim tensor.
+    per-class errors are averaged. Arguments and result as ``conf_ece``: ``[N, K]`` probabilities, ``[N]`` gold
+    indices, equal-width bins (the last includes 1.0); a 0-dim tensor.
     """
     _check(probs, labels)
     n, k = probs.shape
