@@ -31,6 +31,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], directo
     try:
         write(tmp)
         os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+        for inner in tmp.rglob("*") if directory else ():  # safetensors writes its files 0600
+            os.chmod(inner, (0o777 if inner.is_dir() else 0o666) & ~_umask())
         if not directory:
             os.replace(tmp, path)
         else:  # a folder cannot be renamed over a non-empty one: the old one is moved aside first
