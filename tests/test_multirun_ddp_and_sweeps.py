@@ -5,6 +5,7 @@ import json
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from calibration_lightning.calibration.metrics import METRICS
@@ -25,8 +26,14 @@ def test_every_experiment_composes_for_each_swept_value(experiment):
         base = compose("config", overrides=[f"+experiment={experiment}", "output_dir=/tmp/x"], return_hydra_config=True)
         params = OmegaConf.to_container(base.hydra.sweeper.params) or {}
         combos = [[]]
-        for key, values in params.items():
-            combos = [c + [f"{key}={v}"] for c in combos for v in str(values).split(",")]
+        for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()]):
+            if o.is_discrete_sweep():
+                values = list(o.sweep_string_iterator())
+            elif o.is_interval_sweep():  # an Optuna search space: both ends of the interval
+                values = [str(o.value().start), str(o.value().end)]
+            else:
+                values = [o.get_value_element_as_str()]
+            combos = [c + [f"{o.get_key_element()}={v}"] for c in combos for v in values]
         for combo in combos:
             cfg = compose("config", overrides=[f"+experiment={experiment}", "output_dir=/tmp/x", *combo])
             OmegaConf.to_container(cfg, resolve=True)

@@ -29,6 +29,7 @@ def test_non_finite_loss_stops_and_keeps_outputs(make_cfg, tmp_path):
         "+method.loss.steps=4",
         "method.loss._target_=tests.helpers.NaNAfterSteps",
         "trainer.checkpoint_every_n_steps=2",
+        "method.lr_search=null",  # the stop under test is in the training proper
         *TINY_SPLIT,
     )
     with pytest.raises(TrainingError, match="non-finite .* at step 4"):

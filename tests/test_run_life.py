@@ -25,6 +25,7 @@ SELECTING = [
     "method=cft",
     "method.epochs=6",
     "method.optim.lr=2e-2",
+    "method.lr_search=null",  # signals counted from the first training step (the search has its own steps)
     "model.lora.dropout=0.1",
     "trainer.checkpoint_every_n_steps=4",
     "bootstrap.resamples=50",
