@@ -33,16 +33,20 @@ def build_trainer(
     ckpt_dir: Path | None = None,
     validates: bool = True,
     baseline: float | None = None,
+    initial: dict | None = None,
+    baseline_terms=None,
 ) -> L.Trainer:
     """A Lightning Trainer: for evaluation only (``method=None``), or for training ``method`` with its
     callbacks, its ``max_epochs`` and checkpoints in ``ckpt_dir``, all given to the constructor
     (``validates``: the run has a validation split, evaluated after every epoch; ``baseline``: the
-    selection monitor of the model before training, the score every epoch must beat)."""
+    selection monitor of the model before training, the score every epoch must beat; ``initial``: the
+    untrained adapters, where ``method.select.backtrack_factor`` goes back to when no round beat them;
+    ``baseline_terms``: the untrained model's per-question monitor terms, for backtracking's noise test)."""
     kwargs = dict(build(cfg.trainer, _convert_="all"))  # a strategy may itself be a _target_ node
     every = kwargs.pop("checkpoint_every_n_steps")
     callbacks = []
     if method is not None:
-        kwargs["max_epochs"] = method.epochs
+        kwargs["max_epochs"] = method.epochs  # passes; training.py turns them into rounds
         callbacks = list(method.callbacks)
         if method.select:  # both decide at validation end, and before last.ckpt saves their state (order kept)
             s = method.select
@@ -55,7 +59,16 @@ def build_trainer(
             )
             if baseline is not None:  # the untrained model is epoch 0: patience counts from it (in state_dict)
                 stopping.best_score = torch.tensor(float(baseline))
-            callbacks += [stopping, BestCheckpoint(ckpt_dir, s.monitor, s.mode, s.min_delta, baseline)]
+            best = BestCheckpoint(ckpt_dir, s.monitor, s.mode, s.min_delta, baseline)
+            callbacks += [stopping, best]
+            if s.backtrack_factor is not None and initial is not None:
+                from calibration_lightning.backtracking import Backtrack
+
+                callbacks.append(
+                    Backtrack(
+                        stopping, best, initial, s.backtrack_factor, s.max_backtracks, s.backtrack_z, baseline_terms
+                    )
+                )
         callbacks += last_checkpoints(ckpt_dir, every, validates)
     # Batches are sharded across ranks by our own samplers (length-grouped), not by DistributedSampler.
     return L.Trainer(

@@ -48,7 +48,8 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
     nodes = dict(cfg.method.get("candidates") or ({cfg.method.name: cfg.method} if cfg.method.train else {}))
     methods = {}
     for name, node in nodes.items():
-        select, lr_search = node.get("select"), node.get("lr_search")
+        # method=auto: a learning-rate search set on the method itself (+experiment=lr_search) is every candidate's
+        select, lr_search = node.get("select"), node.get("lr_search") or cfg.method.get("lr_search")
         methods[name] = Method(
             name,
             build(node.loss),

@@ -19,25 +19,46 @@ def _require_positive_int(key: str, value, low: int = 1) -> None:  # the type: s
 
 @dataclass
 class Selection:
-    """``method.select``: choose the training length on the validation split.
+    """``method.select``: choose the training length, and back off the learning rate, on the validation split.
 
-    Validation runs after every epoch. The model before training counts as epoch 0: an epoch is better
-    only if it improves the best so far (epoch 0 included) by more than ``min_delta``; training stops
-    after ``patience`` epochs without such an improvement (Lightning's EarlyStopping, its best score
-    starting at the untrained model's), and the best epoch's adapters are kept, the untrained ones when no
-    epoch beat them. Patience, not a threshold, is what sees through the validation split's noise: the
-    standard error of a mean NLL over 80 questions is a few hundredths, as large as a real epoch's gain.
+    Validation runs every ``every_n_steps`` optimizer steps (a round; 0: after every pass over the training
+    split). The model before training counts as round 0: a round is better only if it improves the best so
+    far (round 0 included) by more than ``min_delta``; training stops after ``patience`` rounds without such an
+    improvement (Lightning's EarlyStopping, its best score starting at the untrained model's), and the best
+    round's adapters are kept, the untrained ones when no round beat them.
+
+    ``backtrack_factor``: on a round that does not improve and is worse than the best round by more than
+    ``backtrack_z`` standard errors of the paired per-question difference of the monitor (null: any round
+    that does not improve; a round within the noise only counts toward ``patience``), training goes back to
+    the best adapters so far (the untrained ones if none) and goes on with the learning rate multiplied by
+    this factor and a fresh optimizer state (reduce-on-plateau with a return to the best weights, the
+    "newbob" schedule of speech recognition). A model for which the configured rate overshoots (validation
+    clearly worse than before training) is thus retrained from the start at a smaller rate. After
+    ``max_backtracks`` backtracks, the next such round ends training (a bound on what a plateau can cost). Patience, not a threshold,
+    is what sees through the validation split's noise: the standard error of a mean NLL over 80 questions is a
+    few hundredths, as large as a real round's gain.
     """
 
     monitor: str = "val/nll"
     min_delta: float = 0.0
     patience: int = 2
+    every_n_steps: int = 0
+    backtrack_factor: float | None = None
+    max_backtracks: int = 1
+    backtrack_z: float | None = 1.0
 
     def __post_init__(self) -> None:
         allowed = [f"val/{name}" for name in METRICS]
         require("method.select.monitor", self.monitor, self.monitor in allowed, f"allowed: {', '.join(allowed)}")
         require("method.select.min_delta", self.min_delta, self.min_delta >= 0, "must be a number >= 0")
         require("method.select.patience", self.patience, self.patience >= 1, "must be an integer >= 1")
+        _require_positive_int("method.select.every_n_steps", self.every_n_steps, low=0)
+        f = self.backtrack_factor
+        ok = f is None or (is_number(f) and 0 < f < 1)
+        require("method.select.backtrack_factor", f, ok, "must be null (no backtracking) or a number in (0, 1)")
+        _require_positive_int("method.select.max_backtracks", self.max_backtracks, low=0)
+        z = self.backtrack_z
+        require("method.select.backtrack_z", z, z is None or (is_number(z) and z >= 0), "must be null or a number >= 0")
 
     @property
     def mode(self) -> str:
@@ -163,16 +184,23 @@ def describe_training(name: str, training: dict) -> str:
     if "lr_search" in training:
         grid = ", ".join(f"{lr:g}" for lr in training["lr_search"]["lrs"])
         text += f" (chosen on validation from {grid})"
-    text += f"; {training['epochs_run']} epoch(s) run of at most {training['epochs_max']}"
+    rounds = training.get("rounds_per_epoch", 1)
+    if rounds > 1:
+        text += f"; {training['rounds_run']} round(s) of {1 / rounds:.2g} epoch run"
+    else:
+        text += f"; {training['rounds_run']} epoch(s) run"
+    text += f" of at most {training['epochs_max']} epoch(s)"
+    for b in training.get("backtracks", []):
+        text += f"; after round {b['after_round']} back to round {b['back_to_round']} at lr {b['lr']:.3g}"
     if "monitor" not in training:
         return text + ", the last kept"
     before, kept = training.get("monitor_before"), training.get("monitor_kept")
-    if training["kept_epoch"] == 0:
-        text += f"; no epoch beat the model before training on {training['monitor']}"
+    if training["kept_round"] == 0:
+        text += f"; no round beat the model before training on {training['monitor']}"
         if before is not None:
             text += f" ({before:.4f})"
         return text + ": the untrained adapters are kept"
-    text += f", epoch {training['kept_epoch']} kept"
+    text += f"; round {training['kept_round']} kept" if rounds > 1 else f"; epoch {training['kept_round']} kept"
     if before is not None and kept is not None:
         text += f" ({training['monitor']} {before:.4f} before training -> {kept:.4f})"
     return text

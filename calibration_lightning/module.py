@@ -169,13 +169,24 @@ class CalibrationModule(L.LightningModule):
         fsdp = self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
         return torch.enable_grad() if fsdp else contextlib.nullcontext()
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_parts: list[dict[str, Tensor]] = []
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         scored = self._score_batch(batch)
         self.val_metrics.update(letter_probabilities(scored["letter_logits"]), scored["labels"], scored["n_choices"])
+        self._val_parts.append({k: v.cpu() for k, v in scored.items()})
 
     def on_validation_epoch_end(self) -> None:
+        """Log the round's validation metrics; keep its scores (every process's, in split order) as
+        ``val_scored`` for the per-question noise test of backtracking."""
+        from calibration_lightning.evaluation import _gathered
+
         self.log_dict(self.val_metrics.compute(), prog_bar=False)
         self.val_metrics.reset()
+        parts = getattr(self, "_val_parts", [])
+        self.val_scored = _gathered(self.trainer, parts) if parts else None
+        self._val_parts = []
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """The scored tensors of one batch, on the CPU: what ``evaluation.evaluate`` gathers."""

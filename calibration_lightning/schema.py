@@ -95,6 +95,10 @@ class SelectConf:
     monitor: str = "val/nll"
     min_delta: float = 0.0
     patience: int = 2
+    every_n_steps: int = 0
+    backtrack_factor: float | None = None
+    max_backtracks: int = 1
+    backtrack_z: float | None = 1.0
 
 
 @dataclass

@@ -16,7 +16,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from calibration_lightning import evaluation
 from calibration_lightning.assembly import adapter_weights, build_trainer, set_adapter_weights
-from calibration_lightning.lr_search import search_learning_rate
+from calibration_lightning.backtracking import Backtrack
+from calibration_lightning.data.sampling import rounds_per_pass
+from calibration_lightning.lr_search import per_question, search_learning_rate
 from calibration_lightning.methods import Method, choose_method, describe_training
 from calibration_lightning.models.loading import autocast_dtype, merged_adapters
 from calibration_lightning.module import CalibrationModule
@@ -43,7 +45,17 @@ def train_methods(
         merge = settings.merge_for_eval if i == len(methods) - 1 else False  # bf16 unmerging is inexact
         search_file = out_dir / (f"lr_search_{name}.json" if several else "lr_search.json")
         scored[name], training[name] = train_and_evaluate(
-            cfg, method, model, dm, out_dir, ckpt_dir, logger, merge, initial, before_val, search_file,
+            cfg,
+            method,
+            model,
+            dm,
+            out_dir,
+            ckpt_dir,
+            logger,
+            merge,
+            initial,
+            before_val,
+            search_file,
             autocast_dtype(settings),
         )
         if several:
@@ -108,18 +120,31 @@ def train_and_evaluate(
     forward dtype of ``model.lora_compute``. A stop signal while training raises ``run_state.Preempted`` once
     the last checkpoint is saved. Returns the scores
     and ``training``: learning rate, epochs run, the epoch kept (0: none), the monitor before training."""
+    s = method.select
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    dm.round_batches = s.every_n_steps * accumulate if s and s.every_n_steps else 0  # validation every round
     search = chosen_learning_rate(cfg, method, model, dm, search_file or out_dir / "lr_search.json", initial)
     optim = replace(method.optim, lr=search["chosen"]) if search else method.optim
     set_adapter_weights(model, initial)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # each candidate starts alike
-    s = method.select
-    baseline = None
+    baseline = baseline_terms = None
     if s and before_val is not None:
         baseline = evaluation.metrics(before_val, cfg.n_bins)[s.monitor.removeprefix("val/")]
+        baseline_terms = per_question(before_val, s.monitor)
     module = CalibrationModule(model, method.loss, dm.letter_ids, optim, cfg.n_bins, autocast)
     trainer = build_trainer(
-        cfg, out_dir, logger, method, ckpt_dir, validates=bool(dm.records["val"]), baseline=baseline
+        cfg,
+        out_dir,
+        logger,
+        method,
+        ckpt_dir,
+        validates=bool(dm.records["val"]),
+        baseline=baseline,
+        initial=initial,
+        baseline_terms=baseline_terms,
     )
+    rounds = rounds_per_pass(len(dm.records["train"]), dm.batch_size, trainer.world_size, dm.round_batches)
+    trainer.fit_loop.max_epochs = method.epochs * rounds  # a Lightning epoch is one validation round
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
     last = ckpt_dir / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.exists() else None
@@ -130,23 +155,33 @@ def train_and_evaluate(
             raise run_state.Preempted(signal.SIGTERM) from None
     if run_state.stop_requested():  # arrived after the last step: the epoch's checkpoint is already saved
         raise run_state.Preempted(run_state.stop_requested())
-    epochs = next(c for c in trainer.callbacks if isinstance(c, TrainingLength)).epochs_run
-    training = {"lr": optim.lr, "epochs_run": epochs, "epochs_max": method.epochs, "kept_epoch": epochs}
+    run = next(c for c in trainer.callbacks if isinstance(c, TrainingLength)).epochs_run
+    training = {"lr": optim.lr, "epochs_max": method.epochs, "rounds_per_epoch": rounds, "rounds_run": run}
+    training.update(epochs_run=round(run / rounds, 4), kept_round=run)
     if search:
         training["lr_search"] = search
     if s:
         training.update(monitor=s.monitor, min_delta=s.min_delta, patience=s.patience, monitor_before=baseline)
+        backtrack = next((c for c in trainer.callbacks if isinstance(c, Backtrack)), None)
+        if backtrack is not None:
+            training.update(
+                backtrack_factor=s.backtrack_factor,
+                backtrack_z=s.backtrack_z,
+                max_backtracks=s.max_backtracks,
+                backtracks=backtrack.history,
+            )
         best_path = ckpt_dir / "best.ckpt"
         if best_path.exists():
             best = torch.load(best_path, map_location="cpu", weights_only=True)
             module.load_state_dict(best["state_dict"], strict=False)  # adapters (and loss-head state) only
-            training["kept_epoch"] = best["epoch"] + 1
+            training["kept_round"] = best["epoch"] + 1
             training["monitor_kept"] = _best_score(trainer)
-        else:  # no epoch improved on the untrained model: keep it
+        else:  # no round improved on the untrained model: keep it
             set_adapter_weights(model, initial)
-            training["kept_epoch"] = 0
+            training["kept_round"] = 0
             training["monitor_kept"] = baseline
-        training["beat_untrained"] = training["kept_epoch"] > 0
+        training["beat_untrained"] = training["kept_round"] > 0
+    training["kept_epochs"] = round(training["kept_round"] / rounds, 4)  # passes over the training split
     log.info("%s", describe_training(method.name, training))
     with merged_adapters(model, merge):
         return evaluation.evaluate(trainer, module, dm, cfg.n_bins), training

@@ -67,6 +67,7 @@ def test_run_trains_with_the_learning_rate_that_won_on_validation(make_cfg, tmp_
         "model=tiny",
         "method=cft",
         "method.epochs=2",
+        "+experiment=lr_search",
         "method.lr_search.lrs=[1e-6,5e-2]",
         "method.lr_search.probe_steps=3",
         "method.lr_search.z=0",  # plain successive halving: the better mean wins

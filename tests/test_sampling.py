@@ -60,3 +60,38 @@ def test_resume_skips_the_batches_already_trained_in_that_epoch_only():
     assert list(sampler) == full
     epoch["now"] = 2
     assert list(sampler) == sampler.batches(2)
+
+
+@pytest.mark.parametrize("world_size,round_batches", [(1, 10), (1, 7), (2, 5), (3, 100), (1, 26), (1, 14)])
+def test_rounds_cut_each_pass_into_equal_rounds_in_order(world_size, round_batches):
+    for rank in range(world_size):
+
+        def sampler(epoch, round_batches=round_batches, rank=rank):
+            return LengthGroupedBatchSampler(
+                LENGTHS,
+                4,
+                seed=0,
+                rank=rank,
+                world_size=world_size,
+                round_batches=round_batches,
+                epoch_source=lambda: epoch,
+            )
+
+        passes = [sampler(0, 0).batches(p) for p in (0, 1)]  # round_batches=0: a Lightning epoch is a pass
+        per_rank = len(passes[0])  # 26 batches dealt to world_size ranks
+        assert per_rank == -(-26 // world_size)
+        k = sampler(0).rounds_per_pass
+        assert k == (max(1, round(per_rank / round_batches)) if round_batches < per_rank else 1)
+        rounds = [list(sampler(e)) for e in range(2 * k)]
+        length = per_rank // k
+        assert all(len(r) == length == len(sampler(e)) for e, r in enumerate(rounds))  # Lightning's fixed length
+        assert [b for r in rounds[:k] for b in r] == passes[0][: k * length]  # in order, fewer than k left out
+        assert [b for r in rounds[k:] for b in r] == passes[1][: k * length] and per_rank - k * length < k
+
+
+def test_resume_inside_a_round_skips_only_that_rounds_trained_batches():
+    sampler = LengthGroupedBatchSampler(LENGTHS, 4, seed=0, round_batches=10, epoch_source=lambda: 4)
+    full = sampler.batches(4)  # round 4: the second pass's second round (26 batches: 3 rounds of 8)
+    assert full == sampler.pass_batches(1)[8:16]
+    sampler.resume_at(4, 3)
+    assert list(sampler) == full[3:]

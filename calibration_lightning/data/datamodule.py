@@ -101,6 +101,7 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         # per split whose prompts were cut to max_length: rows, rows_cut and, per part, how many rows lost it
         self.truncation: dict[str, dict[str, int]] = {}
         self.train_sampler: LengthGroupedBatchSampler | None = None
+        self.round_batches = 0  # training batches between validations (0: a pass); set by each method's training
 
     def longest(self, split: str) -> int:
         """Token length of the longest prompt of ``split`` (0 if the split is empty)."""
@@ -220,6 +221,7 @@ class MultipleChoiceDataModule(L.LightningDataModule):
                 world_size=world,
                 epoch_source=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
             )
+        self.train_sampler.round_batches = self.round_batches
         return DataLoader(data, batch_sampler=self.train_sampler, collate_fn=self.collate, generator=_own_generator())
 
     def val_dataloader(self) -> DataLoader | list:

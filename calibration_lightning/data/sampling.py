@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 
@@ -45,15 +46,29 @@ class LengthSortedBatches:
         return len(self.batches)
 
 
+def rounds_per_pass(n: int, batch_size: int, world_size: int, round_batches: int) -> int:
+    """Equal rounds of about ``round_batches`` batches (per process) in one pass over ``n`` samples: the pass
+    has ``ceil(n / batch_size)`` batches, dealt to ``world_size`` processes (``LengthGroupedBatchSampler``),
+    and is cut into ``round(per_rank / round_batches)`` rounds (at least one)."""
+    per_rank = math.ceil(math.ceil(n / batch_size) / world_size)
+    return max(1, round(per_rank / round_batches)) if 0 < round_batches < per_rank else 1
+
+
 class LengthGroupedBatchSampler:
     """Shuffled training batches of similar-length prompts, resumable mid-epoch.
 
-    Each epoch shuffles with ``seed + epoch``, sorts windows of ``batch_size * group`` samples
+    Each pass over the data shuffles with ``seed + pass``, sorts windows of ``batch_size * group`` samples
     by length, cuts them into batches and shuffles the batch order. With several processes,
     rank r takes batches r, r + world, ... (the list is padded so every rank gets as many).
 
+    A Lightning epoch is one pass, or, with ``round_batches``, one round: the pass is cut into equal rounds of
+    about ``round_batches`` batches (``rounds_per_pass``), so that validation runs after every round (Lightning
+    validates after a fixed number of batches, which must be each round's length). The few batches of a pass
+    left over by the cut (fewer than its rounds) are left out of that pass; the next pass reshuffles.
+
     Args:
         epoch_source: returns the current epoch (the Trainer's); the order depends only on it.
+        round_batches: batches per round (per process); 0 or at least a pass's batches: a round is a pass.
     """
 
     def __init__(
@@ -65,15 +80,33 @@ class LengthGroupedBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         epoch_source: Callable[[], int] | None = None,
+        round_batches: int = 0,
     ) -> None:
         self.lengths, self.batch_size, self.seed, self.group = list(lengths), batch_size, seed, group
+        self.round_batches = round_batches
         self.rank, self.world_size = rank, world_size
         self.epoch_source = epoch_source or (lambda: 0)
         self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
+    @property
+    def rounds_per_pass(self) -> int:
+        """Lightning epochs (rounds) per pass over the data."""
+        return rounds_per_pass(len(self.lengths), self.batch_size, self.world_size, self.round_batches)
+
     def batches(self, epoch: int) -> list[list[int]]:
+        """The batches of Lightning epoch ``epoch``: a pass, or one round of a pass."""
+        k = self.rounds_per_pass
+        full = self.pass_batches(epoch // k)
+        if k == 1:
+            return full
+        length = len(full) // k
+        start = (epoch % k) * length
+        return full[start : start + length]
+
+    def pass_batches(self, n: int) -> list[list[int]]:
+        """Every batch of pass ``n`` (this process's share)."""
         order = list(range(len(self.lengths)))
-        rng = random.Random(self.seed + epoch)
+        rng = random.Random(self.seed + n)
         rng.shuffle(order)
         window = self.batch_size * self.group
         batches = []
@@ -88,7 +121,7 @@ class LengthGroupedBatchSampler:
         return batches
 
     def __len__(self) -> int:
-        return len(self.batches(0))
+        return len(self.batches(0))  # a round's: every round of a pass is as long
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch_source()

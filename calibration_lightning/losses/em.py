@@ -13,7 +13,8 @@ class EStepRefresh(L.Callback):
     """Run the current model over the training split and refresh the loss head's bin statistics.
 
     Args:
-        every: ``"epoch"`` (default; the paper's alternating EM), ``"once"`` (before training only,
+        every: ``"epoch"`` (default; the paper's alternating EM: once per pass over the training split, also when
+            ``method.select.every_n_steps`` validates several times a pass), ``"once"`` (before training only,
             as the authors' code does) or an integer N (every N optimizer steps, and before training).
     """
 
@@ -38,9 +39,17 @@ class EStepRefresh(L.Callback):
         )
         module.log_dict({f"em/bin_acc_{b}": float(a) for b, a in enumerate(acc) if count[b] > 0}, rank_zero_only=True)
 
+    @staticmethod
+    def _pass(trainer: L.Trainer, epoch: int) -> int:
+        """The pass over the training split that Lightning epoch ``epoch`` belongs to (validation rounds of
+        ``method.select.every_n_steps`` make several Lightning epochs of one pass)."""
+        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
+        return epoch // (sampler.rounds_per_pass if sampler is not None else 1)
+
     def on_train_epoch_start(self, trainer: L.Trainer, module) -> None:
         head = module.loss_head
-        stale = self.every == "epoch" and head.last_estep[0] != trainer.current_epoch
+        passes = self._pass(trainer, head.last_estep[0]), self._pass(trainer, trainer.current_epoch)
+        stale = self.every == "epoch" and passes[0] != passes[1]
         if not head.fitted or stale:
             self._refresh(trainer, module)
 

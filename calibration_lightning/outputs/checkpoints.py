@@ -178,8 +178,12 @@ class BestCheckpoint(RelocatableCheckpoint):
             best = torch.tensor(self.baseline)
         if current is None or best is None:
             return super().check_monitor_top_k(trainer, current)
-        gain = best - current if self.mode == "min" else current - best
-        return bool(gain > self.min_delta)
+        # the expression of Lightning's EarlyStopping (float32 tensors, the same rounding), so both agree on
+        # every round: Backtrack reads early stopping's verdict before this checkpoint is saved
+        best = best.to(current)
+        if self.mode == "min":
+            return bool(torch.lt(current - (-self.min_delta), best))
+        return bool(torch.gt(current - self.min_delta, best))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "baseline": self.baseline}
