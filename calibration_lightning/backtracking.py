@@ -15,13 +15,14 @@ log = logging.getLogger(__name__)
 
 
 class Backtrack(Callback):
-    """After each validation round that early stopping counts as no improvement, that does not end training
-    and that is worse than the best round by more than ``z`` standard errors of the paired per-question
-    difference of the monitor (a round within that noise only counts toward early stopping's patience): load
-    the best adapters so far (``best``'s file, or ``initial`` when no round beat the untrained model),
-    multiply every learning rate by ``factor`` and clear the optimizer's moments. Once ``max_backtracks``
-    have been made, the next such round ends training instead. Monitors that are not means of per-question
-    terms (binned ECEs) have no such standard error: every round without improvement counts as worse.
+    """Backtrack after a validation round that early stopping counts as no improvement and that either is
+    worse than the best round by more than ``z`` standard errors of the paired per-question difference of the
+    monitor, or exhausts early stopping's patience (whose stop the backtrack then replaces, patience starting
+    again): load the best adapters so far (``best``'s file, or ``initial`` when no round beat the untrained
+    model), multiply every learning rate by ``factor`` and clear the optimizer's moments. A round within the
+    noise only counts toward patience. Once ``max_backtracks`` have been made, a clearly worse round ends
+    training, as patience does. Monitors that are not means of per-question terms (binned ECEs) have no such
+    standard error: every round without improvement counts as worse.
     ``baseline_terms``: the untrained model's per-question terms (round 0).
 
     Runs after ``stopping`` (listed after it) and before the round's ``last.ckpt`` is saved (Lightning saves
@@ -69,10 +70,17 @@ class Backtrack(Callback):
         if self.stopping.wait_count == 0:  # the round improved on the best so far
             self.best_terms = terms
             return
-        if trainer.should_stop or trainer.current_epoch + 1 >= trainer.max_epochs:  # no round follows
+        if trainer.current_epoch + 1 >= trainer.max_epochs:  # no round follows
             return
+        left = len(self.history) < self.max_backtracks
         noise, worse, se = self._within_noise(terms)
-        if noise:
+        if trainer.should_stop:  # early stopping's patience ran out: a backtrack left is spent instead
+            if not left:
+                return
+            trainer.should_stop = False
+            self.stopping.wait_count, self.stopping.stopped_epoch = 0, 0
+            reason = f"no improvement in {self.stopping.patience} round(s)"
+        elif noise:
             log.info(
                 "round %d did not improve %s but is within %g paired standard errors of the best (%+.4f, se %.4f): "
                 "no backtrack",
@@ -83,15 +91,17 @@ class Backtrack(Callback):
                 se,
             )
             return
-        if len(self.history) >= self.max_backtracks:
+        elif not left:
             trainer.should_stop = True  # saved with last.ckpt by TrainingLength, like early stopping's own stop
             log.info(
-                "round %d did not improve %s after %d backtrack(s): training stops",
+                "round %d is worse than the best on %s after %d backtrack(s): training stops",
                 trainer.current_epoch + 1,
                 self.stopping.monitor,
                 len(self.history),
             )
             return
+        else:
+            reason = "worse than the best" if worse == worse else "no improvement"
         path = self.best.best_model_path
         if path and Path(path).exists():
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -111,13 +121,14 @@ class Backtrack(Callback):
         for config in trainer.lr_scheduler_configs:
             config.scheduler.base_lrs = [lr0 * self.factor for lr0 in config.scheduler.base_lrs]
             lr = config.scheduler.base_lrs[0]
-        entry = {"after_round": trainer.current_epoch + 1, "back_to_round": back_to, "lr": lr}
+        entry = {"after_round": trainer.current_epoch + 1, "back_to_round": back_to, "lr": lr, "reason": reason}
         if worse == worse:  # the noise test ran (not NaN)
             entry.update(worse_by=round(worse, 6), se=round(se, 6))
         self.history.append(entry)
         log.info(
-            "round %d did not improve %s: back to round %d's adapters, learning rate now %g",
+            "round %d (%s on %s): back to round %d's adapters, learning rate now %g",
             entry["after_round"],
+            reason,
             self.stopping.monitor,
             back_to,
             lr,
