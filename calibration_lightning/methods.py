@@ -34,9 +34,10 @@ class Selection:
     this factor and a fresh optimizer state (reduce-on-plateau with a return to the best weights, the
     "newbob" schedule of speech recognition). A model for which the configured rate overshoots (validation
     clearly worse than before training) is thus retrained from the start at a smaller rate. After
-    ``max_backtracks`` backtracks, the next such round ends training (a bound on what a plateau can cost). Patience, not a threshold,
-    is what sees through the validation split's noise: the standard error of a mean NLL over 80 questions is a
-    few hundredths, as large as a real round's gain.
+    ``max_backtracks`` backtracks, the next such round ends training (a bound on what a plateau can cost).
+    When patience runs out and a backtrack is left, the backtrack replaces the stop. Patience and the noise
+    test, not a threshold, are what see through the validation split's noise: the standard error of a mean
+    NLL over 80 questions is a few hundredths, as large as a real round's gain.
     """
 
     monitor: str = "val/nll"
