@@ -48,6 +48,14 @@ def _rule(before, history, min_delta, patience, cap, lr=None, factor=None, max_b
     return min(len(history), cap), kept, backtracks
 
 
+def _selecting_run(make_cfg, tmp_path, *overrides):
+    """The tiny model trained by CFT at a rate that turns validation NLL within a few rounds; its
+    ``training`` block and validation history (``_val_history``)."""
+    run(make_cfg("model=tiny", "method=cft", "method.epochs=6", "method.optim.lr=2e-2", *overrides, *TINY_SPLIT))
+    out = tmp_path / "run"
+    return json.loads((out / "metrics.json").read_text())["training"], *_val_history(out)
+
+
 def _plain(backtracks: list[dict]) -> list[dict]:
     return [{k: b[k] for k in ("after_round", "back_to_round", "lr")} for b in backtracks]
 
@@ -177,22 +185,15 @@ def test_validation_rounds_of_every_n_steps_split_each_epoch(make_cfg, tmp_path)
 
 @pytest.mark.parametrize("factor", [0.3, 1e-7])
 def test_a_round_without_improvement_goes_back_to_the_best_adapters_at_a_smaller_rate(make_cfg, tmp_path, factor):
-    cfg = make_cfg(
-        "model=tiny",
-        "method=cft",
-        "method.epochs=6",
-        "method.optim.lr=2e-2",
+    training, before, history, after_fit = _selecting_run(
+        make_cfg,
+        tmp_path,
         "method.select.patience=3",
         "method.select.min_delta=1e-4",
         "method.select.max_backtracks=2",
         "method.select.backtrack_z=null",
         f"method.select.backtrack_factor={factor}",
-        *TINY_SPLIT,
     )
-    run(cfg)
-    out = tmp_path / "run"
-    training = json.loads((out / "metrics.json").read_text())["training"]
-    before, history, after_fit = _val_history(out)
     assert training["backtracks"], "the case must exercise a backtrack"
     rounds, kept, backtracks = _rule(before, history, 1e-4, 3, 12, 2e-2, factor, max_backtracks=2)
     assert (training["rounds_run"], training["kept_round"], _plain(training["backtracks"])) == (
@@ -254,20 +255,13 @@ def test_backtrack_loads_the_best_file_scales_every_rate_and_clears_the_moments(
 
 @pytest.mark.parametrize("z", [0.0, 1e9])
 def test_a_round_within_z_paired_standard_errors_of_the_best_only_counts_toward_patience(make_cfg, tmp_path, z):
-    cfg = make_cfg(
-        "model=tiny",
-        "method=cft",
-        "method.epochs=6",
-        "method.optim.lr=2e-2",
+    training, before, history, _ = _selecting_run(
+        make_cfg,
+        tmp_path,
         "method.select.patience=3",
         "method.select.max_backtracks=3",
         f"method.select.backtrack_z={z}",
-        *TINY_SPLIT,
     )
-    run(cfg)
-    out = tmp_path / "run"
-    training = json.loads((out / "metrics.json").read_text())["training"]
-    before, history, _ = _val_history(out)
     if z > 1e6:  # every round is within the noise: backtracks only where patience (3) runs out
         expected = _rule(before, history, 0.0, 3, 6, 2e-2, 0.3, max_backtracks=3, worse=lambda r: False)
         assert (training["rounds_run"], training["kept_round"], _plain(training["backtracks"])) == expected
