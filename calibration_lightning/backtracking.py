@@ -17,13 +17,13 @@ log = logging.getLogger(__name__)
 class Backtrack(Callback):
     """Backtrack after a validation round that early stopping counts as no improvement and that either is
     worse than the best round by more than ``z`` standard errors of the paired per-question difference of the
-    monitor, or exhausts early stopping's patience (whose stop the backtrack then replaces, patience starting
-    again): load the best adapters so far (``best``'s file, or ``initial`` when no round beat the untrained
-    model), multiply every learning rate by ``factor`` and clear the optimizer's moments. A round within the
-    noise only counts toward patience. Once ``max_backtracks`` have been made, a clearly worse round ends
-    training, as patience does. Monitors that are not means of per-question terms (binned ECEs) have no such
-    standard error: every round without improvement counts as worse.
-    ``baseline_terms``: the untrained model's per-question terms (round 0).
+    monitor, or exhausts early stopping's patience (whose stop the backtrack then replaces): load the best
+    adapters so far (``best``'s file, or ``initial`` when no round beat the untrained model), multiply every
+    learning rate by ``factor``, clear the optimizer's moments and start patience again (the smaller rate gets
+    ``patience`` rounds of its own). A round within the noise only counts toward patience. Once
+    ``max_backtracks`` have been made, a clearly worse round ends training, as patience does. Monitors that are
+    not means of per-question terms (binned ECEs) have no such standard error: every round without improvement
+    counts as worse. ``baseline_terms``: the untrained model's per-question terms (round 0).
 
     Runs after ``stopping`` (listed after it) and before the round's ``last.ckpt`` is saved (Lightning saves
     checkpoints after every other callback), so a resumed run continues from the restored adapters and rate;
@@ -78,7 +78,6 @@ class Backtrack(Callback):
             if not left:
                 return
             trainer.should_stop = False
-            self.stopping.wait_count, self.stopping.stopped_epoch = 0, 0
             reason = f"no improvement in {self.stopping.patience} round(s)"
         elif noise:
             log.info(
@@ -102,6 +101,7 @@ class Backtrack(Callback):
             return
         else:
             reason = "worse than the best" if worse == worse else "no improvement"
+        self.stopping.wait_count, self.stopping.stopped_epoch = 0, 0  # the new rate gets a whole patience
         path = self.best.best_model_path
         if path and Path(path).exists():
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -17,18 +17,28 @@ from calibration_lightning.evaluate_predictions import evaluate_pair, phase_metr
 Scored = dict  # letter_logits [N, K], labels [N], n_choices [N], index [N] in split order; "metrics": see below
 
 
-def evaluate(trainer: L.Trainer, module, datamodule, n_bins: int) -> dict[str, Scored]:
-    """Score the validation split and every test set (``test`` first) with ``trainer.predict``.
+def evaluate(
+    trainer: L.Trainer, module, datamodule, n_bins: int, val: Scored | None = None, tests: bool = True
+) -> dict[str, Scored]:
+    """Score the validation split and every test set (``test`` first) with ``trainer.predict``; ``val``: the
+    validation split's scores, already known (the kept round's validation pass), used instead of scoring it;
+    ``tests`` False: no test set (a ``method=auto`` candidate, judged on validation only).
 
     This is the one scoring path of a run: the returned tensors (gathered from every process, in split
     order) are what the prediction files are made from, and each split's ``"metrics"`` (``metrics``, computed
     here once) is what metrics.json, the diagrams' titles, the printed table and the logger report: logged
     as ``val/*``, ``test/*`` and ``test/NAME/*``.
     """
-    outputs = trainer.predict(module, datamodule=datamodule)
-    names = datamodule.predict_split_names
+    datamodule.score_val, datamodule.score_tests = val is None, tests
+    try:
+        names = datamodule.predict_split_names
+        outputs = trainer.predict(module, datamodule=datamodule) if names else []
+    finally:
+        datamodule.score_val = datamodule.score_tests = True
     per_split = outputs if len(names) > 1 else [outputs]
     scored = {name: with_metrics(_gathered(trainer, parts), n_bins) for name, parts in zip(names, per_split)}
+    if val is not None:
+        scored = {"val": with_metrics(val, n_bins), **scored}
     if trainer.logger and trainer.is_global_zero:
         logged = {}
         for name, s in scored.items():

@@ -124,8 +124,10 @@ class Method:
 RULE = (
     "train each candidate from the same initial adapters; a candidate is eligible unless its validation "
     "accuracy is below the best's by more than regime.accuracy_tolerance plus method.accuracy_z standard "
-    "errors of the paired difference (the same validation questions, exact counts); among the eligible, "
-    "keep the lowest validation conf-ECE (ties: the first listed)"
+    "errors of the paired difference (the same validation questions, exact counts); among the eligible, the one "
+    "with the lowest validation conf-ECE and every one whose conf-ECE is above it within the noise (the paired "
+    "bootstrap interval of the difference, over bootstrap.resamples resamples of the validation questions at "
+    "bootstrap.level, reaches 0) are tied; among the tied, keep the lowest validation NLL (ties: the first listed)"
 )
 
 
@@ -142,17 +144,30 @@ def paired_difference(best: list[bool], other: list[bool]) -> tuple[int, float]:
 
 
 def choose_method(
-    val_metrics: dict[str, dict], correct: dict[str, list[bool]], accuracy_tolerance: float, z: float = 1.96
+    val_metrics: dict[str, dict],
+    correct: dict[str, list[bool]],
+    accuracy_tolerance: float,
+    z: float = 1.96,
+    probabilities: dict | None = None,
+    labels=None,
+    n_bins: int = 10,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> dict:
-    """Apply ``RULE`` to each candidate's validation metrics (``{name: {"accuracy", "conf_ece", ...}}``) and
-    per-question correctness (``{name: [bool, ...]}``, the same questions in the same order).
+    """Apply ``RULE`` to each candidate's validation metrics (``{name: {"accuracy", "conf_ece", "nll", ...}}``)
+    and per-question correctness (``{name: [bool, ...]}``, the same questions in the same order).
 
     The accuracy test uses integer counts: a loss of ``d`` questions out of ``n`` is within the tolerance
     when ``d <= tolerance * n`` exactly (``Fraction``), so 29/100 against 31/100 is within 0.02.
+    ``probabilities`` (``{name: [N, K] tensor}``) and ``labels`` (``[N]``) of the validation questions feed the
+    noise test of conf-ECE (``calibration_ties``); without them, or with ``resamples`` 0, the lowest
+    validation conf-ECE among the eligible is kept.
 
     Returns:
         ``{"candidates": val_metrics, "paired": {name: {"correct", "behind_best", "se"}}, "eligible": [...],
-        "chosen": name, "rule": RULE, "accuracy_tolerance": ..., "accuracy_z": z}`` (metrics.json ``auto``).
+        "calibration": {name: {"above_lowest", "ci", "tied"}}, "tied": [...], "chosen": name, "rule": RULE,
+        "accuracy_tolerance": ..., "accuracy_z": z}`` (metrics.json ``auto``).
     """
     if not val_metrics:
         raise ValueError("no candidate to choose from")
@@ -167,16 +182,51 @@ def choose_method(
         paired[name] = {"correct": counts[name], "n": n, "behind_best": behind, "se": round(se, 4)}
         if behind <= allowed or behind - allowed <= z * se:
             eligible.append(name)
-    chosen = min(eligible, key=lambda name: val_metrics[name]["conf_ece"])
+    lowest = min(eligible, key=lambda name: val_metrics[name]["conf_ece"])
+    calibration, tied = {}, [lowest]
+    if probabilities is not None and labels is not None and resamples > 0 and len(eligible) > 1:
+        calibration = calibration_ties(
+            {name: probabilities[name] for name in eligible}, labels, lowest, n_bins, resamples, level, seed
+        )
+        tied = [name for name in eligible if calibration[name]["tied"]]
+    chosen = min(tied, key=lambda name: val_metrics[name]["nll"]) if len(tied) > 1 else lowest
     return {
         "candidates": val_metrics,
         "paired": paired,
         "eligible": eligible,
+        "calibration": calibration,
+        "tied": tied,
         "chosen": chosen,
         "rule": RULE,
         "accuracy_tolerance": accuracy_tolerance,
         "accuracy_z": z,
     }
+
+
+def calibration_ties(probabilities: dict, labels, lowest: str, n_bins: int, resamples: int, level: float, seed: int):
+    """Per candidate: its validation conf-ECE minus ``lowest``'s (``above_lowest``), the paired bootstrap
+    percentile interval of that difference (``ci``: the same ``resamples`` resamples of the questions for every
+    candidate, ``bootstrap.resampled_conf_ece``) and whether the candidate is ``tied`` with ``lowest`` (the
+    interval reaches 0; ``lowest`` is tied with itself)."""
+    import torch
+
+    from calibration_lightning.calibration.bootstrap import resampled_conf_ece
+    from calibration_lightning.calibration.metrics import metric
+
+    names = list(probabilities)
+    sets = [(probabilities[name], labels) for name in names]
+    resampled = dict(zip(names, resampled_conf_ece(sets, n_bins, resamples, seed)))
+    plug_in = {name: float(metric("conf_ece", p, labels, n_bins)) for name, p in probabilities.items()}
+    quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    result = {}
+    for name in names:
+        lo, hi = torch.quantile(resampled[name] - resampled[lowest], quantiles).tolist()
+        result[name] = {
+            "above_lowest": round(plug_in[name] - plug_in[lowest], 6),
+            "ci": [round(lo, 6), round(hi, 6)],
+            "tied": lo <= 0,
+        }
+    return result
 
 
 def describe_training(name: str, training: dict) -> str:

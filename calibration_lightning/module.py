@@ -223,7 +223,8 @@ class CalibrationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep trainable weights and loss-head buffers (never the frozen, possibly 4-bit, base) and RNG state.
+        """Keep trainable weights and loss-head buffers (never the frozen, possibly 4-bit, base), RNG state and the
+        last validation round's scores (``val_scored``).
 
         A checkpoint is never written from adapters that a non-finite loss has touched."""
         self.check_finite()
@@ -231,6 +232,9 @@ class CalibrationModule(L.LightningModule):
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")
         }
+        scored = getattr(self, "val_scored", None)
+        if scored is not None:  # the last validation round's scores: best.ckpt's are the kept round's
+            checkpoint["val_scored"] = {k: v.detach().cpu() for k, v in scored.items()}
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():  # LoRA dropout on a GPU draws from the CUDA generators
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()

@@ -21,7 +21,7 @@ from calibration_lightning.data.sampling import rounds_per_pass
 from calibration_lightning.lr_search import per_question, search_learning_rate
 from calibration_lightning.methods import Method, choose_method, describe_training
 from calibration_lightning.models.loading import autocast_dtype, merged_adapters
-from calibration_lightning.module import CalibrationModule
+from calibration_lightning.module import CalibrationModule, OptimSettings
 from calibration_lightning.outputs import run_state
 from calibration_lightning.outputs.checkpoints import TrainingLength
 from calibration_lightning.outputs.files import write_json
@@ -40,9 +40,9 @@ def train_methods(
     initial = adapter_weights(model)
     before_val = (before or {}).get("val")
     scored, weights, training = {}, {}, {}
-    for i, (name, method) in enumerate(methods.items()):
+    for name, method in methods.items():
         ckpt_dir = out_dir / "checkpoints" / (name if several else "")
-        merge = settings.merge_for_eval if i == len(methods) - 1 else False  # bf16 unmerging is inexact
+        merge = False if several else settings.merge_for_eval  # candidates only score validation, if anything
         search_file = out_dir / (f"lr_search_{name}.json" if several else "lr_search.json")
         scored[name], training[name] = train_and_evaluate(
             cfg,
@@ -57,6 +57,7 @@ def train_methods(
             before_val,
             search_file,
             autocast_dtype(settings),
+            tests=not several,  # auto scores the test sets once, with the candidate it keeps
         )
         if several:
             weights[name] = adapter_weights(model)
@@ -64,17 +65,35 @@ def train_methods(
     if several:
         val = {name: s["val"]["metrics"] for name, s in scored.items()}
         correct = {name: correct_answers(s["val"]) for name, s in scored.items()}
-        rule = choose_method(val, correct, cfg.regime.accuracy_tolerance, cfg.method.get("accuracy_z", 1.96))
+        boot = cfg.bootstrap
+        rule = choose_method(
+            val,
+            correct,
+            cfg.regime.accuracy_tolerance,
+            cfg.method.get("accuracy_z", 1.96),
+            probabilities={name: evaluation.probabilities(s["val"]) for name, s in scored.items()},
+            labels=next(iter(scored.values()))["val"]["labels"],
+            n_bins=cfg.n_bins,
+            resamples=boot.resamples,
+            level=boot.level,
+            seed=boot.seed,
+        )
         extra["auto"] = {**rule, "training": training}
         chosen = rule["chosen"]
         log.info(
-            "method=auto: validation conf-ECE %s, correct %s of %d; keeping %s",
+            "method=auto: validation conf-ECE %s (tied within the noise: %s), NLL %s, correct %s of %d; keeping %s",
             {n: round(m["conf_ece"], 4) for n, m in val.items()},
+            ", ".join(rule["tied"]),
+            {n: round(m["nll"], 4) for n, m in val.items()},
             {n: p["correct"] for n, p in rule["paired"].items()},
             len(correct[chosen]),
             chosen,
         )
         set_adapter_weights(model, weights[chosen])
+        scorer = CalibrationModule(model, None, dm.letter_ids, OptimSettings(), cfg.n_bins, autocast_dtype(settings))
+        with merged_adapters(model, settings.merge_for_eval):
+            trainer = build_trainer(cfg, out_dir, logger)
+            scored[chosen] = evaluation.evaluate(trainer, scorer, dm, cfg.n_bins, val=scored[chosen]["val"])
     extra["method"], extra["training"] = chosen, training[chosen]
     return scored[chosen], chosen
 
@@ -111,11 +130,13 @@ def train_and_evaluate(
     before_val=None,
     search_file: Path | None = None,
     autocast=None,
+    tests: bool = True,
 ) -> tuple[dict, dict]:
     """Fit ``method`` from the ``initial`` adapters (resuming from ``ckpt_dir`` when asked): its learning rate
     from ``method.lr_search``, its length from ``method.select``, which keeps the best epoch's adapters, or
     the initial ones when no epoch beat the untrained model (``before_val``: its validation scores) on the
-    monitor. Then score every evaluation split (``merge``: with the adapters folded in). ``search_file``: where
+    monitor. Then score every evaluation split (``merge``: with the adapters folded in; ``tests`` False: the
+    validation split only, whose kept round's scores are usually known already). ``search_file``: where
     the learning-rate search is kept for a resumed run (default ``out_dir/lr_search.json``); ``autocast``: the
     forward dtype of ``model.lora_compute``. A stop signal while training raises ``run_state.Preempted`` once
     the last checkpoint is saved. Returns the scores
@@ -155,6 +176,7 @@ def train_and_evaluate(
             raise run_state.Preempted(signal.SIGTERM) from None
     if run_state.stop_requested():  # arrived after the last step: the epoch's checkpoint is already saved
         raise run_state.Preempted(run_state.stop_requested())
+    kept_val = None  # the kept round's validation scores (its validation pass), when known
     run = next(c for c in trainer.callbacks if isinstance(c, TrainingLength)).epochs_run
     training = {"lr": optim.lr, "epochs_max": method.epochs, "rounds_per_epoch": rounds, "rounds_run": run}
     training.update(epochs_run=round(run / rounds, 4), kept_round=run)
@@ -174,17 +196,19 @@ def train_and_evaluate(
         if best_path.exists():
             best = torch.load(best_path, map_location="cpu", weights_only=True)
             module.load_state_dict(best["state_dict"], strict=False)  # adapters (and loss-head state) only
+            kept_val = best.get("val_scored")
             training["kept_round"] = best["epoch"] + 1
             training["monitor_kept"] = _best_score(trainer)
         else:  # no round improved on the untrained model: keep it
             set_adapter_weights(model, initial)
+            kept_val = before_val
             training["kept_round"] = 0
             training["monitor_kept"] = baseline
         training["beat_untrained"] = training["kept_round"] > 0
     training["kept_epochs"] = round(training["kept_round"] / rounds, 4)  # passes over the training split
     log.info("%s", describe_training(method.name, training))
-    with merged_adapters(model, merge):
-        return evaluation.evaluate(trainer, module, dm, cfg.n_bins), training
+    with merged_adapters(model, merge):  # the validation split is not scored again when its scores are known
+        return evaluation.evaluate(trainer, module, dm, cfg.n_bins, val=kept_val, tests=tests), training
 
 
 def _best_score(trainer) -> float | None:

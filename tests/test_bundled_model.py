@@ -37,8 +37,8 @@ def test_short_cft_run_on_smollm2_moves_calibration(make_cfg, tmp_path):
         "dataset.split.val=16",
         "dataset.split.test=32",
         "dataset.source.max_question_chars=120",
-        "method.epochs=2",  # at most 4 rounds of 3 steps: the real model through rounds, backtracking and selection
-        "method.select.every_n_steps=3",
+        "method.epochs=2",  # at most 4 rounds of 6 steps of 4: the real model through rounds, backtracking, selection
+        "method.select.every_n_steps=6",
     )
     result = run(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

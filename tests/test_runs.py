@@ -1,5 +1,6 @@
 """Whole runs on the tiny model through the real configs: every method writes the same outputs."""
 
+import csv
 import json
 
 import pytest
@@ -70,6 +71,9 @@ def test_auto_candidates_equal_the_standalone_runs(make_cfg, tmp_path):
     for key, value in kept.items():  # smECE and the intervals are float64 of float32 probabilities: last bits
         expected = {m: pytest.approx(ci, abs=1e-6) for m, ci in value.items()} if key == "ci95" else value
         assert auto["after"][key] == (expected if key == "ci95" else pytest.approx(expected, abs=1e-6)), key
+    # the test split is scored twice, before training and with the kept candidate, never with the other one
+    logged = [r for r in csv.DictReader((tmp_path / "auto" / "logs" / "metrics.csv").open()) if r.get("test/conf_ece")]
+    assert len(logged) == 2 and float(logged[-1]["test/conf_ece"]) == pytest.approx(kept["conf_ece"], abs=1e-6)
     for m in ("cft", "rcft"):  # a candidate's validation metrics = the standalone run's last logged val metrics
         header, *lines = (tmp_path / m / "logs" / "metrics.csv").read_text().splitlines()
         cols = header.split(",")

@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.run import run
@@ -25,7 +26,8 @@ def _rule(before, history, min_delta, patience, cap, lr=None, factor=None, max_b
     it (independent of Lightning): the model before training is round 0; a round that does not improve the
     best by more than ``min_delta`` backtracks (with ``factor``, while backtracks are left) when it is
     ``worse`` (clearly worse than the best) or when it is the ``patience``-th such round in a row, whose stop
-    the backtrack replaces; with no backtrack left either ends training. No backtrack after the last round."""
+    the backtrack replaces, and patience starts again; with no backtrack left either ends training. No
+    backtrack after the last round."""
     best, kept, waited, backtracks = before, 0, 0, []
     for r, value in enumerate(history, start=1):
         if best - value > min_delta:
@@ -38,12 +40,12 @@ def _rule(before, history, min_delta, patience, cap, lr=None, factor=None, max_b
         if waited >= patience:
             if not left:
                 return r, kept, backtracks
-            waited = 0
         elif factor is None or not worse(r):
             continue
         elif not left:
             return r, kept, backtracks
         lr *= factor
+        waited = 0  # the smaller rate gets a whole patience
         backtracks.append({"after_round": r, "back_to_round": kept, "lr": pytest.approx(lr)})
     return min(len(history), cap), kept, backtracks
 
@@ -88,6 +90,16 @@ def test_training_stops_when_validation_nll_stops_improving_and_keeps_the_best_e
     kept = training["kept_round"]
     assert after_fit == pytest.approx(history[kept - 1] if kept else before, abs=1e-5)
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.ckpt"} | ({"best.ckpt"} if kept else set())
+    # the validation split is not scored again after fit: its after-training scores are the kept round's
+    # (the untrained model's, from the evaluation before training, when round 0 is kept)
+    rows = [r for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r.get("val/conf_ece")]
+    kept_row = next(r for r in rows if (int(r["epoch"]) == kept - 1 if r.get("epoch") else kept == 0))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == pytest.approx(float(kept_row["val/conf_ece"]), abs=1e-6)
+    if kept:
+        best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+        assert sorted(best["val_scored"]) == ["index", "labels", "letter_logits", "n_choices"]
+        assert best["val_scored"]["index"].tolist() == list(range(len(best["val_scored"]["index"])))
 
 
 def test_when_no_epoch_beats_the_untrained_model_its_adapters_are_kept_and_said_so(make_cfg, tmp_path, capsys):
@@ -112,6 +124,9 @@ def test_when_no_epoch_beats_the_untrained_model_its_adapters_are_kept_and_said_
             assert metrics["after"][name] == pytest.approx(metrics["before"][name], abs=1e-5), name
     assert not (out / "checkpoints" / "best.ckpt").exists()
     assert "no round beat the model before training" in capsys.readouterr().out
+    # the after-training validation scores are the untrained model's from the evaluation before training
+    first = next(r for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r.get("val/conf_ece"))
+    assert metrics["objective"] == pytest.approx(float(first["val/conf_ece"]), abs=1e-6)
 
 
 def test_without_select_every_epoch_runs_and_the_last_is_kept(make_cfg, tmp_path):
@@ -240,9 +255,10 @@ def test_backtrack_loads_the_best_file_scales_every_rate_and_clears_the_moments(
     callback = Backtrack(stopping, SimpleNamespace(best_model_path=str(tmp_path / "best.ckpt")), {}, 0.3)
     callback.on_validation_end(trainer, module)  # the round improved: nothing changes
     assert callback.history == [] and optimizer.state and module.weight[0, 0] != 7
-    stopping.wait_count = 1
+    stopping.wait_count, stopping.stopped_epoch = 1, 0
     callback.on_validation_end(trainer, module)
     assert all(bool((v == 7).all()) for v in module.state_dict().values()) and not optimizer.state
+    assert stopping.wait_count == 0  # the smaller rate gets a whole patience of its own
     assert callback.history == [
         {"after_round": 4, "back_to_round": 2, "lr": pytest.approx(3e-3), "reason": "no improvement"}
     ]

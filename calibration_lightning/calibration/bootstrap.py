@@ -127,6 +127,24 @@ def resampled_metrics(
     ]
 
 
+def resampled_conf_ece(sets: list[tuple[Tensor, Tensor]], n_bins: int, n_resamples: int, seed: int) -> list[Tensor]:
+    """The plug-in conf-ECE of each ``(probs, labels)`` on the same ``n_resamples`` resamples of its N questions
+    (paired: resample r draws the same questions from every set; a generator seeded with ``seed``), each
+    ``[R]``: ``sum_b |sum_{i in b} (correct_i - conf_i)| / N`` from per-question counts, as ``conf_ece``."""
+    n = len(sets[0][1])
+    if any(len(labels) != n or len(probs) != n for probs, labels in sets):
+        raise ValueError(f"paired sets must hold the same {n} questions, got {[len(lb) for _, lb in sets]}")
+    drawn = torch.randint(n, (n_resamples, n), generator=torch.Generator().manual_seed(seed))
+    counts = torch.zeros(n_resamples, n, dtype=torch.float64).scatter_add_(
+        1, drawn, torch.ones(n_resamples, n, dtype=torch.float64)
+    )
+    out = []
+    for probs, labels in sets:
+        features = _features(probs.detach().double().cpu(), labels.detach().long().cpu(), n_bins)
+        out.append((counts @ features[:, n_bins : 2 * n_bins]).abs().sum(dim=1) / n)
+    return out
+
+
 def _interval(values: Tensor, level: float) -> list[float]:
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     lo, hi = torch.quantile(values.double(), q).tolist()

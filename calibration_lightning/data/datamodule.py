@@ -102,6 +102,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         self.truncation: dict[str, dict[str, int]] = {}
         self.train_sampler: LengthGroupedBatchSampler | None = None
         self.round_batches = 0  # training batches between validations (0: a pass); set by each method's training
+        self.score_val = True  # False: predict scores the test sets only (the kept round's val scores are known)
+        self.score_tests = True  # False: predict scores no test set (method=auto's candidates)
 
     def longest(self, split: str) -> int:
         """Token length of the longest prompt of ``split`` (0 if the split is empty)."""
@@ -229,8 +231,11 @@ class MultipleChoiceDataModule(L.LightningDataModule):
 
     @property
     def predict_split_names(self) -> list[str]:
-        """The splits ``predict_dataloader`` scores, in order: val (when there is one), then every test set."""
-        return (["val"] if self.records["val"] else []) + self.eval_set_names
+        """The splits ``predict_dataloader`` scores, in order: val (when there is one and ``score_val``), then
+        every test set (when ``score_tests``)."""
+        return (["val"] if self.records["val"] and self.score_val else []) + (
+            self.eval_set_names if self.score_tests else []
+        )
 
     def predict_dataloader(self) -> list[DataLoader]:
         return [self.split_dataloader(name) for name in self.predict_split_names]

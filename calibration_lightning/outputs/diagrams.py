@@ -145,8 +145,9 @@ def draw_column(axes, column: Column) -> None:
     onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)
     conf_title = f"confidence: conf-ECE {m['conf_ece']:.4f}, accuracy {m['accuracy']:.3f}"
     plot_reliability(axes[0], conf, hit, n_bins, conf_title, hist_ax=axes[1])
+    cw_title = f"classwise, classes pooled\ncw-ECE {m['cw_ece']:.4f} (the mean of the per-class ECEs)"
     plot_reliability(
-        axes[2], probs.flatten(), onehot.flatten(), n_bins, f"classwise, classes pooled: cw-ECE {m['cw_ece']:.4f}",
+        axes[2], probs.flatten(), onehot.flatten(), n_bins, cw_title,
         hist_ax=axes[3], xlabel="predicted probability", ylabel="class frequency",
     )  # fmt: skip
     axes[3].set_yscale("symlog", linthresh=10)  # the pooled 0-bin dwarfs the rest
