@@ -185,8 +185,9 @@ def choose_method(
     lowest = min(eligible, key=lambda name: val_metrics[name]["conf_ece"])
     calibration, tied = {}, [lowest]
     if probabilities is not None and labels is not None and resamples > 0 and len(eligible) > 1:
+        ece = {name: val_metrics[name]["conf_ece"] for name in eligible}
         calibration = calibration_ties(
-            {name: probabilities[name] for name in eligible}, labels, lowest, n_bins, resamples, level, seed
+            {name: probabilities[name] for name in eligible}, labels, ece, lowest, n_bins, resamples, level, seed
         )
         tied = [name for name in eligible if calibration[name]["tied"]]
     chosen = min(tied, key=lambda name: val_metrics[name]["nll"]) if len(tied) > 1 else lowest
@@ -203,29 +204,27 @@ def choose_method(
     }
 
 
-def calibration_ties(probabilities: dict, labels, lowest: str, n_bins: int, resamples: int, level: float, seed: int):
-    """Per candidate: its validation conf-ECE minus ``lowest``'s (``above_lowest``), the paired bootstrap
-    percentile interval of that difference (``ci``: the same ``resamples`` resamples of the questions for every
-    candidate, ``bootstrap.resampled_conf_ece``) and whether the candidate is ``tied`` with ``lowest`` (the
-    interval reaches 0; ``lowest`` is tied with itself)."""
+def calibration_ties(
+    probabilities: dict, labels, ece: dict, lowest: str, n_bins: int, resamples: int, level: float, seed: int
+) -> dict:
+    """Per candidate: its validation conf-ECE (``ece``) minus ``lowest``'s (``above_lowest``), the paired
+    bootstrap percentile interval of that difference (``ci``: the same ``resamples`` resamples of the questions
+    for every candidate, ``bootstrap.resampled_conf_ece``) and whether the candidate is ``tied`` with ``lowest``
+    (the interval reaches 0; ``lowest`` is tied with itself)."""
     import torch
 
     from calibration_lightning.calibration.bootstrap import resampled_conf_ece
-    from calibration_lightning.calibration.metrics import metric
 
     names = list(probabilities)
-    sets = [(probabilities[name], labels) for name in names]
-    resampled = dict(zip(names, resampled_conf_ece(sets, n_bins, resamples, seed)))
-    plug_in = {name: float(metric("conf_ece", p, labels, n_bins)) for name, p in probabilities.items()}
+    resampled = dict(
+        zip(names, resampled_conf_ece([(probabilities[n], labels) for n in names], n_bins, resamples, seed))
+    )
     quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     result = {}
     for name in names:
         lo, hi = torch.quantile(resampled[name] - resampled[lowest], quantiles).tolist()
-        result[name] = {
-            "above_lowest": round(plug_in[name] - plug_in[lowest], 6),
-            "ci": [round(lo, 6), round(hi, 6)],
-            "tied": lo <= 0,
-        }
+        above = round(ece[name] - ece[lowest], 6)
+        result[name] = {"above_lowest": above, "ci": [round(lo, 6), round(hi, 6)], "tied": lo <= 0}
     return result
 
 
