@@ -81,18 +81,19 @@ def _ece(p, y, n_bins=10):
     return sum(abs(float((hit - conf)[b == k].sum())) for k in range(n_bins)) / len(y)
 
 
-def _population(seed, n=80):
+def _population(seed, n=80, k=4):
     g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 4, (n,), generator=g)
-    logits = torch.randn(n, 4, generator=g, dtype=torch.float64) * 0.6
+    labels = torch.randint(0, k, (n,), generator=g)
+    logits = torch.randn(n, k, generator=g, dtype=torch.float64) * 0.6
     logits[torch.arange(n), labels] += 0.5  # some signal: about a third right, moderately confident
     return logits, labels
 
 
-def test_the_paired_resampled_conf_ece_matches_a_loop_over_the_same_draws():
+@pytest.mark.parametrize("k,n", [(2, 80), (4, 80), (26, 300), (4, 7)])
+def test_the_paired_resampled_conf_ece_matches_a_loop_over_the_same_draws(k, n):
     from calibration_lightning.calibration.bootstrap import resampled_conf_ece
 
-    logits, y = _population(1)
+    logits, y = _population(1, n, k)  # 7 questions: most bins empty in every resample
     sets = [(logits.softmax(-1), y), ((logits * 1.7).softmax(-1), y)]
     got = resampled_conf_ece(sets, 10, 50, seed=5)
     draws = torch.randint(len(y), (50, len(y)), generator=torch.Generator().manual_seed(5))
