@@ -16,15 +16,15 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from calibration_lightning.config import CONF_DIR
 from calibration_lightning.redaction import hide_secret_overrides
+from calibration_lightning.schema import CONF_DIR
 from calibration_lightning.startup import reported
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Run one configuration; returns the after-training validation conf-ECE (the value sweeps minimise)."""
-    from calibration_lightning.run import run
+    """Run one configuration; returns its ``objective``, the validation metric sweeps optimise."""
+    from calibration_lightning.recipe import run
 
     # Lightning's start-up notices (accelerator, tips) come once per Trainer and twice through Hydra's
     # root handler; warnings and errors still show.

@@ -1,12 +1,25 @@
 """Errors a user can fix: printed as one message, without a traceback, with exit code 2."""
 
+from __future__ import annotations
+
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """Base class of every error caused by input or configuration, not by a bug."""
 
 
 class ConfigError(UserError):
-    """A config key is missing, misspelt, or out of range."""
+    """Config keys missing, misspelt, or out of range; ``problems`` lists each one (``every_problem``)."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            listed = "; ".join(f"({i}) {p}" for i, p in enumerate(self.problems, 1))
+            text = f"{len(self.problems)} problems in the config: {listed}"
+        super().__init__(text)
 
 
 class DataError(UserError):
@@ -25,7 +38,48 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class Section:
+    """A config section (a dataclass of ``schema.py``): ``check`` (its range checks, through ``require``) runs when
+    the section is built from a composed config; not while OmegaConf builds the schema itself, whose values are
+    all still missing ("???")."""
+
+    def __post_init__(self) -> None:
+        if not any(isinstance(v, str) and v == "???" for v in vars(self).values()):
+            self.check()
+
+    def check(self) -> None:
+        pass
+
+
+_collecting: list[list[str]] = []
+
+
 def require(key: str, value, ok: bool, message: str) -> None:
-    """Raise ``ConfigError("KEY=VALUE: MESSAGE")`` unless ``ok``: the one form of every range check."""
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: {message}")
+    """The one form of every range check: ``"KEY=VALUE: MESSAGE"`` unless ``ok``. Raised as a ConfigError, or,
+    inside ``every_problem``, recorded so that one refusal names every problem."""
+    if ok:
+        return
+    problem = f"{key}={value!r}: {message}"
+    if not _collecting:
+        raise ConfigError(problem)
+    _collecting[-1].append(problem)
+
+
+@contextmanager
+def every_problem():
+    """Collect the problems ``require`` finds inside (and any UserError raised there), then raise them as one
+    ConfigError. An exception that follows a recorded problem (a component built from an out-of-range value)
+    is its consequence and is dropped."""
+    problems: list[str] = []
+    _collecting.append(problems)
+    try:
+        yield problems
+    except UserError as e:
+        problems.extend(getattr(e, "problems", [str(e)]))
+    except Exception:
+        if not problems:
+            raise
+    finally:
+        _collecting.pop()
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))

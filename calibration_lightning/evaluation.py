@@ -36,7 +36,7 @@ def evaluate(
     finally:
         datamodule.score_val = datamodule.score_tests = True
     per_split = outputs if len(names) > 1 else [outputs]
-    scored = {name: with_metrics(_gathered(trainer, parts), n_bins) for name, parts in zip(names, per_split)}
+    scored = {name: with_metrics(gathered(trainer, parts), n_bins) for name, parts in zip(names, per_split)}
     if val is not None:
         scored = {"val": with_metrics(val, n_bins), **scored}
     if trainer.logger and trainer.is_global_zero:
@@ -55,7 +55,7 @@ def with_metrics(scored: Scored, n_bins: int) -> Scored:
     return {**scored, "metrics": metrics(scored, n_bins)}
 
 
-def _gathered(trainer: L.Trainer, parts: list[Scored]) -> Scored:
+def gathered(trainer: L.Trainer, parts: list[Scored]) -> Scored:
     """One split's batches from every process, concatenated and sorted by question index."""
     if trainer.world_size > 1:
         everyone = [None] * trainer.world_size
@@ -70,14 +70,9 @@ def regime(scored: dict[str, Scored], n_bins: int, tolerance: float) -> dict | N
     """The regime diagnosis from the validation and test scores (None without a validation split)."""
     if "val" not in scored:
         return None
-    return diagnose(
-        probabilities(scored["val"]),
-        scored["val"]["labels"],
-        probabilities(scored["test"]),
-        scored["test"]["labels"],
-        n_bins,
-        tolerance,
-    )
+    val, test = scored["val"], scored["test"]
+    val_probs, test_probs = probabilities(val), probabilities(test)
+    return diagnose(val_probs, val["labels"], test_probs, test["labels"], test["metrics"], n_bins, tolerance)
 
 
 def transform_logits(scored: dict[str, Scored], fn: Callable[[Tensor], Tensor], n_bins: int) -> dict[str, Scored]:

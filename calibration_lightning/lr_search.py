@@ -12,70 +12,16 @@ displaced by a rate that beats it by more than ``z`` standard errors of the pair
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import replace
+from collections.abc import Callable
 
-import lightning as L
-import torch
+from torch import Tensor
 
-from calibration_lightning import evaluation
-from calibration_lightning.assembly import set_adapter_weights
-from calibration_lightning.config import build
-from calibration_lightning.methods import Method
-from calibration_lightning.module import CalibrationModule
+from calibration_lightning.schema import LRSearchConf
+from calibration_lightning.selection import paired_se
 
 log = logging.getLogger(__name__)
 
-
-def probe_trainer_kwargs(cfg) -> dict:
-    """Trainer arguments of a probe: the run's trainer settings, no logger, no checkpoint, no summary."""
-    kwargs = dict(build(cfg.trainer, _convert_="all"))
-    kwargs.pop("checkpoint_every_n_steps", None)
-    kwargs.update(
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-    )
-    return kwargs
-
-
-def per_question(scored: evaluation.Scored, monitor: str) -> torch.Tensor | None:
-    """The monitor's per-question terms (their mean is the monitor), for monitors that are means of one;
-    None for binned metrics (ECE and relatives)."""
-    probs, labels = evaluation.probabilities(scored), scored["labels"]
-    name = monitor.removeprefix("val/")
-    if name == "nll":
-        return -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().squeeze(1)
-    if name == "brier":
-        return ((probs - torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)) ** 2).sum(dim=1)
-    if name == "accuracy":
-        return (probs.argmax(dim=1) == labels).to(probs.dtype)
-    return None
-
-
-def probe(cfg, method: Method, model, dm, initial: dict, lr: float, steps: int, monitor: str):
-    """Train ``method`` at ``lr`` for ``steps`` optimizer steps from the ``initial`` adapters (the run's seed,
-    so every candidate sees the same batches); returns the validation ``monitor`` and its per-question terms
-    (None for binned monitors)."""
-    set_adapter_weights(model, initial)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = CalibrationModule(model, method.loss, dm.letter_ids, replace(method.optim, lr=lr), cfg.n_bins)
-    kwargs = probe_trainer_kwargs(cfg)
-    model.train()
-    fit = L.Trainer(**kwargs, max_steps=steps, max_epochs=-1, limit_val_batches=0, callbacks=list(method.callbacks))
-    fit.fit(module, datamodule=dm)
-    scorer = L.Trainer(**kwargs)
-    scored = evaluation._gathered(scorer, scorer.predict(module, dataloaders=dm.split_dataloader("val")))
-    value = evaluation.metrics(scored, cfg.n_bins)[monitor.removeprefix("val/")]
-    return float(value), per_question(scored, monitor)
-
-
-def paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Standard error of the mean of the per-question differences ``a - b`` (the same questions)."""
-    d = (a - b).double()
-    return float(d.std(unbiased=True) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+Probe = Callable[[float, int], tuple[float, Tensor | None]]  # (lr, steps) -> validation monitor, per-question terms
 
 
 def rank(scores: dict, reference: float | None, sign: float, z: float) -> list:
@@ -95,30 +41,25 @@ def rank(scores: dict, reference: float | None, sign: float, z: float) -> list:
     return better + [reference] + [lr for lr in order if lr != reference and lr not in better]
 
 
-def search_learning_rate(cfg, method: Method, model, dm, initial: dict, monitor: str, mode: str) -> dict:
-    """Successive halving over ``method.lr_search.lrs`` (see ``LRSearch``); the model ends with ``initial``.
+def search_learning_rate(search: LRSearchConf, reference: float, probe: Probe, monitor: str, mode: str) -> dict:
+    """Successive halving over ``search.lrs``: ``probe(lr, steps)`` trains from the initial adapters and scores
+    the validation split; ``reference`` (``method.optim.lr``) counts as the reference when it is in the grid.
 
     Returns:
-        ``{"chosen": lr, "monitor": ..., "rungs": [{"steps": n, "scores": [[lr, value], ...]}, ...],
-        "probe_steps_total": ...}`` (metrics.json ``training.lr_search``).
+        ``{"chosen": lr, "lrs", "reference", "z", "monitor", "rungs": [{"steps": n, "scores": [[lr, value], ...]},
+        ...], "probe_steps_total"}`` (metrics.json ``training.lr_search``).
     """
-    search = method.lr_search
     survivors, rungs = list(search.lrs), []
     sign = 1.0 if mode == "min" else -1.0
-    reference = method.optim.lr if method.optim is not None and method.optim.lr in search.lrs else None
+    reference = reference if reference in search.lrs else None
     for n, steps in search.rungs():
-        scores = {lr: probe(cfg, method, model, dm, initial, lr, steps, monitor) for lr in survivors}
+        scores = {lr: probe(lr, steps) for lr in survivors}
         survivors = rank(scores, reference, sign, search.z)[: -(-n // search.eta)]
         rungs.append({"steps": steps, "scores": [[lr, round(v, 6)] for lr, (v, _) in scores.items()]})
         log.info(
-            "%s: lr search, %d steps each: %s %s; keeping %s",
-            method.name,
-            steps,
-            monitor,
-            ", ".join(f"{lr:g} -> {v:.4f}" for lr, (v, _) in scores.items()),
-            ", ".join(f"{lr:g}" for lr in survivors),
-        )
-    set_adapter_weights(model, initial)
+            "lr search, %d steps each: %s %s; keeping %s", steps, monitor,
+            ", ".join(f"{lr:g} -> {v:.4f}" for lr, (v, _) in scores.items()), ", ".join(f"{lr:g}" for lr in survivors),
+        )  # fmt: skip
     return {
         "chosen": survivors[0],
         "lrs": list(search.lrs),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -12,31 +11,10 @@ from torch import Tensor
 
 from calibration_lightning.calibration.collection import calibration_metrics
 from calibration_lightning.calibration.confidence import letter_probabilities, mask_letter_logits
-from calibration_lightning.errors import TrainingError, require
+from calibration_lightning.errors import TrainingError
 from calibration_lightning.losses.base import LossHead, StepOutputs
 from calibration_lightning.models.scoring import causal_lm_logits
-
-
-@dataclass
-class OptimSettings:
-    """``method.optim``: AdamW and its schedule. Out-of-range values raise ConfigError naming the key."""
-
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1  # of all optimizer steps (max_epochs x steps per epoch)
-    scheduler: str = "cosine"  # cosine | constant
-    warmup_steps: int | None = None  # overrides warmup_ratio: for schedules whose length is not known ahead
-
-    def __post_init__(self) -> None:  # types and the scheduler's choices: schema.OptimConf
-        require("method.optim.lr", self.lr, self.lr > 0, "the learning rate must be > 0")
-        require("method.optim.weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0")
-        require("method.optim.warmup_ratio", self.warmup_ratio, 0 <= self.warmup_ratio < 1, "must be in [0, 1)")
-        require(
-            "method.optim.warmup_steps",
-            self.warmup_steps,
-            self.warmup_steps is None or self.warmup_steps >= 0,
-            "must be null or an integer >= 0",
-        )
+from calibration_lightning.schema import OptimConf
 
 
 class CalibrationModule(L.LightningModule):
@@ -46,7 +24,7 @@ class CalibrationModule(L.LightningModule):
         model: a peft-wrapped causal LM (only adapters trainable).
         loss_head: the method's loss (None for evaluation-only methods).
         letter_ids: token ids of the option letters A, B, ... (``K_max`` of them).
-        optim: optimizer and schedule settings.
+        optim: optimizer and schedule settings (None: the module only scores).
         n_bins: calibration bins of the validation metrics logged during fit.
         autocast: run every forward under ``torch.autocast`` in this dtype (``model.lora_compute=bfloat16``:
             LoRA matmuls in bf16 against fp32 master weights); None runs the model in its own dtypes.
@@ -62,7 +40,7 @@ class CalibrationModule(L.LightningModule):
         model,
         loss_head: LossHead | None,
         letter_ids: list[int],
-        optim: OptimSettings,
+        optim: OptimConf | None,
         n_bins: int = 10,
         autocast: torch.dtype | None = None,
         check_finite_every_step: bool = False,
@@ -180,12 +158,12 @@ class CalibrationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Log the round's validation metrics; keep its scores (every process's, in split order) as
         ``val_scored`` for the per-question noise test of backtracking."""
-        from calibration_lightning.evaluation import _gathered
+        from calibration_lightning.evaluation import gathered
 
         self.log_dict(self.val_metrics.compute(), prog_bar=False)
         self.val_metrics.reset()
         parts = getattr(self, "_val_parts", [])
-        self.val_scored = _gathered(self.trainer, parts) if parts else None
+        self.val_scored = gathered(self.trainer, parts) if parts else None
         self._val_parts = []
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:

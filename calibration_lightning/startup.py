@@ -1,8 +1,8 @@
 """Every start-up check of a job, and the Hydra callback that runs them before Hydra writes anything.
 
-``check_job`` is the one entry: the config's ranges (types, choices and unknown keys were checked by the
-schema while composing), the training methods and model settings built, the run directory, the data read
-and its splits. ``StartupChecks`` (``hydra.callbacks.startup`` in conf/config.yaml) calls it
+``check_job`` is the one entry: the config validated (``schema.validate``: unknown keys, ranges, the method's
+components, every problem at once), the run directory, the data read and its splits. ``StartupChecks``
+(``hydra.callbacks.startup`` in conf/config.yaml) calls it
 
 - for a run in ``on_run_start``: after Hydra composed the config, before it creates the run directory and
   writes ``.hydra/`` and the job log, so a refused run leaves a finished or interrupted run as it was;
@@ -33,7 +33,9 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from calibration_lightning.errors import UserError
+from calibration_lightning.data.splits import Splits, split_records
+from calibration_lightning.errors import ConfigError, UserError
+from calibration_lightning.schema import Config, build, validate
 
 log = logging.getLogger("calibration_lightning")
 
@@ -42,67 +44,85 @@ KEYS_HINT = "`python -m calibration_lightning --cfg job` shows every key and `--
 
 @dataclass
 class Job:
-    """What the start-up checks built for a job: its training methods and its data."""
+    """What the start-up checks built for a job: its validated config and its data."""
 
-    methods: dict
-    splits: Any  # data.splits.Splits
+    config: Config
+    splits: Splits
     eval_sets: dict
 
 
 _CHECKED: dict[str, tuple] = {}  # dataset config -> (splits, eval_sets) read by the callback, until a run takes it
 
 
-def job_data(cfg: DictConfig, keep: bool = False) -> tuple:
-    """The job's splits and extra evaluation sets (``assembly.load_data``). ``keep``: held for the run of this
-    process that asks next for the same dataset config (the callback's read, so the run does not read again);
-    without, what the callback held is taken."""
-    from calibration_lightning.assembly import load_data
-    from calibration_lightning.config import plain
+def load_data(config: Config) -> tuple[Splits, dict]:
+    """Train / val (/ test) from ``dataset.source``; test from ``dataset.test_source`` when the dataset has its
+    own test split; extra evaluation sets (e.g. out-of-domain) from ``eval_sets``."""
+    dataset = config.dataset
+    split = {k: getattr(dataset.split, k) for k in ("train", "val", "test", "seed")}
+    if dataset.test_source:
+        split["test"] = 0
+    splits = split_records(build(dataset.source, "dataset.source"), **split)
+    if dataset.test_source:
+        splits = Splits(splits.train, splits.val, build(dataset.test_source, "dataset.test_source"))
+    eval_sets = {name: build(node, f"eval_sets.{name}") for name, node in config.eval_sets.items()}
+    return splits, eval_sets
 
-    key = json.dumps([plain(cfg.dataset), plain(cfg.eval_sets)], sort_keys=True, default=str)
+
+def job_data(cfg: DictConfig, config: Config, keep: bool = False) -> tuple:
+    """The job's splits and extra evaluation sets (``load_data``). ``keep``: held for the run of this process
+    that asks next for the same dataset config (the callback's read, so the run does not read again); without,
+    what the callback held is taken."""
+    key = json.dumps([OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "eval_sets")], default=str)
     if keep:
-        _CHECKED[key] = _CHECKED.get(key) or load_data(cfg)
+        _CHECKED[key] = _CHECKED.get(key) or load_data(config)
         return _CHECKED[key]
-    return _CHECKED.pop(key, None) or load_data(cfg)
+    return _CHECKED.pop(key, None) or load_data(config)
 
 
-def check_settings(cfg: DictConfig) -> dict:
-    """The checks that need no file: every range (``schema.validate``), the model settings, and the training
-    methods built (their loss heads, optimizer settings and callbacks check their own values); returns those."""
-    from calibration_lightning.config import build_methods
-    from calibration_lightning.models.loading import ModelSettings
-    from calibration_lightning.schema import validate
-
-    validate(cfg)
-    ModelSettings.from_config(cfg.model)
-    return build_methods(cfg)
+def check_splits(config: Config, splits: Splits) -> None:
+    """Refuse, before any model loads, a split the method needs that came out empty."""
+    methods = config.method.trained()
+    selects = any(m.select or m.lr_search for m in methods.values())
+    chooses = config.method.calibrator is not None or len(methods) > 1 or selects
+    needs = {"train": bool(methods), "val": chooses, "test": True}
+    why = {"train": "trains on it", "val": "fits or chooses on it", "test": "reports on it"}
+    if selects and not splits.val:
+        why["val"] += (
+            " (method.select chooses the training length and method.lr_search the learning rate; "
+            "method.select=null method.lr_search=null train method.epochs at method.optim.lr)"
+        )
+    for split, needed in needs.items():
+        if needed and not getattr(splits, split):
+            raise ConfigError(
+                f"dataset.split.{split}: the {split} split is empty, and method={config.method.name} {why[split]} "
+                f"(found train={len(splits.train)}, val={len(splits.val)}, test={len(splits.test)}); "
+                f"give dataset.split.{split} a count > 0 or a fraction (or use a larger data file)"
+            )
 
 
 def check_job(cfg: DictConfig, out_dir: Path | None = None, keep: bool = False, claim: bool = True) -> Job:
-    """Every start-up check of one job's config (without its ``hydra`` node): ``check_settings``, the run
-    directory ``out_dir`` (None: not checked, e.g. a DDP rank > 0: a finished run, a resume with other
-    settings), the data read (``job_data``, ``keep``) and its splits; then a resumed run's checkpoints and, with
-    ``claim``, the folder's lock (``run_state.claim_run_dir``, held until the run ends). A sweep checks its jobs
-    without ``claim``: each job takes its own folder's lock when it starts, perhaps in another process.
+    """Every start-up check of one job's config (without its ``hydra`` node): ``validate``, the run directory
+    ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data read (``job_data``, ``keep``) and its splits;
+    then a resumed run's checkpoints and, with ``claim``, the folder's lock (held until the run ends). A sweep
+    checks its jobs without ``claim``: each job takes its own folder's lock when it starts.
 
     Raises:
-        UserError: the first mistake, naming its key, file or folder (``ConfigError``, ``DataError``).
+        UserError: the mistakes found, naming their keys, file or folder (``ConfigError``, ``DataError``).
         run_state.FinishedRun: ``resume=true`` on a finished run (nothing to do).
     """
-    from calibration_lightning.assembly import check_splits
     from calibration_lightning.outputs import run_state
     from calibration_lightning.outputs.run_outputs import check_run_dir
 
-    methods = check_settings(cfg)
+    config = validate(cfg)
     if out_dir is not None:
-        check_run_dir(out_dir, cfg.resume, cfg)
-    splits, eval_sets = job_data(cfg, keep)
-    check_splits(cfg, splits, methods)
+        check_run_dir(out_dir, config.resume, cfg)
+    splits, eval_sets = job_data(cfg, config, keep)
+    check_splits(config, splits)
     if out_dir is not None and claim:
-        run_state.claim_run_dir(out_dir, cfg.resume)
-    elif out_dir is not None and cfg.resume and (out_dir / "checkpoints").is_dir():
+        run_state.claim_run_dir(out_dir, config.resume)
+    elif out_dir is not None and config.resume and (out_dir / "checkpoints").is_dir():
         run_state.check_checkpoints(out_dir)
-    return Job(methods, splits, eval_sets)
+    return Job(config, splits, eval_sets)
 
 
 def one_line(text: object) -> str:
@@ -114,11 +134,49 @@ def fail(message: object) -> NoReturn:
     sys.exit(2)
 
 
+def unknown_override(message: str) -> str | None:
+    """Hydra's refusal of ``KEY=VALUE`` for a key the config does not have, in our words: the nearest valid keys,
+    or, for a Lightning Trainer argument the default config leaves out, how to add it (never a hint that fails)."""
+    from calibration_lightning.schema import keys_at, nearest
+
+    found = re.search(r"Could not override '([^']+)'", message)
+    if not found:
+        return None
+    key = found.group(1)
+    parent, _, last = key.rpartition(".")
+    valid = keys_at(parent)
+    if parent == "trainer" and last in valid:
+        return f"{key}: a Lightning Trainer argument the trainer config does not set; add it with +{key}=VALUE"
+    return nearest(key, valid or [])
+
+
+def null_parent_override(argv: list[str]) -> str:
+    """The refusal of an override whose parent is null in the composed config (``method=none
+    method.select.patience=3``: method=none has no ``method.select``), naming it: the config is composed without
+    the overrides that go below a section, and the first whose parent is null there is the one."""
+    from hydra import compose, initialize_config_dir
+
+    from calibration_lightning.schema import CONF_DIR
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    deep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").count(".") >= 2 and not o.startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[o for o in overrides if o not in deep and not o.startswith("hydra.")])
+    for override in deep:
+        parent = override.split("=", 1)[0].lstrip("+~").rsplit(".", 1)[0]
+        if OmegaConf.select(cfg, parent, default="missing") is None:
+            return f"{override}: {parent} is null in this config (not used by this choice); drop the override"
+    return f"an override sets a key under a section that is null in this config: {' '.join(deep)}"
+
+
 def hydra_message(e: Exception) -> str:
     """Hydra's (or OmegaConf's) message for a config mistake on one line, keeping its list of allowed options."""
     from hydra.errors import OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    ours = unknown_override(str(e))
+    if ours:
+        return ours
     parts: list[str] = []
     for line in str(e).split("Config search path:")[0].splitlines():
         if line.startswith("\t") and parts:  # one allowed option per line
@@ -149,6 +207,10 @@ def reported():
         fail(e)
     except (HydraException, OmegaConfBaseException) as e:
         fail(hydra_message(e))
+    except AssertionError as e:  # OmegaConf, for KEY=VALUE under a node that is null in this config
+        if "Unexpected type for root: NoneType" not in str(e):
+            raise
+        fail(null_parent_override(sys.argv[1:]))
     except FinishedRun as e:
         print(one_line(e), file=sys.stderr)
         sys.exit(0)
@@ -157,6 +219,8 @@ def reported():
 def _check_composed(config: DictConfig, out_dir: Path, claim: bool = True) -> None:
     """``check_job`` on a composed config with its ``hydra`` node, ``${hydra:runtime.output_dir}`` = ``out_dir``
     as Hydra's run_job will set it."""
+    from calibration_lightning.outputs.run_state import is_launched_rank
+
     out_dir = Path(os.path.abspath(out_dir))
     with open_dict(config):
         config.hydra.runtime.output_dir = str(out_dir)
@@ -166,8 +230,6 @@ def _check_composed(config: DictConfig, out_dir: Path, claim: bool = True) -> No
         task = copy.deepcopy(config)
         with open_dict(task):
             del task["hydra"]
-        from calibration_lightning.outputs.run_state import is_launched_rank
-
         check_job(task, None if is_launched_rank() else out_dir, keep=True, claim=claim)
     finally:
         HydraConfig.instance().cfg = saved
@@ -259,4 +321,16 @@ def option_groups() -> str:
     return "".join(f"{g}: {', '.join(options(g))}\n" for g in groups)
 
 
+def output_dir() -> str:
+    """``output_dir``: the job's folder as Hydra sets it (``hydra.runtime.output_dir``); where Hydra has not set
+    it yet (``--cfg job --resolve``), the folder it will use."""
+    hydra = HydraConfig.get()
+    if hydra.runtime.output_dir:
+        return str(hydra.runtime.output_dir)
+    if str(hydra.mode) == "RunMode.MULTIRUN":
+        return str(Path(hydra.sweep.dir) / str(hydra.sweep.subdir))
+    return str(hydra.run.dir)
+
+
 OmegaConf.register_new_resolver("calibration_lightning.groups", option_groups, replace=True)
+OmegaConf.register_new_resolver("calibration_lightning.output_dir", output_dir, replace=True)

@@ -1,23 +1,44 @@
-"""Shared fixtures: the tiny model built in code, a few bundled MMLU questions, a config composer."""
+"""Shared fixtures: the tiny model built in code, a few bundled MMLU questions, configs composed from conf/."""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from calibration_lightning.config import CONF_DIR
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule
-from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.sources import bundled_mmlu
 from calibration_lightning.data.splits import split_records
-from calibration_lightning.models.loading import ModelSettings, load_model, load_tokenizer
+from calibration_lightning.models.loading import load_model, load_tokenizer
 from calibration_lightning.models.sources import tiny
+from calibration_lightning.schema import CONF_DIR, Config, validate
 
 TINY_SPLIT = ["dataset.split.train=24", "dataset.split.val=16", "dataset.split.test=24", "dataset.batch_size=4"]
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs the bundled SmolLM2 model (tens of seconds or more)")
+    config.addinivalue_line("markers", "slow: starts a run or a process (make test-fast leaves it out)")
+
+
+def compose_config(*overrides: str, hydra: bool = False):
+    """conf/config.yaml composed with ``overrides`` (a DictConfig, as Hydra gives the run)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=["output_dir=/tmp/unused", *overrides], return_hydra_config=hydra)
+
+
+@functools.lru_cache(maxsize=64)
+def config(*overrides: str) -> Config:
+    """The validated config objects of ``overrides`` (the defaults of conf/ otherwise); composed once per set of
+    overrides (callers copy with ``dataclasses.replace``, never change it)."""
+    return validate(compose_config(*overrides))
+
+
+@pytest.fixture(scope="session")
+def defaults() -> Config:
+    """The default config's objects: model, method, dataset (prompt, batch sizes), ... as the YAML gives them."""
+    return config("model=tiny")
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +47,13 @@ def tiny_source() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(tiny_source):
-    return load_tokenizer(tiny_source, ModelSettings())
+def tiny_tokenizer(tiny_source, defaults):
+    return load_tokenizer(tiny_source, defaults.model)
 
 
 @pytest.fixture()
-def tiny_model(tiny_source):
-    return load_model(tiny_source, ModelSettings(), "cpu")
+def tiny_model(tiny_source, defaults):
+    return load_model(tiny_source, defaults.model, "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +61,34 @@ def mmlu_splits():
     return split_records(bundled_mmlu(max_question_chars=200), 24, 16, 24, seed=0)
 
 
-@pytest.fixture()
-def tiny_datamodule(tiny_tokenizer, mmlu_splits):
-    dm = MultipleChoiceDataModule(mmlu_splits, tiny_tokenizer, PromptFormat(), batch_size=4, eval_batch_size=8)
+def make_datamodule(splits, tokenizer, dataset, **changes) -> MultipleChoiceDataModule:
+    """A datamodule over ``splits`` with ``dataset`` (a DatasetConf) changed by ``changes`` (batch sizes, ...)."""
+    dm = MultipleChoiceDataModule(splits, tokenizer, dataclasses.replace(dataset, **changes))
     dm.setup()
     return dm
+
+
+@pytest.fixture()
+def tiny_datamodule(tiny_tokenizer, mmlu_splits, defaults):
+    return make_datamodule(mmlu_splits, tiny_tokenizer, defaults.dataset, batch_size=4, eval_batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``tiny_run(method)``: the folder of a finished run of ``method`` on the tiny model (``TINY_SPLIT``, CSV logger),
+    run once per session and shared by the tests that read a finished run's outputs."""
+    from calibration_lightning.recipe import run
+
+    root, done = tmp_path_factory.mktemp("tiny_runs"), {}
+
+    def get(method: str):
+        if method not in done:
+            out = root / method
+            run(compose_config("model=tiny", f"method={method}", *TINY_SPLIT, "logger=csv", f"output_dir={out}"))
+            done[method] = out
+        return done[method]
+
+    return get
 
 
 @pytest.fixture()
@@ -72,3 +116,13 @@ def train_steps(module, batch, steps: int, lr: float = 1e-2) -> list[float]:
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def optim(**changes):
+    """``method.optim`` of the default method (CFT) with ``changes``."""
+    return dataclasses.replace(config("model=tiny").method.optim, **changes)
+
+
+def model_conf(**changes):
+    """``model`` of ``model=tiny`` with ``changes`` (checked as the config would be)."""
+    return dataclasses.replace(config("model=tiny").model, **changes)

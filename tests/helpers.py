@@ -110,7 +110,7 @@ def startup_check(overrides: list[str]) -> None:
     ``python -m calibration_lightning OVERRIDES`` composes, in this process; raises what they raise."""
     from hydra import compose, initialize_config_dir
 
-    from calibration_lightning.config import CONF_DIR
+    from calibration_lightning.schema import CONF_DIR
     from calibration_lightning.startup import _check_composed
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -6,26 +6,22 @@ import pytest
 import torch
 
 from calibration_lightning.errors import ConfigError
-from calibration_lightning.run import run
+from calibration_lightning.recipe import run
 from tests.conftest import TINY_SPLIT
+from tests.helpers import startup_check
 
 
 def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One CFT run on the tiny model; its folder."""
-    from hydra import compose, initialize_config_dir
+pytestmark = pytest.mark.slow
 
-    from calibration_lightning.config import CONF_DIR
 
-    out = tmp_path_factory.mktemp("trained") / "run"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"output_dir={out}", "model=tiny", "method=cft", *TINY_SPLIT])
-    run(cfg)
-    return out
+@pytest.fixture()
+def trained(tiny_run):
+    """A finished CFT run on the tiny model; its folder."""
+    return tiny_run("cft")
 
 
 def test_method_none_with_the_saved_adapter_reproduces_the_after_metrics(trained, make_cfg, tmp_path):
@@ -76,6 +72,7 @@ def test_training_continues_from_a_saved_adapter(trained, make_cfg, tmp_path):
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_a_folder_without_an_adapter_is_refused_before_loading(make_cfg, tmp_path):
+def test_a_folder_without_an_adapter_is_refused_before_loading(tmp_path):
     with pytest.raises(ConfigError, match="model.adapter=.*no peft adapter there"):
-        run(make_cfg("model=tiny", "method=none", f"model.adapter={tmp_path}", *TINY_SPLIT))
+        startup_check(["model=tiny", "method=none", f"model.adapter={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}"])
+    assert not (tmp_path / "r").exists()

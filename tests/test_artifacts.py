@@ -7,16 +7,17 @@ import pytest
 
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.models.artifacts import safetensors_problem
-from calibration_lightning.models.loading import ModelSettings, load_model
+from calibration_lightning.models.loading import load_model
 from calibration_lightning.models.sources import pretrained, tiny
+from tests.conftest import model_conf
 
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, tiny_source):
     """A fresh LoRA adapter of the tiny model, and one of a tiny model of another shape."""
     root = tmp_path_factory.mktemp("adapters")
-    load_model(tiny_source, ModelSettings(), "cpu").save_pretrained(root / "good")
-    load_model(tiny(hidden_size=32), ModelSettings(), "cpu").save_pretrained(root / "other_shape")
+    load_model(tiny_source, model_conf(), "cpu").save_pretrained(root / "good")
+    load_model(tiny(hidden_size=32), model_conf(), "cpu").save_pretrained(root / "other_shape")
     return root
 
 
@@ -46,14 +47,14 @@ def test_a_damaged_adapter_folder_is_refused_when_the_config_is_checked(adapters
     folder = _copy(adapters, tmp_path)
     damage(folder)
     with pytest.raises(ConfigError) as caught:
-        ModelSettings(adapter=str(folder))
+        model_conf(adapter=str(folder))
     assert str(caught.value).startswith(f"model.adapter={folder}: ") and message in str(caught.value)
 
 
 def test_an_adapter_of_another_shape_is_one_error(adapters, tmp_path, tiny_source):
     folder = _copy(adapters, tmp_path, "other_shape")
     with pytest.raises(ConfigError) as caught:
-        load_model(tiny_source, ModelSettings(adapter=str(folder)), "cpu")
+        load_model(tiny_source, model_conf(adapter=str(folder)), "cpu")
     assert str(caught.value).startswith(f"model.adapter={folder}: the adapter (trained on ")
     assert "was trained on a model of another shape than" in str(caught.value)
 
@@ -63,7 +64,7 @@ def test_an_adapter_of_modules_the_model_lacks_is_one_error(adapters, tmp_path, 
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["wq_missing"]}))
     with pytest.raises(ConfigError, match=r"adapts modules that .* does not have"):
-        load_model(tiny_source, ModelSettings(adapter=str(folder)), "cpu")
+        load_model(tiny_source, model_conf(adapter=str(folder)), "cpu")
 
 
 def test_a_hub_adapter_while_offline(monkeypatch, tmp_path):
@@ -72,7 +73,7 @@ def test_a_hub_adapter_while_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     with pytest.raises(ConfigError) as caught:
-        ModelSettings(adapter="nobody/no-adapter")
+        model_conf(adapter="nobody/no-adapter")
     assert str(caught.value).startswith(
         "model.adapter=nobody/no-adapter: cannot download nobody/no-adapter from the Hugging Face hub "
         "(HF_HUB_OFFLINE=1 forbids downloads)"

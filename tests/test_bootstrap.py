@@ -203,7 +203,7 @@ def test_metrics_json_and_table_hold_intervals_and_the_paired_difference(tmp_pat
         "ood": [MCRecord(str(i), "q", ("a", "b"), int(labels[i])) for i in range(40)],
     }
     cfg = OmegaConf.create({"seed": 0, "n_bins": 10, "bootstrap": {"resamples": 500, "level": 0.95, "seed": 0}})
-    summary, table = write_summary(tmp_path, cfg, (before, after), records, {"method": "cft"})
+    summary, table = write_summary(tmp_path, cfg, cfg, (before, after), records, {"method": "cft"})
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m == json.loads(json.dumps(summary))
 
@@ -244,7 +244,7 @@ def test_no_intervals_with_zero_resamples(tmp_path):
     scored = tuple({"test": evaluation.with_metrics(_scored(p.float(), labels), 10)} for p in (before_p, after_p))
     cfg = OmegaConf.create({"seed": 0, "n_bins": 10, "bootstrap": {"resamples": 0, "level": 0.95, "seed": 0}})
     records = {"test": [MCRecord(str(i), "q", ("a", "b"), int(labels[i])) for i in range(50)]}
-    _, table = write_summary(tmp_path, cfg, scored, records, {"method": "ts"})
+    _, table = write_summary(tmp_path, cfg, cfg, scored, records, {"method": "ts"})
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert "ci95" not in m["before"] and m["improvement"]["nll"]["ci95"] is None
     assert m["improvement"]["nll"]["difference"] == pytest.approx(m["after"]["nll"] - m["before"]["nll"])

@@ -6,9 +6,10 @@ import pytest
 
 from calibration_lightning.data.letters import letter_token_ids
 from calibration_lightning.errors import TokenizerError
-from calibration_lightning.models.loading import ModelSettings, load_tokenizer
+from calibration_lightning.models.loading import load_tokenizer
 from calibration_lightning.models.sources import bundled_smollm2
-from calibration_lightning.run import run
+from calibration_lightning.recipe import run
+from tests.conftest import model_conf
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ def test_conversion_is_a_safetensors_folder():
 
 
 def test_real_tokenizer_letters_in_context():
-    tok = load_tokenizer(bundled_smollm2(), ModelSettings())
+    tok = load_tokenizer(bundled_smollm2(), model_conf())
     ids = letter_token_ids(tok, "Question?\nA. x\nB. y\nAnswer:", " ", 4)
     assert tok.convert_ids_to_tokens(ids) == ["ĠA", "ĠB", "ĠC", "ĠD"]
     # "Answer: " already ends in a space token; appending "A" re-tokenizes it into "ĠA": must be refused

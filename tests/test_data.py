@@ -1,6 +1,7 @@
 """Records, file sources, splits, prompts and the letter-token check."""
 
 import csv
+import dataclasses
 import json
 
 import pyarrow as pa
@@ -8,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from calibration_lightning.data.letters import letter_token_ids
-from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.records import MCRecord, make_record
 from calibration_lightning.data.sources import bundled_mmlu, read_records_file
 from calibration_lightning.data.splits import split_records
 from calibration_lightning.errors import ConfigError, DataError, TokenizerError
+from tests.conftest import config
 
 GOOD = {"question": "2 + 2 = ?", "choices": ["3", "4", "5"], "answer": 1}
 
@@ -126,10 +127,10 @@ def test_bundled_mmlu_full_size():
 
 def test_prompt_rendering():
     rec = MCRecord("1", "What is 2+2?", ("3", "4"), 1, "math")
-    text = PromptFormat().render(rec)
+    text = config().dataset.prompt.render(rec)
     assert text == "The following is a multiple choice question about math.\n\nWhat is 2+2?\nA. 3\nB. 4\nAnswer:"
     with pytest.raises(ConfigError, match="must contain {question}"):
-        PromptFormat(template="{choices}")
+        dataclasses.replace(config().dataset.prompt, template="{choices}")
 
 
 class CharTokenizer:

@@ -5,13 +5,12 @@ import os
 
 import pytest
 
-from calibration_lightning.data.datamodule import MultipleChoiceDataModule
-from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.records import LETTERS, MCRecord
 from calibration_lightning.data.sources import read_records_file
 from calibration_lightning.data.splits import Splits, split_records
 from calibration_lightning.errors import DataError
-from calibration_lightning.run import truncation_line
+from calibration_lightning.outputs.run_outputs import truncation_line
+from tests.conftest import config, make_datamodule
 
 
 @pytest.mark.parametrize("n", [5, 8, 13, 18, 98, 99, 100])
@@ -62,7 +61,7 @@ def test_a_named_pipe_is_refused_instead_of_hanging(tmp_path):
 
 
 def test_truncation_counts_rows_cut_and_what_they_lost(tiny_tokenizer):
-    prompt = PromptFormat()
+    prompt = config().dataset.prompt
     short = MCRecord("s", "Short?", ("yes", "no"), 0)
     # 26 long options: the window below keeps only the last option line and the cue
     options = tuple(f"option {LETTERS[j]} " + "word " * 20 for j in range(26))
@@ -71,8 +70,7 @@ def test_truncation_counts_rows_cut_and_what_they_lost(tiny_tokenizer):
     tail = "\n" + prompt.choice_format.format(letter="Z", text=options[25].strip()) + "\n" + prompt.answer_cue
     keep = len(tiny_tokenizer(tail, add_special_tokens=False)["input_ids"])
     records = [short, gold_first, gold_last]
-    dm = MultipleChoiceDataModule(Splits(records, records, records), tiny_tokenizer, prompt, max_length=keep)
-    dm.setup()
+    dm = make_datamodule(Splits(records, records, records), tiny_tokenizer, config().dataset, max_length=keep)
     assert "test" in dm.truncation and len(tiny_tokenizer(prompt.render(short))["input_ids"]) <= keep
     assert dm.truncation["test"] == {
         "rows": 3,

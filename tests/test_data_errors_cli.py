@@ -1,21 +1,17 @@
-"""Hostile data files through the real command line: exit code 2, exactly one ``error:`` line naming
-the file and the line / record / row and field, no traceback, and an existing run directory left as it was.
-
-A CLI process costs several seconds of imports, so the cases start together and each test checks one result;
-the other cases of each category are checked in-process in test_data.py.
-"""
+"""Hostile data files through the real command line (``__main__.main``, in this process): exit code 2, exactly one
+``error:`` line naming the file and the line / record / row and field, no traceback, and an existing run directory
+left as it was. The other cases of each category are checked at the reader in test_data.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import start_cli
+from tests.helpers import call_main
 
 Q = '"question": "2 + 2 = ?", "choices": ["3", "4"]'
 LONG = "/tmp/" + "d" * 5000 + ".jsonl"  # longer than any file system allows a name to be
@@ -51,53 +47,42 @@ CASES = {
 }
 
 
-def _cli(data: Path | str, run_dir: Path) -> subprocess.Popen:
-    args = ["model=tiny", "dataset=jsonl", f"dataset.path={data}", f"hydra.run.dir={run_dir}", "resume=true"]
-    return start_cli(*args, env={"HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled"})
-
-
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """Every case at once (at most 4 processes): {name: (data path, run dir, files before, returncode, out, err)}."""
-    root = tmp_path_factory.mktemp("cli")
-    started = {}
-    for name, (file_name, content, _) in CASES.items():
-        case = root / name.replace(" ", "_")
-        run_dir = case / "run"  # an unfinished run: resume=true, so the data is the first thing that fails
-        (run_dir / "checkpoints").mkdir(parents=True)
-        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"adapters and optimizer state")
-        (run_dir / "predictions_before.jsonl").write_text(json.dumps({"id": "q1", "gold": 1}) + "\n")
-        (run_dir / ".hydra").mkdir()
-        (run_dir / ".hydra" / "config.yaml").write_text("the unfinished run's own config\n")
-        (run_dir / "calibration_lightning.log").write_text("the unfinished run's log\n")
-        data: Path | str = LONG
-        if file_name:
-            data = case / file_name
-            if callable(content):
-                content(data)
-            elif isinstance(content, bytes):
-                data.write_bytes(content)
-            else:
-                data.write_text(content, encoding="utf-8")
-        started[name] = (data, run_dir, _snapshot(run_dir))
-    out, running = {}, []
-    for name in CASES:
-        if len(running) == 4:
-            done = running.pop(0)
-            out[done[0]] = (*started[done[0]], done[1].wait(300), *done[1].communicate())
-        running.append((name, _cli(started[name][0], started[name][1])))
-    for name, proc in running:
-        out[name] = (*started[name], proc.wait(300), *proc.communicate())
-    return out
+@pytest.fixture()
+def case(tmp_path, request):
+    """The case's data file next to an unfinished run: (data path, run dir, files before, returncode, out, err)."""
+    name = request.param
+    file_name, content, _ = CASES[name]
+    case = tmp_path / name.replace(" ", "_")
+    run_dir = case / "run"  # an unfinished run: resume=true, so the data is the first thing that fails
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"adapters and optimizer state")
+    (run_dir / "predictions_before.jsonl").write_text(json.dumps({"id": "q1", "gold": 1}) + "\n")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("the unfinished run's own config\n")
+    (run_dir / "calibration_lightning.log").write_text("the unfinished run's log\n")
+    data: Path | str = LONG
+    if file_name:
+        data = case / file_name
+        if callable(content):
+            content(data)
+        elif isinstance(content, bytes):
+            data.write_bytes(content)
+        else:
+            data.write_text(content, encoding="utf-8")
+    before = _snapshot(run_dir)
+    args = ["model=tiny", "dataset=jsonl", f"dataset.path={data}", f"hydra.run.dir={run_dir}", "resume=true"]
+    result = call_main(*args)
+    return data, run_dir, before, result.returncode, result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_hostile_file_gives_one_located_error_line(results, name):
-    data, run_dir, before, returncode, stdout, stderr = results[name]
+@pytest.mark.parametrize("case", list(CASES), indirect=True)
+def test_hostile_file_gives_one_located_error_line(case, request):
+    name = request.node.callspec.params["case"]
+    data, run_dir, before, returncode, stdout, stderr = case
     where = CASES[name][2]
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert returncode == 2, stderr[-2000:]

@@ -9,7 +9,8 @@ from calibration_lightning.errors import ConfigError
 from calibration_lightning.losses.ece import ECERegularizedSFT
 from calibration_lightning.losses.em import EStepRefresh
 from calibration_lightning.losses.sft import SequenceSFT
-from calibration_lightning.module import CalibrationModule, OptimSettings
+from calibration_lightning.module import CalibrationModule
+from tests.conftest import optim
 
 
 class SeenAtBatchStart(L.Callback):
@@ -25,7 +26,7 @@ class SeenAtBatchStart(L.Callback):
 
 def _fit(tiny_model, tiny_datamodule, every, epochs=2):
     module = CalibrationModule(
-        tiny_model, ECERegularizedSFT(SequenceSFT(), n_bins=5), tiny_datamodule.letter_ids, OptimSettings(lr=1e-3)
+        tiny_model, ECERegularizedSFT(SequenceSFT(), n_bins=5), tiny_datamodule.letter_ids, optim(lr=1e-3)
     )
     seen = SeenAtBatchStart()
     trainer = L.Trainer(
@@ -57,7 +58,7 @@ def test_refresh_every_epoch_once_and_every_n_steps(tiny_model, tiny_datamodule)
 def test_statistics_are_the_training_splits_counted_by_hand(tiny_model, tiny_datamodule):
     """With ``once``, the head keeps what the E-step measured before the first step: per confidence bin of
     width 0.2, the share of right answers among the training questions, and their number."""
-    scorer = CalibrationModule(tiny_model, None, tiny_datamodule.letter_ids, OptimSettings())
+    scorer = CalibrationModule(tiny_model, None, tiny_datamodule.letter_ids, None)
     before = scorer.score(tiny_datamodule.split_dataloader("train"))  # the model as training starts
     k = before["n_choices"][:, None] > torch.arange(before["letter_logits"].shape[1])[None]
     probs = before["letter_logits"].masked_fill(~k, float("-inf")).softmax(-1)

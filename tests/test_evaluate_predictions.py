@@ -15,7 +15,7 @@ from calibration_lightning.calibration.bootstrap import RESAMPLED
 from calibration_lightning.calibration.metrics import METRICS
 from calibration_lightning.evaluate_predictions import evaluate_pair
 from calibration_lightning.evaluate_predictions.__main__ import main
-from calibration_lightning.run import run
+from calibration_lightning.recipe import run
 from tests.conftest import TINY_SPLIT
 
 CLI = [sys.executable, "-m", "calibration_lightning.evaluate_predictions"]
@@ -68,6 +68,7 @@ def _close(got, want, path=""):
         assert got == want, path
 
 
+@pytest.mark.slow
 def test_cli_on_a_finished_run_gives_its_metrics_json(make_cfg, tmp_path, capsys):
     cfg = make_cfg("model=tiny", "method=ts", *TINY_SPLIT)
     run(cfg)
@@ -109,6 +110,7 @@ def test_a_bad_file_is_one_error_line_and_nothing_is_written(tmp_path, capsys, l
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_scores_a_real_lm_eval_run_with_lm_evals_own_accuracy(tiny_source, tmp_path):
     """lm-eval (``hf`` model, local multiple-choice task on a jsonl file, ``--log_samples``) on the tiny model."""
     pytest.importorskip("lm_eval")

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.records import LETTERS, MCRecord, make_record
 from calibration_lightning.data.sources import read_records_file
 from calibration_lightning.errors import DataError
+from tests.conftest import config
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 ROWS_PER_EXAMPLE = 24
@@ -161,7 +161,7 @@ def check_valid(record: MCRecord, tokenizer=None) -> None:
         t.encode("utf-8")  # no unpaired surrogate
     assert 2 <= len(record.choices) <= 26 and 0 <= record.answer < len(record.choices), record
     if tokenizer is not None:
-        assert tokenizer(PromptFormat().render(record))["input_ids"]
+        assert tokenizer(config().dataset.prompt.render(record))["input_ids"]
 
 
 def check_row(raw, tokenizer, others: list[str]) -> str:

@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_dry_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--cpu-dry-run", "--out", str(tmp_path)],

@@ -110,9 +110,10 @@ def test_missing_split_and_folder(tmp_path):
         hub.openbookqa("test", data_dir=str(tmp_path / "nope"))
 
 
+@pytest.mark.slow
 def test_hub_dataset_config_runs_offline_with_eval_set(make_cfg, tmp_path):
     """dataset=paper_mix with data_dir, ARC-Challenge as an extra evaluation set, on the tiny model."""
-    from calibration_lightning.run import run
+    from calibration_lightning.recipe import run
 
     data = tmp_path / "mix"
     rows = [

@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 
+@pytest.mark.slow
 def test_lever_probe_dry_run_times_every_lever_and_agrees_on_the_loss(tmp_path):
     proc = subprocess.run(
         [sys.executable, "bench/lever_probe.py", "--cpu-dry-run", "--out", str(tmp_path)],

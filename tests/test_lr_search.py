@@ -6,39 +6,39 @@ import pytest
 import torch
 
 import calibration_lightning.lr_search as lr_search
-from calibration_lightning.methods import LRSearch, Method
-from calibration_lightning.run import run
+from calibration_lightning.recipe import run
+from calibration_lightning.schema import LRSearchConf
+from calibration_lightning.selection import paired_se
 from tests.conftest import TINY_SPLIT
 
 
 def test_successive_halving_schedule():
     # n candidates at r steps, then ceil(n / eta) at eta * r, until one is left (hand-computed)
-    assert LRSearch(lrs=[1, 2, 3, 4, 5], probe_steps=2, eta=2).rungs() == [(5, 2), (3, 4), (2, 8)]
-    assert LRSearch(lrs=[1e-4, 3e-4, 1e-3], probe_steps=10, eta=3).rungs() == [(3, 10)]
-    assert LRSearch(lrs=[1e-4], probe_steps=10).rungs() == []
+    assert LRSearchConf(lrs=[1, 2, 3, 4, 5], probe_steps=2, eta=2, z=1).rungs() == [(5, 2), (3, 4), (2, 8)]
+    assert LRSearchConf(lrs=[1e-4, 3e-4, 1e-3], probe_steps=10, eta=3, z=1).rungs() == [(3, 10)]
+    assert LRSearchConf(lrs=[1e-4], probe_steps=10, eta=3, z=1).rungs() == []
 
 
-def test_a_candidate_that_leads_early_can_lose_on_the_longer_rung(monkeypatch):
+def test_a_candidate_that_leads_early_can_lose_on_the_longer_rung():
     scores = {
         (1e-4, 5): 1.3, (3e-4, 5): 1.1, (1e-3, 5): 1.0, (3e-3, 5): 1.5,  # rung 1: keep 1e-3 and 3e-4
         (1e-3, 10): 1.2, (3e-4, 10): 0.9,  # rung 2: 3e-4 wins
     }  # fmt: skip
-    calls, restored = [], []
-    monkeypatch.setattr(
-        lr_search,
-        "probe",
-        lambda cfg, m, model, dm, init, lr, steps, mon: calls.append((lr, steps)) or (scores[(lr, steps)], None),
-    )
-    monkeypatch.setattr(lr_search, "set_adapter_weights", lambda model, weights: restored.append(weights))
-    method = Method("cft", None, None, 10, lr_search=LRSearch(lrs=[1e-4, 3e-4, 1e-3, 3e-3], probe_steps=5, eta=2))
-    result = lr_search.search_learning_rate(None, method, "model", None, "initial", "val/nll", "min")
-    assert result["chosen"] == 3e-4
+    calls = []
+
+    def probe(lr, steps):  # the validation monitor each (rate, steps) would reach, in the order it is asked
+        calls.append((lr, steps))
+        return scores[(lr, steps)], None
+
+    search = LRSearchConf(lrs=[1e-4, 3e-4, 1e-3, 3e-3], probe_steps=5, eta=2, z=1.0)
+    result = lr_search.search_learning_rate(search, 1e-2, probe, "val/nll", "min")
+    assert result["chosen"] == 3e-4 and result["reference"] is None  # 1e-2 is not in the grid
     assert calls == [(1e-4, 5), (3e-4, 5), (1e-3, 5), (3e-3, 5), (1e-3, 10), (3e-4, 10)]
     assert result["probe_steps_total"] == 4 * 5 + 2 * 10
-    assert restored == ["initial"]  # the model ends with the initial adapters
+    assert result["rungs"][1] == {"steps": 10, "scores": [[1e-3, 1.2], [3e-4, 0.9]]}
     # a monitor where higher is better ranks the other way (one rung: eta = 4 keeps one of four)
-    method.lr_search.eta = 4
-    result = lr_search.search_learning_rate(None, method, "model", None, "initial", "val/accuracy", "max")
+    search.eta = 4
+    result = lr_search.search_learning_rate(search, 1e-2, probe, "val/accuracy", "max")
     assert result["chosen"] == 3e-3
 
 
@@ -51,7 +51,7 @@ def test_the_reference_rate_stays_unless_clearly_beaten():
         5e-4: (1.0, ref),
         1.5e-3: (0.5, ref + torch.tensor([-0.4, -0.6, -0.5, -0.5])),
     }
-    assert lr_search.paired_se(scores[1.5e-4][1], ref) == pytest.approx(0.1633 / 2, abs=1e-4)
+    assert paired_se(scores[1.5e-4][1], ref) == pytest.approx(0.1633 / 2, abs=1e-4)
     # z = 1: 1.5e-3 beats the reference by 0.5 > 0.041, 1.5e-4 by 0.1 > 0.082: plain order
     assert lr_search.rank(scores, 5e-4, 1.0, 1.0) == [1.5e-3, 1.5e-4, 5e-4]
     # z = 2: 0.1 < 2 x 0.082, so 1.5e-4 now ranks below the reference
@@ -62,6 +62,7 @@ def test_the_reference_rate_stays_unless_clearly_beaten():
     assert lr_search.rank(scores, None, 1.0, 20.0) == [1.5e-3, 1.5e-4, 5e-4]
 
 
+@pytest.mark.slow
 def test_run_trains_with_the_learning_rate_that_won_on_validation(make_cfg, tmp_path):
     cfg = make_cfg(
         "model=tiny",

@@ -6,37 +6,58 @@ import math
 import pytest
 import torch
 
+from calibration_lightning.auto import choose_method, paired_difference
 from calibration_lightning.errors import ConfigError
-from calibration_lightning.methods import choose_method, paired_difference
+from calibration_lightning.schema import BootstrapConf, validate
+from tests.conftest import compose_config
+
+NO_BOOTSTRAP = BootstrapConf(resamples=0, level=0.95, seed=0)
 
 
-def _m(acc, ece):
-    return {"accuracy": acc, "conf_ece": ece, "n": 100}
+def _m(acc, ece, nll=1.0):
+    return {"accuracy": acc, "conf_ece": ece, "nll": nll, "n": 100}
 
 
 def _answers(n: int, right: set[int]) -> list[bool]:
     return [i in right for i in range(n)]
 
 
+def _choose(val: dict, correct: dict, tolerance: float, z: float = 1.96, probs=None, labels=None, resamples=0):
+    """``choose_method`` on candidates given as metrics and per-question correctness (two options, gold A: a
+    question is right when option A's logit is the larger), or as probabilities and labels."""
+    scored = {}
+    for name, metrics in val.items():
+        if probs is None:
+            right = torch.tensor(correct[name])
+            logits = torch.stack([right.double(), (~right).double()], dim=1)
+            y = torch.zeros(len(right), dtype=torch.long)
+        else:
+            logits, y = probs[name].log(), labels
+        scored[name] = {"letter_logits": logits, "labels": y, "n_choices": torch.full_like(y, logits.shape[1]),
+                        "metrics": metrics}  # fmt: skip
+    bootstrap = BootstrapConf(resamples=resamples, level=0.95, seed=0)
+    return choose_method(scored, tolerance, z, 10, bootstrap)
+
+
 def test_picks_rcft_when_rcft_is_better_on_validation():
     correct = {"cft": _answers(100, set(range(60))), "rcft": _answers(100, set(range(61)))}
-    choice = choose_method({"cft": _m(0.60, 0.12), "rcft": _m(0.61, 0.04)}, correct, 0.02)
+    choice = _choose({"cft": _m(0.60, 0.12), "rcft": _m(0.61, 0.04)}, correct, 0.02)
     assert choice["chosen"] == "rcft" and choice["eligible"] == ["cft", "rcft"]
 
 
 def test_picks_cft_when_cft_is_better_on_validation():
     correct = {"cft": _answers(100, set(range(60))), "rcft": _answers(100, set(range(60)))}
-    assert choose_method({"cft": _m(0.60, 0.03), "rcft": _m(0.60, 0.09)}, correct, 0.02)["chosen"] == "cft"
+    assert _choose({"cft": _m(0.60, 0.03), "rcft": _m(0.60, 0.09)}, correct, 0.02)["chosen"] == "cft"
 
 
 def test_tolerance_compares_exact_counts():
     # 31/100 against 29/100 with a tolerance of 0.02: as floats 0.31 - 0.29 > 0.02, in counts 2 <= 2
     assert 0.31 - 0.29 > 0.02
     correct = {"cft": _answers(100, set(range(31))), "rcft": _answers(100, set(range(29)))}
-    choice = choose_method({"cft": _m(0.31, 0.10), "rcft": _m(0.29, 0.02)}, correct, 0.02, z=0.0)
+    choice = _choose({"cft": _m(0.31, 0.10), "rcft": _m(0.29, 0.02)}, correct, 0.02, z=0.0)
     assert choice["eligible"] == ["cft", "rcft"] and choice["chosen"] == "rcft"
     correct["rcft"] = _answers(100, set(range(28)))  # 3 behind: outside, with no noise allowance
-    assert choose_method({"cft": _m(0.31, 0.10), "rcft": _m(0.28, 0.02)}, correct, 0.02, z=0.0)["chosen"] == "cft"
+    assert _choose({"cft": _m(0.31, 0.10), "rcft": _m(0.28, 0.02)}, correct, 0.02, z=0.0)["chosen"] == "cft"
 
 
 def test_paired_standard_error_from_the_discordant_questions():
@@ -51,26 +72,26 @@ def test_a_difference_inside_the_noise_does_not_exclude_the_better_calibrated_ca
     # 22/80 against 19/80 (0.275 vs 0.2375: 3 questions) is well inside the paired noise (SE about 2.6 questions)
     correct = {"cft": _answers(80, set(range(22))), "rcft": _answers(80, set(range(5, 24)))}
     val = {"cft": _m(0.275, 0.157), "rcft": _m(0.2375, 0.044)}
-    choice = choose_method(val, correct, 0.02)
+    choice = _choose(val, correct, 0.02)
     assert choice["eligible"] == ["cft", "rcft"] and choice["chosen"] == "rcft"
     assert choice["paired"]["rcft"]["behind_best"] == 3
-    assert choose_method(val, correct, 0.02, z=0.0)["chosen"] == "cft"  # the old, noise-blind rule
+    assert _choose(val, correct, 0.02, z=0.0)["chosen"] == "cft"  # the old, noise-blind rule
 
 
 def test_a_lower_ece_bought_with_a_real_accuracy_loss_is_not_eligible():
     # 62/100 against 45/100, every disagreement one way: 17 behind, SE sqrt(17 - 17^2/100) = 3.7 questions
     correct = {"cft": _answers(100, set(range(62))), "rcft": _answers(100, set(range(45)))}
     val = {"cft": _m(0.62, 0.08), "rcft": _m(0.45, 0.01)}
-    choice = choose_method(val, correct, 0.02)
+    choice = _choose(val, correct, 0.02)
     assert choice["eligible"] == ["cft"] and choice["chosen"] == "cft"
-    assert choose_method(val, correct, 0.10)["chosen"] == "rcft"  # 17 - 10 = 7 <= 1.96 x 3.7
+    assert _choose(val, correct, 0.10)["chosen"] == "rcft"  # 17 - 10 = 7 <= 1.96 x 3.7
 
 
 def test_no_candidate_is_an_error_and_a_negative_z_is_refused():
     with pytest.raises(ValueError):
-        choose_method({}, {}, 0.02)
-    with pytest.raises(ConfigError, match=r"method\.accuracy_z"):
-        choose_method({"cft": _m(0.5, 0.1)}, {"cft": [True, False]}, 0.02, z=-1)
+        choose_method({}, 0.02, 1.96, 10, NO_BOOTSTRAP)
+    with pytest.raises(ConfigError, match=r"method\.accuracy_z=-1.0: must be a number >= 0"):
+        validate(compose_config("method=auto", "method.accuracy_z=-1"))
 
 
 def _ece(p, y, n_bins=10):
@@ -111,13 +132,13 @@ def test_a_conf_ece_gap_inside_the_noise_is_a_tie_that_the_lower_validation_nll_
     other = next(name for name in probs if name != lowest)
     val = {name: {**_m(0.35, ece[name]), "nll": 1.30 if name == other else 1.40} for name in probs}
     correct = {name: (p.argmax(-1) == y).tolist() for name, p in probs.items()}
-    choice = choose_method(val, correct, 0.02, probabilities=probs, labels=y, resamples=400, seed=0)
+    choice = _choose(val, correct, 0.02, probs=probs, labels=y, resamples=400)
     assert choice["tied"] == ["cft", "rcft"] and choice["chosen"] == other  # the lower NLL among the tied
     gap = choice["calibration"][other]
     assert gap["above_lowest"] == pytest.approx(ece[other] - ece[lowest], abs=1e-6)
     assert gap["ci"][0] <= 0 <= gap["ci"][1]
     # without the noise test (no resamples), the lower conf-ECE wins however small the gap
-    assert choose_method(val, correct, 0.02, probabilities=probs, labels=y, resamples=0)["chosen"] == lowest
+    assert _choose(val, correct, 0.02, probs=probs, labels=y, resamples=0)["chosen"] == lowest
 
 
 def test_a_conf_ece_gap_beyond_the_noise_keeps_the_better_calibrated_candidate_whatever_its_nll():
@@ -127,6 +148,6 @@ def test_a_conf_ece_gap_beyond_the_noise_keeps_the_better_calibrated_candidate_w
     assert ece["cft"] > ece["rcft"] + 0.2
     val = {"cft": {**_m(0.35, ece["cft"]), "nll": 1.0}, "rcft": {**_m(0.35, ece["rcft"]), "nll": 2.0}}
     correct = {name: (p.argmax(-1) == y).tolist() for name, p in probs.items()}
-    choice = choose_method(val, correct, 0.02, probabilities=probs, labels=y, resamples=400, seed=0)
+    choice = _choose(val, correct, 0.02, probs=probs, labels=y, resamples=400)
     assert choice["tied"] == ["rcft"] and choice["chosen"] == "rcft"
     assert choice["calibration"]["cft"]["ci"][0] > 0 and choice["calibration"]["cft"]["tied"] is False

@@ -4,12 +4,12 @@ import torch
 
 from calibration_lightning.calibration.confidence import letter_probabilities
 from calibration_lightning.losses.sft import CompletionSFT, SequenceSFT
-from calibration_lightning.module import CalibrationModule, OptimSettings
-from tests.conftest import train_steps
+from calibration_lightning.module import CalibrationModule
+from tests.conftest import optim, train_steps
 
 
 def _module(model, dm, head=None):
-    return CalibrationModule(model, head, dm.letter_ids, OptimSettings(lr=1e-2, warmup_ratio=0.0), 10)
+    return CalibrationModule(model, head, dm.letter_ids, optim(lr=1e-2, warmup_ratio=0.0), 10)
 
 
 def _batch(dm, split="test", n=6):

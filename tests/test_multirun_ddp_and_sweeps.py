@@ -9,9 +9,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from calibration_lightning.calibration.metrics import METRICS
-from calibration_lightning.config import CONF_DIR
 from calibration_lightning.report import main as report_main
-from calibration_lightning.startup import check_settings
+from calibration_lightning.schema import CONF_DIR, validate
 from tests.helpers import ROOT, cli
 
 SMALL = ["dataset.split.train=16", "dataset.split.val=8", "dataset.split.test=16", "dataset.batch_size=4"]
@@ -38,11 +37,12 @@ def test_every_experiment_composes_for_each_swept_value(experiment):
         for combo in combos:
             cfg = compose("config", overrides=[f"+experiment={experiment}", "output_dir=/tmp/x", *combo])
             OmegaConf.to_container(cfg, resolve=True)
-            check_settings(cfg)
+            validate(cfg)
     # experiments that are not searches: a fixed list of methods, a setting switched on
     assert experiment in ("default_methods", "lr_search") or len(combos) >= 5
 
 
+@pytest.mark.slow
 def test_multirun_and_report_table_match_metrics(tmp_path, capsys):
     sweep = tmp_path / "multirun"
     result = cli("-m", "model=tiny", "method=none,cft,ts", *SMALL, f"hydra.sweep.dir={sweep}")
@@ -72,6 +72,7 @@ def test_report_without_runs_fails_clearly(tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     result = cli("model=tiny", "trainer=ddp_cpu", "method=rcft", *SMALL, f"hydra.run.dir={out}")
@@ -83,6 +84,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_wandb_offline_without_network_or_key(tmp_path):
     out = tmp_path / "wb"
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "wandb-secret-k3y", "WANDB_SILENT": "true"}
@@ -107,4 +109,4 @@ def test_sweep_files_call_hydra_with_keys_that_exist_and_a_logged_metric(sweep):
     values = {k: (v.get("values") or [v.get("min")])[0] for k, v in spec["parameters"].items()}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*fixed, "output_dir=/tmp/x", *(f"{k}={v}" for k, v in values.items())])
-    check_settings(cfg)
+    validate(cfg)

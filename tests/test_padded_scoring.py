@@ -67,9 +67,9 @@ def test_padded_logits_equal_unpadded_forward(tiny_model):
 
 def test_sequence_sft_on_padded_batch_equals_unpadded_per_row_loss(tiny_model):
     """L_SFT2 of a left-padded batch = mean over real tokens of each row's own unpadded causal-LM loss."""
-    from calibration_lightning.module import CalibrationModule, OptimSettings
+    from calibration_lightning.module import CalibrationModule
 
-    module = CalibrationModule(tiny_model, SequenceSFT(), [10, 11, 12, 13], OptimSettings()).eval()
+    module = CalibrationModule(tiny_model, SequenceSFT(), [10, 11, 12, 13], None).eval()
     rows = [torch.randint(20, 200, (n,)) for n in (7, 11, 4)]
     answers = torch.tensor([10, 12, 13])
     width = max(len(r) for r in rows)
@@ -114,7 +114,7 @@ GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 @GPU
 def test_rcft_trains_under_ddp_on_a_gpu(make_cfg, tmp_path):
     """The E-step's all-reduce runs through NCCL, which takes only tensors on the module's device."""
-    from calibration_lightning.run import run
+    from calibration_lightning.recipe import run
     from tests.conftest import TINY_SPLIT
 
     result = run(
@@ -128,7 +128,7 @@ def test_fsdp_run_trains_its_adapters_on_a_gpu(make_cfg, tmp_path):
     """Evaluation before fit runs with autograd under FSDP, so the adapters still train afterwards."""
     from safetensors.torch import load_file
 
-    from calibration_lightning.run import run
+    from calibration_lightning.recipe import run
     from tests.conftest import TINY_SPLIT
 
     cfg = make_cfg("model=tiny", "method.epochs=1", "method.select=null", "trainer=fsdp", "trainer.devices=1",

@@ -6,7 +6,11 @@ The reference below is independent of the package: plain Python over the JSONL r
 import json
 import random
 
-from calibration_lightning.run import run
+import pytest
+
+from calibration_lightning.recipe import run
+
+pytestmark = pytest.mark.slow
 
 
 def _ece_reference(rows, n_bins=10):

@@ -74,6 +74,7 @@ def reference(tmp_path_factory) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_killed_during_final_evaluation_moved_and_resumed_equals_the_uninterrupted_run(reference, tmp_path):
     first = tmp_path / "first"
     killed = cli(first, interrupt="evaluate:2:KILL")  # 1: before training, 2: after it, before metrics.json
@@ -94,6 +95,7 @@ def test_killed_during_final_evaluation_moved_and_resumed_equals_the_uninterrupt
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in moved.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_sigterm_mid_training_exits_143_and_a_copy_resumes_exactly(reference, tmp_path):
     out = tmp_path / "run"
     stopped = cli(out, interrupt="step:7:TERM")  # epoch 2 (6 steps an epoch), between two step checkpoints
@@ -114,6 +116,7 @@ def test_sigterm_mid_training_exits_143_and_a_copy_resumes_exactly(reference, tm
     assert outputs(copy) == reference
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_first_evaluation_exits_130(tmp_path):
     out = tmp_path / "run"
     stopped = cli(out, interrupt="evaluate:1:INT")
@@ -121,6 +124,7 @@ def test_ctrl_c_during_the_first_evaluation_exits_130(tmp_path):
     assert "Traceback" not in stopped.stderr
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_busy_folder_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -179,7 +183,7 @@ def _unfinished(out: Path, *overrides: str) -> None:
     """A run folder as a killed run leaves it: saved settings and a checkpoint folder."""
     from hydra import compose, initialize_config_dir
 
-    from calibration_lightning.config import CONF_DIR
+    from calibration_lightning.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"output_dir={out}", *SELECTING, *overrides])
@@ -242,6 +246,7 @@ def test_broken_checkpoints_are_refused_at_start_up(tmp_path, content, reason, n
     run_state.unlock_run_dir(out)
 
 
+@pytest.mark.slow
 def test_a_broken_checkpoint_through_the_cli_is_one_error_line(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -254,6 +259,7 @@ def test_a_broken_checkpoint_through_the_cli_is_one_error_line(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_mid_run_is_one_error_line(tmp_path):
     import resource
 

@@ -14,8 +14,6 @@ from calibration_lightning.errors import ConfigError, TrainingError
 from calibration_lightning.losses.ece import ECERegularizedSFT
 from calibration_lightning.losses.sft import CompletionSFT, SequenceSFT, sequence_nll
 from calibration_lightning.models.loading import (
-    LoraSettings,
-    ModelSettings,
     add_lora,
     allow_tf32,
     autocast_dtype,
@@ -23,7 +21,8 @@ from calibration_lightning.models.loading import (
     merged_adapters,
 )
 from calibration_lightning.models.scoring import causal_lm_logits, padded_attention_mask
-from calibration_lightning.module import CalibrationModule, OptimSettings
+from calibration_lightning.module import CalibrationModule
+from tests.conftest import config, make_datamodule, model_conf
 from tests.sync_guard import HostSync, no_host_sync
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _module(model, head, dm, step=3, autocast=None):
     """A module as ``Trainer.fit`` holds it at ``step`` (5 steps between logging steps), without a Trainer."""
-    module = CalibrationModule(model, head, dm.letter_ids, OptimSettings(), autocast=autocast)
+    module = CalibrationModule(model, head, dm.letter_ids, None, autocast=autocast)
     module._trainer = types.SimpleNamespace(global_step=step, current_epoch=0, log_every_n_steps=5)
     return module
 
@@ -144,7 +143,7 @@ def test_bf16_lora_autocast_gives_the_fp32_loss_and_gradients(tiny_source, tiny_
     batch = _padded_batch(tiny_datamodule)
     results = {}
     for compute in ("float32", "bfloat16"):
-        settings = ModelSettings(lora_compute=compute)
+        settings = model_conf(lora_compute=compute)
         torch.manual_seed(0)
         model = load_model(tiny_source, settings, "cpu")
         _randomize_lora_b(model)
@@ -176,7 +175,7 @@ def test_tf32_switch_and_cpu_numbers_unchanged(tiny_source, tiny_datamodule):
     losses = []
     for tf32 in (False, True):
         torch.manual_seed(0)
-        model = load_model(tiny_source, ModelSettings(tf32=tf32), "cpu")
+        model = load_model(tiny_source, model_conf(tf32=tf32), "cpu")
         losses.append(_module(model, CompletionSFT(), tiny_datamodule).training_step(batch, 3))
     assert torch.backends.cuda.matmul.fp32_precision == before  # only a CUDA load turns it on
     assert torch.equal(losses[0], losses[1])
@@ -198,11 +197,12 @@ def test_decoder_layer_traces_as_one_graph_without_breaks(tiny_model, padded):
     assert explained.graph_count == 1
 
 
+@pytest.mark.slow
 # -- d: Liger kernels --------------------------------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_liger_refused_without_cuda_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="model.liger"):
-        ModelSettings(liger=True)
+        model_conf(liger=True)
     proc = subprocess.run(
         [sys.executable, "-m", "calibration_lightning", "model=tiny", "model.liger=true", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT,
@@ -227,15 +227,13 @@ def test_token_budget_batches_cut_by_rows_times_longest():
 
 
 def test_token_budget_scoring_gives_the_fixed_count_predictions(tiny_model, tiny_tokenizer, mmlu_splits):
-    from calibration_lightning.data.datamodule import MultipleChoiceDataModule
-    from calibration_lightning.data.prompts import PromptFormat
-
     scored, counts = [], []
     for tokens in (0, 700):
-        dm = MultipleChoiceDataModule(mmlu_splits, tiny_tokenizer, PromptFormat(), 4, 8, eval_tokens_per_batch=tokens)
+        dm = make_datamodule(mmlu_splits, tiny_tokenizer, config().dataset, batch_size=4, eval_batch_size=8,
+                             eval_tokens_per_batch=tokens)  # fmt: skip
         loader = dm.split_dataloader("test")
         counts.append([len(b) for b in loader.batch_sampler])
-        module = CalibrationModule(tiny_model, None, dm.letter_ids, OptimSettings())
+        module = CalibrationModule(tiny_model, None, dm.letter_ids, None)
         out = module.score(loader)
         order = out["index"].argsort()
         scored.append(out["letter_logits"][order])
@@ -245,12 +243,10 @@ def test_token_budget_scoring_gives_the_fixed_count_predictions(tiny_model, tiny
 
 
 def test_token_budget_batches_line_up_across_ddp_ranks(tiny_tokenizer, mmlu_splits):
-    from calibration_lightning.data.datamodule import MultipleChoiceDataModule
-    from calibration_lightning.data.prompts import PromptFormat
-
     per_rank = []
     for rank in range(3):
-        dm = MultipleChoiceDataModule(mmlu_splits, tiny_tokenizer, PromptFormat(), 4, 8, eval_tokens_per_batch=500)
+        dm = make_datamodule(mmlu_splits, tiny_tokenizer, config().dataset, batch_size=4, eval_batch_size=8,
+                             eval_tokens_per_batch=500)  # fmt: skip
         dm.trainer = types.SimpleNamespace(global_rank=rank, world_size=3)
         per_rank.append([(len(b["labels"]), b["input_ids"].numel()) for b in dm.split_dataloader("test")])
     assert len({len(batches) for batches in per_rank}) == 1  # every rank runs the same number of batches
@@ -273,7 +269,7 @@ def _nf4_tiny(source):
                 q.weight = weight._quantize("cpu")
                 setattr(parent, name, q)
     base.is_loaded_in_4bit = True
-    model = add_lora(base.requires_grad_(False), LoraSettings())
+    model = add_lora(base.requires_grad_(False), model_conf().lora)
     _randomize_lora_b(model)
     return model, bnb
 
@@ -305,9 +301,9 @@ def test_merge_for_eval_and_lora_compute_choices_come_from_the_schema():
 
     from calibration_lightning.schema import ModelConf
 
-    with pytest.raises(ConfigError, match="model.merge_for_eval"):
-        ModelConf(name="tiny", loader={}, merge_for_eval="dequantise")
-    assert ModelConf(name="tiny", loader={}, merge_for_eval="dequantize").merge_for_eval == "dequantize"
+    with pytest.raises(ConfigError, match="model.merge_for_eval='dequantise': allowed: auto, dequantize, true, false"):
+        model_conf(merge_for_eval="dequantise")
+    assert model_conf(merge_for_eval="dequantize").merge_for_eval == "dequantize"
     node = OmegaConf.structured(ModelConf)
     node.lora_compute = "bfloat16"
     with pytest.raises(ValidationError, match="lora_compute"):

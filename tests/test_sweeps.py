@@ -13,8 +13,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from calibration_lightning.calibration.metrics import METRICS
-from calibration_lightning.config import CONF_DIR
-from calibration_lightning.run import run
+from calibration_lightning.recipe import run
+from calibration_lightning.schema import CONF_DIR
 from tests.conftest import TINY_SPLIT
 
 ROOT = CONF_DIR.parent
@@ -87,6 +87,7 @@ def _logged(out: Path, key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key)]
 
 
+@pytest.mark.slow
 def test_run_returns_the_after_training_validation_conf_ece_as_its_objective(make_cfg, tmp_path):
     cfg = make_cfg(
         "model=tiny",
@@ -102,6 +103,7 @@ def test_run_returns_the_after_training_validation_conf_ece_as_its_objective(mak
     assert result["objective"] != pytest.approx(result["after"]["conf_ece"], abs=1e-6)  # not the test split's
 
 
+@pytest.mark.slow
 def test_local_optuna_sweep_minimises_the_validation_metric(tmp_path):
     """Two trials of the shipped Optuna study on the tiny model: the best value it reports is the lower of the
     trials' after-training validation conf-ECE (logged by each run), not a test metric."""

@@ -2,14 +2,19 @@
 backtracking to it at a smaller learning rate, validation rounds shorter than an epoch."""
 
 import csv
+import dataclasses
 import json
 
+import lightning as L
 import pytest
 import torch
 
 from calibration_lightning.errors import ConfigError
-from calibration_lightning.run import run
-from tests.conftest import TINY_SPLIT
+from calibration_lightning.recipe import run
+from calibration_lightning.schema import SelectConf, validate
+from calibration_lightning.selection import Backtracking
+from tests.conftest import TINY_SPLIT, compose_config
+from tests.helpers import startup_check
 
 
 def _val_history(out) -> tuple[float, list[float], float]:
@@ -62,7 +67,8 @@ def _plain(backtracks: list[dict]) -> list[dict]:
     return [{k: b[k] for k in ("after_round", "back_to_round", "lr")} for b in backtracks]
 
 
-@pytest.mark.parametrize("min_delta,patience", [(0.01, 1), (0.0, 2)])
+@pytest.mark.slow
+@pytest.mark.parametrize("min_delta,patience", [(0.01, 1)])
 def test_training_stops_when_validation_nll_stops_improving_and_keeps_the_best_epoch(
     make_cfg, tmp_path, min_delta, patience
 ):
@@ -102,6 +108,7 @@ def test_training_stops_when_validation_nll_stops_improving_and_keeps_the_best_e
         assert best["val_scored"]["index"].tolist() == list(range(len(best["val_scored"]["index"])))
 
 
+@pytest.mark.slow
 def test_when_no_epoch_beats_the_untrained_model_its_adapters_are_kept_and_said_so(make_cfg, tmp_path, capsys):
     cfg = make_cfg(
         "model=tiny",
@@ -129,6 +136,7 @@ def test_when_no_epoch_beats_the_untrained_model_its_adapters_are_kept_and_said_
     assert metrics["objective"] == pytest.approx(float(first["val/conf_ece"]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_without_select_every_epoch_runs_and_the_last_is_kept(make_cfg, tmp_path):
     run(
         make_cfg(
@@ -148,10 +156,10 @@ def test_without_select_every_epoch_runs_and_the_last_is_kept(make_cfg, tmp_path
     assert not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
 
 
-def test_select_without_a_validation_split_is_refused_before_loading(make_cfg):
-    cfg = make_cfg("model=tiny", "method=cft", "dataset.split.val=0", "dataset.split.train=24", "dataset.split.test=24")
+def test_select_without_a_validation_split_is_refused_before_loading(tmp_path):
+    splits = ["dataset.split.val=0", "dataset.split.train=24", "dataset.split.test=24"]
     with pytest.raises(ConfigError, match=r"dataset.split.val.*method.select=null"):
-        run(cfg)
+        startup_check(["model=tiny", "method=cft", *splits, f"hydra.run.dir={tmp_path / 'r'}"])
 
 
 @pytest.mark.parametrize(
@@ -172,11 +180,12 @@ def test_select_without_a_validation_split_is_refused_before_loading(make_cfg):
         ("+experiment=lr_search method.lr_search.eta=1", "method.lr_search.eta"),
     ],
 )
-def test_bad_selection_settings_name_their_key(make_cfg, override, key):
+def test_bad_selection_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        run(make_cfg("model=tiny", *override.split(), *TINY_SPLIT))
+        validate(compose_config("model=tiny", *override.split()))
 
 
+@pytest.mark.slow
 def test_validation_rounds_of_every_n_steps_split_each_epoch(make_cfg, tmp_path):
     cfg = make_cfg(
         "model=tiny",
@@ -198,6 +207,7 @@ def test_validation_rounds_of_every_n_steps_split_each_epoch(make_cfg, tmp_path)
     assert val_steps == [1, 3, 5, 7, 9, 11]  # validated after optimizer steps 2, 4, ..., 12 (logged 0-based)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factor", [0.3, 1e-7])
 def test_a_round_without_improvement_goes_back_to_the_best_adapters_at_a_smaller_rate(make_cfg, tmp_path, factor):
     training, before, history, after_fit = _selecting_run(
@@ -225,50 +235,88 @@ def test_a_round_without_improvement_goes_back_to_the_best_adapters_at_a_smaller
     assert after_fit == pytest.approx(history[kept - 1] if kept else before, abs=1e-5)
 
 
-def test_backtrack_loads_the_best_file_scales_every_rate_and_clears_the_moments(tmp_path):
-    from types import SimpleNamespace
+class Scripted(L.LightningModule):
+    """A linear layer whose validation NLL follows ``script`` (one value per round; per-question terms: the value
+    plus ``spread``), with what each round starts from recorded: weights, learning rate, optimizer moments."""
 
-    import torch
+    def __init__(self, script: list[float], spread: list[float]) -> None:
+        super().__init__()
+        self.layer, self.script, self.spread, self.starts, self.ends = torch.nn.Linear(2, 1), script, spread, [], []
 
-    from calibration_lightning.backtracking import Backtrack
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).pow(2).mean()
 
-    module = torch.nn.Linear(3, 2)
-    torch.save(
-        {"state_dict": {k: torch.full_like(v, 7.0) for k, v in module.state_dict().items()}, "epoch": 1},
-        tmp_path / "best.ckpt",
-    )
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 2))
-    module(torch.ones(1, 3)).sum().backward()
-    optimizer.step()
-    scheduler.step()
-    trainer = SimpleNamespace(
-        sanity_checking=False,
-        state=SimpleNamespace(fn="fit"),
-        should_stop=False,
-        current_epoch=3,
-        max_epochs=10,
-        optimizers=[optimizer],
-        lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)],
-    )
-    stopping = SimpleNamespace(wait_count=0, monitor="val/nll", mode="min", patience=2)
-    callback = Backtrack(stopping, SimpleNamespace(best_model_path=str(tmp_path / "best.ckpt")), {}, 0.3)
-    callback.on_validation_end(trainer, module)  # the round improved: nothing changes
-    assert callback.history == [] and optimizer.state and module.weight[0, 0] != 7
-    stopping.wait_count, stopping.stopped_epoch = 1, 0
-    callback.on_validation_end(trainer, module)
-    assert all(bool((v == 7).all()) for v in module.state_dict().values()) and not optimizer.state
-    assert stopping.wait_count == 0  # the smaller rate gets a whole patience of its own
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), batch_size=4)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(torch.ones(1, 2))
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def on_validation_epoch_end(self):
+        self.ends.append(self.layer.weight.detach().clone())
+        value = self.script[self.current_epoch]
+        terms = torch.tensor(self.spread, dtype=torch.float64) + value  # per-question NLL: mean = value
+        p = (-terms).exp()  # the gold option's probability (of two)
+        logits = torch.stack([p.log(), (1 - p).log()], dim=1)
+        self.val_scored = {"letter_logits": logits, "labels": torch.zeros(len(p), dtype=torch.long),
+                           "n_choices": torch.full((len(p),), 2)}  # fmt: skip
+        self.log("val/nll", value)
+
+    def on_train_epoch_start(self):
+        optimizer = self.trainer.optimizers[0]
+        self.starts.append((self.layer.weight.detach().clone(), optimizer.param_groups[0]["lr"], bool(optimizer.state)))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, 1)}
+
+
+def _backtracking_fit(tmp_path, script, spread, **select):
+    settings = dict(monitor="val/nll", min_delta=0.0, patience=2, every_n_steps=0, backtrack_factor=0.3,
+                    max_backtracks=1, backtrack_z=1.0)  # fmt: skip
+    module = Scripted(script, spread)
+    baseline = torch.tensor(spread, dtype=torch.float64) + 1.0  # the untrained model: NLL 1.0
+    callback = Backtracking(SelectConf(**{**settings, **select}), tmp_path, 1.0, baseline, initial={})
+    trainer = L.Trainer(max_epochs=len(script), callbacks=[callback], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module)
+    return module, callback, trainer
+
+
+def test_backtracking_keeps_the_best_round_goes_back_to_it_at_a_smaller_rate_and_clears_the_moments(tmp_path):
+    spread = [0.05, -0.05, 0.02, -0.02]
+    # round 1 improves (best.ckpt), round 2 is clearly worse (+0.7 on every question: se 0): back to round 1 at
+    # 0.3 x the rate with fresh moments and a fresh patience; rounds 3 and 4 do not improve; 3 is within the
+    # noise of the best (the same terms): patience (2) then runs out at round 4 with no backtrack left: stop
+    module, callback, trainer = _backtracking_fit(tmp_path, [0.8, 1.5, 0.8, 0.9, 0.5, 0.5], spread)
     assert callback.history == [
-        {"after_round": 4, "back_to_round": 2, "lr": pytest.approx(3e-3), "reason": "no improvement"}
-    ]
-    scheduler.step()
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-3)  # the schedule goes on from the smaller rate
-    restored = Backtrack(stopping, None, {}, 0.3)
-    restored.load_state_dict(callback.state_dict())
-    assert restored.history == callback.history
+        {"after_round": 2, "back_to_round": 1, "lr": pytest.approx(0.03), "reason": "worse than the best",
+         "worse_by": pytest.approx(0.7), "se": pytest.approx(0.0, abs=1e-9)}
+    ]  # fmt: skip
+    best = torch.load(tmp_path / "best.ckpt", weights_only=False)
+    assert best["epoch"] == 0 and float(callback.best_score) == pytest.approx(0.8)
+    weight_after_round_1 = best["state_dict"]["layer.weight"]
+    weights, lrs, moments = zip(*module.starts)
+    assert torch.equal(module.ends[0], weight_after_round_1) and not torch.equal(module.ends[1], weight_after_round_1)
+    assert torch.equal(weights[2], weight_after_round_1)  # round 3 starts from round 1's weights
+    assert lrs == pytest.approx((0.1, 0.1, 0.03, 0.03)) and moments == (False, True, False, True)
+    assert trainer.current_epoch == 4 and callback.wait_count == 2  # stopped after round 4: rounds 5, 6 never run
+    restored = Backtracking(callback.select, tmp_path, 1.0, None, {})
+    restored.load_state_dict(callback.state_dict())  # what a resumed run continues with
+    assert restored.history == callback.history and torch.equal(restored.best_terms, callback.best_terms)
+    assert (restored.wait_count, float(restored.best_score)) == (2, pytest.approx(0.8))
 
 
+def test_a_round_without_improvement_and_without_backtracking_only_counts_toward_patience(tmp_path):
+    module, callback, trainer = _backtracking_fit(tmp_path, [0.8, 1.5, 0.9, 0.5], [0.0, 0.0], backtrack_factor=None)
+    assert callback.history == [] and trainer.current_epoch == 3  # patience 2 ran out after round 3
+    assert [lr for _, lr, _ in module.starts] == [0.1, 0.1, 0.1]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("z", [0.0, 1e9])
 def test_a_round_within_z_paired_standard_errors_of_the_best_only_counts_toward_patience(make_cfg, tmp_path, z):
     training, before, history, _ = _selecting_run(
@@ -294,21 +342,17 @@ def test_a_round_within_z_paired_standard_errors_of_the_best_only_counts_toward_
         assert b["worse_by"] >= 0 and b["se"] >= 0
 
 
-def test_the_noise_test_compares_paired_per_question_terms():
-    from types import SimpleNamespace
-
-    import torch
-
-    from calibration_lightning.backtracking import Backtrack
-
+def test_the_noise_test_compares_paired_per_question_terms(tmp_path):
     best = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    stopping = SimpleNamespace(monitor="val/nll", mode="min")
-    callback = Backtrack(stopping, None, {}, 0.3, z=1.0, baseline_terms=best)
+    select = SelectConf(monitor="val/nll", min_delta=0.0, patience=2, every_n_steps=0, backtrack_factor=0.3,
+                        max_backtracks=1, backtrack_z=1.0)  # fmt: skip
+    callback = Backtracking(select, tmp_path, None, best, {})
     shifted = best + torch.tensor([0.1, 0.1, 0.1, 0.1])  # worse by 0.1 on every question: se 0, clearly worse
     assert callback._within_noise(shifted) == (False, pytest.approx(0.1), pytest.approx(0.0, abs=1e-6))
     mixed = best + torch.tensor([0.5, -0.3, 0.4, -0.4])  # worse by 0.05 on average, se = sd / 2 = 0.2327
     noise, worse, se = callback._within_noise(mixed)
     assert noise and worse == pytest.approx(0.05) and se == pytest.approx(0.4655 / 2, abs=1e-4)
-    stopping.mode = "max"  # accuracy: lower is worse
-    assert callback._within_noise(best - 0.1)[:2] == (False, pytest.approx(0.1))
-    assert Backtrack(stopping, None, {}, 0.3, z=None, baseline_terms=best)._within_noise(mixed)[0] is False
+    accuracy = Backtracking(dataclasses.replace(select, monitor="val/accuracy"), tmp_path, None, best, {})
+    assert accuracy._within_noise(best - 0.1)[:2] == (False, pytest.approx(0.1))  # lower is worse
+    no_test = Backtracking(dataclasses.replace(select, backtrack_z=None), tmp_path, None, best, {})
+    assert no_test._within_noise(mixed)[0] is False

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from calibration_lightning.run import run
+from calibration_lightning.recipe import run
 from calibration_lightning.winrate.evaluate import WinRate
 from calibration_lightning.winrate.judges import JudgeError, LocalJudge, OpenAIJudge, judge_text
 from calibration_lightning.winrate.scoring import bootstrap_interval, pair_outcomes, position_bias, summarize
@@ -54,6 +54,7 @@ def _judge_reference(model, tokenizer, instruction: str, a: str, b: str) -> floa
     return float(torch.softmax(logits[letters].float(), -1)[0])
 
 
+@pytest.mark.slow
 def test_local_judge_end_to_end_on_tiny(make_cfg, tmp_path, tiny_model, tiny_tokenizer):
     path = tmp_path / "instructions.jsonl"
     path.write_text(

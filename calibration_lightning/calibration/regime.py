@@ -29,21 +29,7 @@ import torch
 from torch import Tensor
 
 from calibration_lightning.calibration.binning import bin_index, binned_sums
-from calibration_lightning.calibration.metrics import bin_statistics, confidence_ece, top_label
-
-
-def histogram_binning(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bins: int = 10) -> Tensor:
-    """Map each confidence in ``probs`` to the accuracy of its bin on the fit split.
-
-    Bins that are empty on the fit split leave the confidence unchanged.
-
-    Returns:
-        ``[N]`` recalibrated confidences of ``probs``' top options.
-    """
-    acc, count = bin_statistics(fit_probs, fit_labels, n_bins)
-    conf = probs.max(dim=1).values
-    target_idx = bin_index(conf, n_bins)
-    return torch.where(count[target_idx] > 0, acc[target_idx], conf)
+from calibration_lightning.calibration.metrics import bin_statistics, top_label
 
 
 def recalibrated_ece(val_probs: Tensor, val_labels: Tensor, probs: Tensor, labels: Tensor, n_bins: int = 10) -> float:
@@ -72,19 +58,20 @@ def diagnose(
     val_labels: Tensor,
     test_probs: Tensor,
     test_labels: Tensor,
+    test_metrics: dict,
     n_bins: int = 10,
     tolerance: float = 0.05,
 ) -> dict:
-    """The regime diagnosis written to metrics.json under ``regime`` (see module docstring)."""
-    conf, hit = top_label(test_probs, test_labels)
-    accuracy, mean_conf = float(hit.mean()), float(conf.mean())
+    """The regime diagnosis written to metrics.json under ``regime`` (see module docstring); ``test_metrics``: the
+    test split's reported metrics (its accuracy and conf-ECE are not computed again)."""
+    accuracy, mean_conf = test_metrics["accuracy"], float(test_probs.max(dim=1).values.mean())
     recalibrated = recalibrated_ece(val_probs, val_labels, test_probs, test_labels, n_bins)
     floor = sampling_floor(val_probs, val_labels, test_probs, n_bins)
     return {
         "accuracy": accuracy,
         "mean_confidence": mean_conf,
         "ece_lower_bound": abs(accuracy - mean_conf),
-        "ece": float(confidence_ece(conf, hit, n_bins)),
+        "ece": test_metrics["conf_ece"],
         "recalibrated_ece": recalibrated,
         "sampling_floor": floor,
         "tolerance": tolerance,

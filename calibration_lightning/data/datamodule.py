@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from calibration_lightning.data.letters import letter_token_ids
-from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.data.records import LETTERS, MCRecord
 from calibration_lightning.data.sampling import LengthGroupedBatchSampler, LengthSortedBatches
 from calibration_lightning.data.splits import Splits
+
+if TYPE_CHECKING:
+    from calibration_lightning.schema import DatasetConf
 
 log = logging.getLogger(__name__)
 
@@ -58,45 +61,30 @@ class MultipleChoiceDataModule(L.LightningDataModule):
     Args:
         splits: train / val / test records.
         tokenizer: a Hugging Face tokenizer (pad token set).
-        prompt: how records become prompts.
-        batch_size: training batch size per process.
-        eval_batch_size: scoring batch size.
-        max_length: prompts longer than this keep their last ``max_length`` tokens.
+        dataset: the ``dataset`` config: ``prompt``, ``batch_size`` (training, per process), ``eval_batch_size``,
+            ``eval_tokens_per_batch`` (when > 0, scoring batches hold as many prompts as fit this many tokens,
+            rows x longest prompt, instead of ``eval_batch_size`` prompts) and ``max_length`` (longer prompts keep
+            their last ``max_length`` tokens).
         seed: shuffling seed of the training batches.
         eval_sets: extra named test sets (evaluated after ``test``).
-        eval_tokens_per_batch: when > 0, scoring batches hold as many prompts as fit this many tokens
-            (rows x longest prompt) instead of ``eval_batch_size`` prompts.
     """
 
     def __init__(
-        self,
-        splits: Splits,
-        tokenizer,
-        prompt: PromptFormat,
-        batch_size: int = 8,
-        eval_batch_size: int = 16,
-        max_length: int = 2048,
-        seed: int = 0,
-        eval_sets: dict[str, list[MCRecord]] | None = None,
-        eval_tokens_per_batch: int = 0,
+        self, splits: Splits, tokenizer, dataset: DatasetConf, seed: int = 0, eval_sets: dict | None = None
     ) -> None:
         super().__init__()
-        self.eval_tokens_per_batch = eval_tokens_per_batch
-        self.splits, self.tokenizer, self.prompt = splits, tokenizer, prompt
-        self.batch_size, self.eval_batch_size, self.max_length, self.seed = (
-            batch_size,
-            eval_batch_size,
-            max_length,
-            seed,
-        )
+        self.splits, self.tokenizer, self.prompt, self.seed = splits, tokenizer, dataset.prompt, seed
+        self.batch_size, self.eval_batch_size = dataset.batch_size, dataset.eval_batch_size
+        self.max_length, self.eval_tokens_per_batch = dataset.max_length, dataset.eval_tokens_per_batch
         self.records: dict[str, list[MCRecord]] = {"train": splits.train, "val": splits.val, "test": splits.test}
         self.records.update(eval_sets or {})
         all_records = [r for rs in self.records.values() for r in rs]
         self.k_max = max(len(r.choices) for r in all_records)
         first = next(r for r in all_records)
         self.letter_ids = letter_token_ids(
-            tokenizer, prompt.render(first, tokenizer), prompt.answer_prefix, self.k_max, prompt.adds_special_tokens
-        )
+            tokenizer, self.prompt.render(first, tokenizer), self.prompt.answer_prefix, self.k_max,
+            self.prompt.adds_special_tokens,
+        )  # fmt: skip
         self.encoded: dict[str, EncodedSplit] = {}
         # per split whose prompts were cut to max_length: rows, rows_cut and, per part, how many rows lost it
         self.truncation: dict[str, dict[str, int]] = {}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from calibration_lightning.data.records import LETTERS, MCRecord
-from calibration_lightning.errors import ConfigError
+from omegaconf import MISSING
 
-DEFAULT_TEMPLATE = "The following is a multiple choice question{about}.\n\n{question}\n{choices}\n"
+from calibration_lightning.data.records import LETTERS, MCRecord
+from calibration_lightning.errors import ConfigError, Section, require
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -24,9 +24,18 @@ def chat_text(tokenizer, content: str, system_prompt: str | None = None) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-@dataclass(frozen=True)
-class PromptFormat:
-    """How a record becomes a prompt.
+def _formats(pattern: str, **fields: str) -> bool:
+    """Whether ``pattern.format(**fields)`` works: every ``{name}`` is one of ``fields``, braces are balanced."""
+    try:
+        pattern.format(**fields)
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class PromptFormat(Section):
+    """``dataset.prompt``: how a record becomes a prompt (its defaults: conf/_base/dataset.yaml).
 
     Attributes:
         template: body with ``{question}``, ``{choices}`` and ``{about}`` (" about SUBJECT" or "").
@@ -37,17 +46,20 @@ class PromptFormat:
         system_prompt: optional system turn when ``chat_template`` is on.
     """
 
-    template: str = DEFAULT_TEMPLATE
-    choice_format: str = "{letter}. {text}"
-    answer_cue: str = "Answer:"
-    answer_prefix: str = " "
-    chat_template: bool = False
+    template: str = MISSING
+    choice_format: str = MISSING
+    answer_cue: str = MISSING
+    answer_prefix: str = MISSING
+    chat_template: bool = MISSING
     system_prompt: str | None = None
 
-    def __post_init__(self) -> None:
-        for key in ("{question}", "{choices}"):
-            if key not in self.template:
-                raise ConfigError(f"dataset.prompt.template must contain {key}; got {self.template!r}")
+    def check(self) -> None:
+        t, c = self.template, self.choice_format
+        ok = "{question}" in t and "{choices}" in t and _formats(t, question="", choices="", about="")
+        must = "must contain {question} and {choices} (and may {about}), nothing else"
+        require("dataset.prompt.template", t, ok, must)
+        ok = "{letter}" in c and "{text}" in c and _formats(c, letter="", text="")
+        require("dataset.prompt.choice_format", c, ok, "must contain {letter} and {text}, nothing else")
 
     def body(self, record: MCRecord) -> str:
         choices = "\n".join(self.choice_format.format(letter=LETTERS[j], text=t) for j, t in enumerate(record.choices))

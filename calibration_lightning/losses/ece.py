@@ -7,7 +7,7 @@ from torch import Tensor
 
 from calibration_lightning.calibration.binning import bin_index
 from calibration_lightning.calibration.targets import rank_preserving_targets
-from calibration_lightning.errors import ConfigError
+from calibration_lightning.errors import is_number, require
 from calibration_lightning.losses.base import LossHead, LossOutput, StepOutputs
 
 
@@ -42,10 +42,8 @@ class ECERegularizedSFT(LossHead):
 
     def __init__(self, sft: LossHead, lam: float = 1.0, n_bins: int = 10) -> None:
         super().__init__()
-        if lam < 0:
-            raise ConfigError(f"method.loss.lam must be >= 0, got {lam}")
-        if n_bins < 2:
-            raise ConfigError(f"method.loss.n_bins must be >= 2, got {n_bins}")
+        require("method.loss.lam", lam, is_number(lam) and lam >= 0, "must be >= 0")
+        require("method.loss.n_bins", n_bins, isinstance(n_bins, int) and n_bins >= 2, "must be an integer >= 2")
         self.sft, self.lam, self.n_bins = sft, lam, n_bins
         self.full_sequence = sft.full_sequence
         self.register_buffer("bin_accuracy", torch.zeros(n_bins))

@@ -6,7 +6,7 @@ import lightning as L
 
 from calibration_lightning.calibration.confidence import letter_probabilities
 from calibration_lightning.calibration.metrics import bin_statistics
-from calibration_lightning.errors import ConfigError
+from calibration_lightning.errors import require
 
 
 class EStepRefresh(L.Callback):
@@ -19,10 +19,8 @@ class EStepRefresh(L.Callback):
     """
 
     def __init__(self, every: str | int = "epoch") -> None:
-        if not (every in ("epoch", "once") or (isinstance(every, int) and every >= 1)):
-            raise ConfigError(
-                f"method.callbacks EStepRefresh.every={every!r}; allowed: epoch, once, or an integer >= 1"
-            )
+        ok = every in ("epoch", "once") or (isinstance(every, int) and not isinstance(every, bool) and every >= 1)
+        require("method.callbacks EStepRefresh.every", every, ok, "allowed: epoch, once, or an integer >= 1")
         self.every = every
 
     def _refresh(self, trainer: L.Trainer, module) -> None:

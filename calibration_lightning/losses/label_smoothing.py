@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from calibration_lightning.calibration.confidence import mask_letter_logits
-from calibration_lightning.errors import ConfigError
+from calibration_lightning.errors import is_number, require
 from calibration_lightning.losses.base import LossHead, LossOutput, StepOutputs
 
 
@@ -21,10 +21,8 @@ class LabelSmoothedAnswerCE(LossHead):
 
     def __init__(self, epsilon: float = 0.1, over: str = "letters") -> None:
         super().__init__()
-        if not 0.0 <= epsilon < 1.0:
-            raise ConfigError(f"method.loss.epsilon must be in [0, 1), got {epsilon}")
-        if over not in ("letters", "vocab"):
-            raise ConfigError(f"method.loss.over={over!r}; allowed: letters, vocab")
+        require("method.loss.epsilon", epsilon, is_number(epsilon) and 0.0 <= epsilon < 1.0, "must be in [0, 1)")
+        require("method.loss.over", over, over in ("letters", "vocab"), "allowed: letters, vocab")
         self.epsilon, self.over = epsilon, over
 
     def forward(self, out: StepOutputs, batch: dict[str, Tensor]) -> LossOutput:

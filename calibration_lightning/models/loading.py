@@ -4,109 +4,32 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from calibration_lightning.errors import is_number, require
+if TYPE_CHECKING:
+    from calibration_lightning.schema import LoraConf, ModelConf
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class LoraSettings:
-    """``model.lora``. Out-of-range values raise ConfigError naming the key."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-
-    def __post_init__(self) -> None:
-        r, alpha, dropout = self.r, self.alpha, self.dropout
-        require("model.lora.r", r, r >= 1, "the LoRA rank must be an integer >= 1")
-        require("model.lora.alpha", alpha, is_number(alpha) and alpha > 0, "must be > 0")  # int or float: Any
-        require("model.lora.dropout", dropout, 0 <= dropout < 1, "must be in [0, 1)")
-
-
-@dataclass
-class ModelSettings:
-    """What ``load_model`` needs besides the source folder (the ``model`` config group minus the loader)."""
-
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
-    quantize: str = "auto"  # nf4 | none | auto (nf4 on CUDA, none on CPU)
-    trust_remote_code: bool = False
-    use_safetensors: bool = True
-    revision: str | None = None
-    gradient_checkpointing: str | bool = "auto"  # auto: on only when the batch would not fit in free GPU memory
-    compile: bool = False  # torch.compile each decoder layer (regional; GPU)
-    merge_for_eval: str | bool = "auto"  # auto: merge unless quantized; dequantize: nf4 through a bf16 copy
-    lora_compute: str = "float32"  # bfloat16: LoRA matmuls under bf16 autocast, fp32 master weights
-    tf32: bool = False  # CUDA: float32 matmuls that remain run on TF32 tensor cores
-    liger: bool = False  # CUDA: Liger's Triton RMSNorm, RoPE and SwiGLU kernels in the decoder layers
-    adapter: str | None = None  # a saved peft adapter (folder or hub id) to start from instead of fresh LoRA
-    lora: LoraSettings = field(default_factory=LoraSettings)
-
-    def __post_init__(self) -> None:  # types and the choices of dtype, quantize and lora_compute: schema.ModelConf
-        if self.liger:
-            import importlib.util
-
-            require(
-                "model.liger",
-                True,
-                torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None,
-                "Liger's kernels are Triton GPU kernels: they need a CUDA GPU and the liger-kernel package "
-                f"(CUDA available: {torch.cuda.is_available()}; pip install liger-kernel); use model.liger=false",
-            )
-        if self.adapter is not None:
-            require("model.adapter", self.adapter, bool(self.adapter), "must be a path")
-            folder = Path(self.adapter).expanduser()
-            local = folder.exists() or self.adapter.startswith((".", "/", "~")) or self.adapter.count("/") != 1
-            require(
-                "model.adapter",
-                self.adapter,
-                not local or (folder / "adapter_config.json").is_file(),
-                "no peft adapter there (a folder with adapter_config.json, e.g. a run's adapter/ folder, "
-                "or a hub id ORG/NAME)",
-            )
-            from calibration_lightning.models.artifacts import check_adapter
-
-            check_adapter(self.adapter)  # complete and loadable, before the base model loads
-
-    @classmethod
-    def from_config(cls, node) -> ModelSettings:
-        """From the ``model`` config group (its ``name`` and ``loader`` say where the model comes from)."""
-        from omegaconf import OmegaConf
-
-        fields = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-        lora = LoraSettings(**fields.pop("lora"))
-        return cls(**{k: v for k, v in fields.items() if k not in ("name", "loader")}, lora=lora)
-
-
-def model_label(node) -> str:
-    """How runs name a model: the hub id or folder of ``model=hf`` (``model.loader.name_or_path``), else the
-    config's ``name``; with ``model.adapter``, the adapter's path after a ``+``."""
-    path = (node.get("loader") or {}).get("name_or_path")
-    label = str(path) if path and path != "???" else node.name
-    return f"{label}+{node.adapter}" if node.get("adapter") else label
-
-
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
-    return DTYPES[name]  # the schema's Dtype choices
+    return DTYPES[str(name)]  # the schema's Dtype choices
 
 
 def resolve_quantize(name: str, device: str) -> str:
     if name == "auto":
         return "nf4" if device == "cuda" else "none"
-    return name
+    return str(name)
 
 
-def load_tokenizer(source: str, settings: ModelSettings):
+def load_tokenizer(source: str, settings: ModelConf):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -119,7 +42,7 @@ def load_tokenizer(source: str, settings: ModelSettings):
 
 
 def load_model(
-    source: str, settings: ModelSettings, device: str = "cpu", with_lora: bool = True, tokens_per_batch: int = 0
+    source: str, settings: ModelConf, device: str = "cpu", with_lora: bool = True, tokens_per_batch: int = 0
 ):
     """The base model in ``settings.dtype`` (optionally nf4-quantized), wrapped in LoRA adapters, with
     gradient checkpointing (resolved for ``tokens_per_batch``) and regional compilation as configured.
@@ -166,7 +89,7 @@ def load_model(
     return model
 
 
-def autocast_dtype(settings: ModelSettings) -> torch.dtype | None:
+def autocast_dtype(settings: ModelConf) -> torch.dtype | None:
     """The autocast dtype of every forward (``CalibrationModule(autocast=...)``), or None for none."""
     return torch.bfloat16 if settings.lora_compute == "bfloat16" else None
 
@@ -201,7 +124,7 @@ def apply_liger(model) -> None:
     )
 
 
-def add_lora(model, lora: LoraSettings):
+def add_lora(model, lora: LoraConf):
     """Wrap a causal LM in LoRA adapters; every base weight is frozen."""
     from peft import LoraConfig, get_peft_model
 
@@ -215,7 +138,7 @@ def add_lora(model, lora: LoraSettings):
     return get_peft_model(model, config)
 
 
-def load_adapter(model, settings: ModelSettings):
+def load_adapter(model, settings: ModelConf):
     """Put a saved peft adapter (``model.adapter``: ours or any peft LoRA) on the base model, trainable, so a
     run can evaluate it (``method=none``) or train on from it; ``model.lora`` does not apply then."""
     from peft import PeftModel
@@ -233,7 +156,7 @@ def load_adapter(model, settings: ModelSettings):
     return model
 
 
-def initial_scoring(model, settings: ModelSettings):
+def initial_scoring(model, settings: ModelConf):
     """Scoring of the model as the run starts: the base path while the adapters are fresh (exact, since
     LoRA's B starts at zero), the loaded adapters as they are when ``model.adapter`` is set."""
     return base_model_scoring(model) if settings.adapter is None else nullcontext()
@@ -347,3 +270,16 @@ def compile_layers(model) -> None:
     for module in model.modules():
         if type(module).__name__.endswith("DecoderLayer"):
             module.compile()
+
+
+def adapter_weights(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the LoRA weights (what ``save_pretrained`` writes)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def set_adapter_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, weights)

@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from calibration_lightning import evaluation
 from calibration_lightning.calibration.bootstrap import INTERVALS
 from calibration_lightning.errors import UserError
-from calibration_lightning.methods import describe_training
 from calibration_lightning.outputs.diagrams import save_set_figure
 from calibration_lightning.outputs.files import write_json, write_jsonl, write_text
 from calibration_lightning.outputs.summary import format_comparison, format_table
+from calibration_lightning.outputs.wandb_logger import publish_run
 from calibration_lightning.redaction import scrub
 
 PHASES = ("before", "after")
@@ -83,8 +83,42 @@ def write_win_rate(out_dir: Path, phase: str, summary: dict, rows: list[dict]) -
     return summary
 
 
+def write_run(out_dir: Path, raw: DictConfig, cfg, scored: tuple[dict, dict], records: dict, extra: dict, logger,
+              started: float) -> dict:  # fmt: skip
+    """Everything a finished run writes after training: the "after" predictions and diagrams, metrics.json,
+    config.yaml, the logger's summary; prints the before/after table. Returns what metrics.json holds."""
+    import time
+
+    import yaml
+
+    before, after = scored
+    write_phase(out_dir, "after", after, records, cfg.n_bins, before=before)
+    extra["objective"] = after["val"]["metrics"]["conf_ece"] if "val" in after else None  # what sweeps minimise
+    extra["wall_time_s"] = round(time.time() - started, 1)
+    summary, table = write_summary(out_dir, raw, cfg, scored, records, extra)
+    diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
+    publish_run(logger, yaml.safe_load(redacted_config(raw)), diagrams)
+    if "truncation" in extra:
+        table += "\n" + truncation_line(extra["truncation"])
+    print(f"\n{table}\n\nOutputs: {out_dir}")
+    return summary
+
+
+def truncation_line(report: dict) -> str:
+    """One line of the printed table: prompts cut to ``dataset.max_length`` and what they lost, per split."""
+    parts = []
+    for split, r in report.items():
+        if split == "max_length":
+            continue
+        lost = ", ".join(
+            f"{r[k]} lost the {k[:-4].replace('_', ' ')}" for k in r if k.endswith("_cut") and k != "rows_cut" and r[k]
+        )
+        parts.append(f"{split} {r['rows_cut']}/{r['rows']}" + (f" ({lost})" if lost else ""))
+    return f"prompts cut to dataset.max_length={report['max_length']} tokens: {'; '.join(parts)}"
+
+
 def write_summary(
-    out_dir: Path, cfg: DictConfig, scored: tuple[dict, dict], records: dict, extra: dict
+    out_dir: Path, raw: DictConfig, cfg, scored: tuple[dict, dict], records: dict, extra: dict
 ) -> tuple[dict, str]:
     """metrics.json and config.yaml; returns what metrics.json holds and the printed before/after table.
 
@@ -110,7 +144,7 @@ def write_summary(
         "seed": cfg.seed,
         "versions": versions(),
     }
-    write_text(out_dir / "config.yaml", redacted_config(cfg))
+    write_text(out_dir / "config.yaml", redacted_config(raw))
     write_json(out_dir / "metrics.json", summary)
     return summary, format_summary(sets, extra, boot)
 
@@ -129,6 +163,8 @@ def format_summary(sets: dict[str, dict], extra: dict, boot) -> str:
     if "temperature" in extra:
         table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"
     if "training" in extra:
+        from calibration_lightning.selection import describe_training
+
         table += f"\nchosen on validation: {describe_training(extra['method'], extra['training'])}"
     if "auto" in extra:
         auto = extra["auto"]

@@ -30,6 +30,17 @@ class WinRate:
         self.max_new_tokens, self.batch_size, self.greedy, self.seed = max_new_tokens, batch_size, greedy, seed
         self.references: list[str] | None = None
 
+    @classmethod
+    def from_config(cls, cfg, model, tokenizer, device: str) -> WinRate:
+        """The win-rate evaluation (``win_rate=on``) with its judge (``judge=local|openai``) bound to this run."""
+        from calibration_lightning.schema import build
+
+        judge = build(cfg.judge, "judge")
+        judge.bind(model, tokenizer, device, cfg.model)
+        wr = cfg.win_rate
+        instructions = build(wr.instructions, "win_rate.instructions")
+        return cls(instructions, judge, wr.max_new_tokens, wr.batch_size, wr.greedy, cfg.seed)
+
     def evaluate(self, phase: str, model, tokenizer, generation_context=None) -> tuple[dict, list[dict]]:
         """Generate (inside ``generation_context``, e.g. merged adapters), then judge outside it."""
         prompts = [x for x, _ in self.instructions]

@@ -54,24 +54,27 @@ class LocalJudge:
         self.source, self.batch_size, self.max_answer_chars = model, batch_size, max_answer_chars
         self.model = self.tokenizer = None
 
-    def bind(self, run_model, run_tokenizer, device: str) -> None:
-        """Attach the judge model: the run's base model, or the configured one (loaded once)."""
+    def bind(self, run_model, run_tokenizer, device: str, settings=None) -> None:
+        """Attach the judge model: the run's base model, or the configured one (loaded once, with the run's
+        ``model`` settings ``settings`` but unquantized and without adapters)."""
         if self.source is None:
             self.model, self.tokenizer, self.name = run_model, run_tokenizer, "local:self"
             return
-        from calibration_lightning.models.loading import ModelSettings, load_model, load_tokenizer
+        from dataclasses import replace
+
+        from calibration_lightning.models.loading import load_model, load_tokenizer
         from calibration_lightning.models.sources import pretrained
 
-        path = pretrained(self.source)
-        self.tokenizer = load_tokenizer(path, ModelSettings())
-        self.model = load_model(path, ModelSettings(quantize="none"), device, with_lora=False).eval()
+        path, settings = pretrained(self.source), replace(settings, quantize="none", adapter=None)
+        self.tokenizer = load_tokenizer(path, settings)
+        self.model = load_model(path, settings, device, with_lora=False).eval()
         self.name = f"local:{self.source}"
 
     @torch.no_grad()
     def prob_first(self, triples: list[Triple]) -> Tensor:
         """P("A") per triple: the letter probabilities of the run's own scoring (``CalibrationModule``), with the
         judge's two options A and B, at the end of each judging prompt."""
-        from calibration_lightning.module import CalibrationModule, OptimSettings
+        from calibration_lightning.module import CalibrationModule
 
         if self.model is None:
             raise RuntimeError("LocalJudge.bind() must be called before judging")
@@ -79,7 +82,7 @@ class LocalJudge:
         special = not has_chat_template(self.tokenizer)
         letters = letter_token_ids(self.tokenizer, prompts[0], "", 2, add_special_tokens=special)
         device = next(self.model.parameters()).device
-        scorer = CalibrationModule(self.model, None, letters, OptimSettings())
+        scorer = CalibrationModule(self.model, None, letters, None)
         scorer.letter_ids = scorer.letter_ids.to(device)  # not .to(device): a 4-bit model refuses to move
         out = torch.empty(len(prompts))
         with base_model_scoring(self.model):
@@ -133,7 +136,7 @@ class OpenAIJudge:
         self.max_answer_chars = max_answer_chars
         self.name = f"openai:{model}"
 
-    def bind(self, run_model, run_tokenizer, device: str) -> None:
+    def bind(self, run_model, run_tokenizer, device: str, settings=None) -> None:
         """Nothing to attach: the judge lives behind the endpoint."""
 
     def _post(self, body: dict) -> dict:

@@ -1,0 +1,264 @@
+"""One run, top to bottom: build its parts, evaluate the aligned model, train each method, keep one, evaluate
+again, write. ``CalibrationRecipe`` holds the run's state; ``run(cfg)`` is the entry (``__main__``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from calibration_lightning import evaluation
+from calibration_lightning.auto import choose_method
+from calibration_lightning.data.datamodule import MultipleChoiceDataModule
+from calibration_lightning.data.sampling import rounds_per_pass
+from calibration_lightning.lr_search import search_learning_rate
+from calibration_lightning.models import loading
+from calibration_lightning.module import CalibrationModule
+from calibration_lightning.outputs import run_outputs, run_state
+from calibration_lightning.outputs.checkpoints import ResumeCheckpoint, TrainingLength
+from calibration_lightning.outputs.files import atomic_write, write_json
+from calibration_lightning.schema import MethodConf, build
+from calibration_lightning.selection import Backtracking, describe_training, per_question
+from calibration_lightning.startup import Job, check_job
+from calibration_lightning.trainer import device, make_trainer
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run ``cfg`` and return the dict written to ``metrics.json`` (a finished run resumed: the one it holds);
+    its ``objective`` is what sweeps optimise (a validation metric, never a test one).
+
+    Raises:
+        run_state.Preempted: a stop signal arrived (SIGTERM, SIGINT); the last checkpoint is saved.
+    """
+    out_dir = Path(cfg.output_dir)
+    try:
+        with run_state.stop_signals():
+            job = check_job(cfg, out_dir)  # before any model loads; Hydra's callback ran it already (data kept)
+            return CalibrationRecipe(cfg, job).run()
+    except run_state.FinishedRun as e:
+        log.warning("%s", e)
+        return json.loads((out_dir / "metrics.json").read_text())
+    finally:
+        run_state.unlock_run_dir(out_dir)
+
+
+class CalibrationRecipe:
+    """The run's state: its config (``cfg``, validated; ``raw``, as composed, for what is written), data, model,
+    logger and trainers, and ``extra``, what metrics.json holds besides the evaluation blocks."""
+
+    def __init__(self, raw: DictConfig, job: Job) -> None:
+        self.raw, self.cfg, self.job = raw, job.config, job
+        self.out_dir = Path(self.cfg.output_dir)
+        self.is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0  # set by the launch
+        self.device = device(self.cfg.trainer)
+        self.extra: dict = {}
+
+    def run(self) -> dict:
+        started = time.time()
+        self.setup()
+        before = self.score_before()
+        after = self.train(before) if self.cfg.method.trained() else before
+        if self.cfg.method.calibrator is not None:
+            self.extra.update(self.cfg.method.calibrator.fit(after["val"]["letter_logits"], after["val"]["labels"]))
+            after = evaluation.transform_logits(after, self.cfg.method.calibrator.transform, self.cfg.n_bins)
+        if not self.is_zero:
+            return {}
+        return run_outputs.write_run(self.out_dir, self.raw, self.cfg, (before, after), self.dm.records, self.extra,
+                                     self.logger, started)  # fmt: skip
+
+    def setup(self) -> None:
+        """Tokenizer, datamodule, model (LoRA adapters, the seed's), logger and the scoring Trainer."""
+        cfg = self.cfg
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        source = build(cfg.model.loader, "model.loader")
+        self.tokenizer = loading.load_tokenizer(source, cfg.model)
+        self.dm = MultipleChoiceDataModule(self.job.splits, self.tokenizer, cfg.dataset, cfg.seed, self.job.eval_sets)
+        sizes = ", ".join(f"{name} {len(records)}" for name, records in self.dm.records.items())
+        dtype = str(loading.resolve_dtype(cfg.model.dtype, self.device)).removeprefix("torch.")
+        quantize = loading.resolve_quantize(cfg.model.quantize, self.device)
+        log.info("model %s, method %s; questions: %s; device %s, %s, quantization %s",
+                 cfg.model.label, cfg.method.name, sizes, self.device, dtype, quantize)  # fmt: skip
+        L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
+        tokens = cfg.dataset.batch_size * self.dm.longest("train")
+        self.model = loading.load_model(source, cfg.model, self.device, tokens_per_batch=tokens)
+        self.logger = build(cfg.logger, "logger") if cfg.logger else False
+        self.scoring = make_trainer(cfg.trainer, self.logger, self.out_dir)
+        self.autocast = loading.autocast_dtype(cfg.model)
+        self.win_rate = None
+        if cfg.win_rate.enabled and self.is_zero:
+            from calibration_lightning.winrate.evaluate import WinRate
+
+            self.win_rate = WinRate.from_config(cfg, self.model, self.tokenizer, self.device)
+
+    def module(self, method: MethodConf | None = None, optim=None) -> CalibrationModule:
+        """The LightningModule around the run's model: a scorer, or ``method``'s loss head with ``optim``."""
+        loss = method.loss if method is not None else None
+        return CalibrationModule(self.model, loss, self.dm.letter_ids, optim, self.cfg.n_bins, self.autocast)
+
+    def score_before(self) -> dict:
+        """Score the model as the run starts; write its predictions and diagrams (kept if training fails)."""
+        cfg = self.cfg
+        with loading.initial_scoring(self.model, cfg.model):  # the aligned model (or model.adapter) as loaded
+            before = evaluation.evaluate(self.scoring, self.module(), self.dm, cfg.n_bins)
+        self.extra.update(model=cfg.model.label, method=cfg.method.name, requested_method=cfg.method.name)
+        self.extra["regime"] = evaluation.regime(before, cfg.n_bins, cfg.regime.tolerance)
+        if self.dm.truncation:  # prompts cut to dataset.max_length, per split: how many, and what they lost
+            self.extra["truncation"] = {"max_length": cfg.dataset.max_length, **self.dm.truncation}
+        if self.is_zero:
+            run_outputs.write_phase(self.out_dir, "before", before, self.dm.records, cfg.n_bins)
+        if self.win_rate:
+            scores = self.win_rate.evaluate("before", self.model, self.tokenizer,
+                                            loading.initial_scoring(self.model, cfg.model))  # fmt: skip
+            self.extra["win_rate"] = {"before": run_outputs.write_win_rate(self.out_dir, "before", *scores)}
+        return before
+
+    def train(self, before: dict) -> dict:
+        """Fit each method from the same initial adapters, keep one (auto's rule), score it; returns its scores."""
+        if self.is_zero:
+            run_state.save_settings(self.out_dir, self.raw)  # what resume=true is compared against
+        methods = self.cfg.method.trained()
+        initial, fitted = loading.adapter_weights(self.model), {}
+        for name, method in methods.items():
+            fitted[name] = self.fit(name, method, initial, before.get("val"), several=len(methods) > 1)
+        chosen = next(iter(fitted))
+        if len(methods) > 1:
+            chosen = self.choose({name: f[2] for name, f in fitted.items()}, {name: f[3] for name, f in fitted.items()})
+            loading.set_adapter_weights(self.model, fitted[chosen][4])
+            scorer, trainer = self.module(), make_trainer(self.cfg.trainer, self.logger, self.out_dir)
+        else:
+            scorer, trainer = fitted[chosen][0], fitted[chosen][1]
+        self.extra["method"], self.extra["training"] = chosen, fitted[chosen][3]
+        merge = self.cfg.model.merge_for_eval
+        with loading.merged_adapters(self.model, merge):  # the kept round's validation scores are known
+            after = evaluation.evaluate(trainer, scorer, self.dm, self.cfg.n_bins, val=fitted[chosen][2])
+        if self.is_zero:
+            atomic_write(self.out_dir / "adapter", self.model.save_pretrained, directory=True)
+        if self.win_rate:
+            merged = loading.merged_adapters(self.model, merge)
+            scores = self.win_rate.evaluate("after", self.model, self.tokenizer, merged)
+            self.extra["win_rate"]["after"] = run_outputs.write_win_rate(self.out_dir, "after", *scores)
+        return after
+
+    def choose(self, val: dict, training: dict) -> str:
+        """``method=auto``: the candidate its rule keeps on the validation split (metrics.json ``auto``)."""
+        cfg = self.cfg
+        rule = choose_method(val, cfg.regime.accuracy_tolerance, cfg.method.accuracy_z, cfg.n_bins, cfg.bootstrap)
+        self.extra["auto"] = {**rule, "training": training}
+        metrics = rule["candidates"]
+        log.info(
+            "method=auto: validation conf-ECE %s (tied within the noise: %s), NLL %s, correct %s of %d; keeping %s",
+            {n: round(m["conf_ece"], 4) for n, m in metrics.items()}, ", ".join(rule["tied"]),
+            {n: round(m["nll"], 4) for n, m in metrics.items()}, {n: p["correct"] for n, p in rule["paired"].items()},
+            len(next(iter(val.values()))["labels"]), rule["chosen"],
+        )  # fmt: skip
+        return rule["chosen"]
+
+    def fit(self, name: str, method: MethodConf, initial: dict, before_val: dict | None, several: bool) -> tuple:
+        """Fit ``method`` from the ``initial`` adapters (resuming from its checkpoints when asked): its learning rate
+        from ``method.lr_search``, its length from ``method.select`` (the best round kept, the initial adapters
+        when none beat the untrained model, ``before_val``). Returns the module and Trainer, the kept round's
+        validation scores, the training record and (``several``) a copy of the kept adapters."""
+        cfg, s = self.cfg, method.select
+        ckpt_dir = self.out_dir / "checkpoints" / (name if several else "")
+        accumulate = int(cfg.trainer.get("accumulate_grad_batches") or 1)
+        self.dm.round_batches = s.every_n_steps * accumulate if s and s.every_n_steps else 0  # a round's batches
+        search = self.learning_rate(method, initial, self.out_dir / (f"lr_search_{name}.json" if several else
+                                                                     "lr_search.json"))  # fmt: skip
+        optim = replace(method.optim, lr=search["chosen"]) if search else method.optim
+        loading.set_adapter_weights(self.model, initial)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)  # each candidate starts alike
+        baseline = before_val["metrics"][s.monitor.removeprefix("val/")] if s and before_val else None
+        callbacks = list(method.callbacks)
+        if s and before_val is not None:
+            terms = per_question(before_val, s.monitor)
+            callbacks.append(Backtracking(s, ckpt_dir, baseline, terms, initial))
+        every = cfg.trainer.get("checkpoint_every_n_steps") or 0
+        callbacks += [TrainingLength(), ResumeCheckpoint(ckpt_dir, every, bool(self.dm.records["val"]))]
+        rounds = rounds_per_pass(len(self.dm.records["train"]), self.dm.batch_size, self.scoring.world_size,
+                                 self.dm.round_batches)  # fmt: skip
+        epochs = cfg.trainer.get("max_epochs") or method.epochs
+        trainer = make_trainer(cfg.trainer, self.logger, self.out_dir, callbacks, max_epochs=epochs * rounds)
+        module = self.module(method, optim)
+        self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
+        last = ckpt_dir / "last.ckpt"
+        with run_state.training():
+            try:
+                trainer.fit(module, datamodule=self.dm, ckpt_path=last if cfg.resume and last.exists() else None,
+                            weights_only=True)  # fmt: skip
+            except SIGTERMException:  # Lightning's own SIGTERM stop (inside validation): the last checkpoint stands
+                raise run_state.Preempted(signal.SIGTERM) from None
+        if run_state.stop_requested():  # arrived after the last step: the round's checkpoint is already saved
+            raise run_state.Preempted(run_state.stop_requested())
+        run = next(c for c in trainer.callbacks if isinstance(c, TrainingLength)).epochs_run
+        training = {"lr": optim.lr, "epochs_max": epochs, "rounds_per_epoch": rounds, "rounds_run": run}
+        training.update(epochs_run=round(run / rounds, 4), kept_round=run)
+        if search:
+            training["lr_search"] = search
+        kept_val = self.keep_best(trainer, module, training, s, initial, before_val, baseline) if s else None
+        training["kept_epochs"] = round(training["kept_round"] / rounds, 4)  # passes over the training split
+        log.info("%s", describe_training(method.name, training))
+        if not several:
+            return module, trainer, kept_val, training, None
+        with loading.merged_adapters(self.model, False):  # a candidate is judged on validation only
+            kept_val = evaluation.evaluate(trainer, module, self.dm, cfg.n_bins, val=kept_val, tests=False)["val"]
+        return module, trainer, kept_val, training, loading.adapter_weights(self.model)
+
+    def keep_best(self, trainer, module, training: dict, s, initial: dict, before_val, baseline) -> dict | None:
+        """Load the best round's adapters (or the initial ones) and record the choice; returns its validation
+        scores (those of its own validation pass)."""
+        training.update(monitor=s.monitor, min_delta=s.min_delta, patience=s.patience, monitor_before=baseline)
+        backtracking = next((c for c in trainer.callbacks if isinstance(c, Backtracking)), None)
+        if backtracking is not None and s.backtrack_factor is not None:
+            training.update(backtrack_factor=s.backtrack_factor, backtrack_z=s.backtrack_z,
+                            max_backtracks=s.max_backtracks, backtracks=backtracking.history)  # fmt: skip
+        if backtracking is not None and backtracking.best_path.exists():
+            best = torch.load(backtracking.best_path, map_location="cpu", weights_only=True)
+            module.load_state_dict(best["state_dict"], strict=False)  # adapters (and loss-head state) only
+            training.update(kept_round=best["epoch"] + 1, monitor_kept=float(backtracking.best_score))
+            kept_val = best.get("val_scored")
+        else:  # no round improved on the untrained model: keep it
+            loading.set_adapter_weights(self.model, initial)
+            training.update(kept_round=0, monitor_kept=baseline)
+            kept_val = before_val
+        training["beat_untrained"] = training["kept_round"] > 0
+        return kept_val
+
+    def learning_rate(self, method: MethodConf, initial: dict, path: Path) -> dict | None:
+        """``method.lr_search``'s result: searched now and written to ``path``, or read back from it when the run
+        resumes (the search is deterministic, but repeating it would cost its probes again)."""
+        if not method.lr_search:
+            return None
+        if self.cfg.resume and path.exists():
+            return json.loads(path.read_text())
+        monitor, mode = (method.select.monitor, method.select.mode) if method.select else ("val/nll", "min")
+
+        def probe(lr: float, steps: int):
+            """Train at ``lr`` for ``steps`` optimizer steps from the initial adapters (the run's seed, so every
+            candidate sees the same batches); the validation ``monitor`` and its per-question terms."""
+            loading.set_adapter_weights(self.model, initial)
+            L.seed_everything(self.cfg.seed, workers=True, verbose=False)
+            module = self.module(method, replace(method.optim, lr=lr))
+            self.model.train()
+            fit = make_trainer(self.cfg.trainer, False, self.out_dir, list(method.callbacks), max_steps=steps,
+                               max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
+            fit.fit(module, datamodule=self.dm)
+            scorer = make_trainer(self.cfg.trainer, False, self.out_dir)
+            scored = evaluation.gathered(scorer, scorer.predict(module, dataloaders=self.dm.split_dataloader("val")))
+            value = evaluation.metrics(scored, self.cfg.n_bins)[monitor.removeprefix("val/")]
+            return float(value), per_question(scored, monitor)
+
+        result = search_learning_rate(method.lr_search, method.optim.lr, probe, monitor, mode)
+        loading.set_adapter_weights(self.model, initial)
+        if self.is_zero:
+            write_json(path, result)
+        return result
