@@ -18,6 +18,7 @@ Prints one line per figure and the ratios the performance issue sets targets for
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import resource
@@ -35,17 +36,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule  # noqa: E402
-from calibration_lightning.data.prompts import PromptFormat  # noqa: E402
 from calibration_lightning.data.sampling import LengthGroupedBatchSampler, LengthSortedBatches  # noqa: E402
 from calibration_lightning.data.sources import bundled_mmlu  # noqa: E402
 from calibration_lightning.data.splits import split_records  # noqa: E402
-from calibration_lightning.models.loading import ModelSettings, load_model, load_tokenizer  # noqa: E402
+from calibration_lightning.models.loading import load_model, load_tokenizer  # noqa: E402
+from calibration_lightning.schema import compose  # noqa: E402
+
+DEFAULTS = compose("model=tiny")  # the config's objects: model, dataset (prompt), method (optimizer)
 from calibration_lightning.models.sources import bundled_smollm2, tiny  # noqa: E402
 
 
 def datamodule(tokenizer, n_train: int, n_test: int, batch: int) -> MultipleChoiceDataModule:
     splits = split_records(bundled_mmlu(max_question_chars=200), n_train, 0, n_test, seed=0)
-    dm = MultipleChoiceDataModule(splits, tokenizer, PromptFormat(), batch_size=batch, eval_batch_size=16)
+    dataset = dataclasses.replace(DEFAULTS.dataset, batch_size=batch, eval_batch_size=16)
+    dm = MultipleChoiceDataModule(splits, tokenizer, dataset)
     dm.setup()
     return dm
 
@@ -79,11 +83,12 @@ def lightning_step(source: str, dm, steps: int) -> float:
     import lightning as L
 
     from calibration_lightning.losses.sft import CompletionSFT
-    from calibration_lightning.module import CalibrationModule, OptimSettings
+    from calibration_lightning.module import CalibrationModule
 
     torch.manual_seed(0)
-    model = load_model(source, ModelSettings(), "cpu")
-    module = CalibrationModule(model, CompletionSFT(), dm.letter_ids, OptimSettings(lr=1e-4), 10)
+    model = load_model(source, DEFAULTS.model, "cpu")
+    optim = dataclasses.replace(DEFAULTS.method.optim, lr=1e-4)
+    module = CalibrationModule(model, CompletionSFT(), dm.letter_ids, optim, 10)
     module.model.train()
     timer = type("Timer", (StepTimer, L.Callback), {})()
     trainer = L.Trainer(
@@ -107,7 +112,7 @@ def lightning_step(source: str, dm, steps: int) -> float:
 def hand_steps(source: str, batches: list, steps: int) -> tuple[float, float]:
     """Median seconds per step of hand-written transformers + peft loops: (usual way, last-logit way)."""
     torch.manual_seed(0)
-    model = load_model(source, ModelSettings(), "cpu")
+    model = load_model(source, DEFAULTS.model, "cpu")
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     it = iter(batches * 4)
@@ -138,13 +143,13 @@ def hand_steps(source: str, batches: list, steps: int) -> tuple[float, float]:
 def bench_train(name: str, source: str, steps: int, batch: int, rounds: int) -> None:
     """Our training step vs hand-written loops on the same model and batches, in alternating rounds so that
     the drift of a shared machine hits both sides; the ratio is the median of the per-round ratios."""
-    tokenizer = load_tokenizer(source, ModelSettings())
+    tokenizer = load_tokenizer(source, DEFAULTS.model)
     dm = datamodule(tokenizer, batch * (steps + 2), 16, batch)
     batches = list(dm.train_dataloader())
     tokens = statistics.mean(int(b["attention_mask"].sum()) for b in batches)
     # Every length-grouped batch has its own shape, and the first pass over a shape pays oneDNN's setup:
     # warm all of them on a throwaway model so that neither side is timed cold.
-    warm = load_model(source, ModelSettings(), "cpu")
+    warm = load_model(source, DEFAULTS.model, "cpu")
     for b in batches:
         warm(input_ids=b["input_ids"], attention_mask=b["attention_mask"], logits_to_keep=1).logits.sum().backward()
         ids = torch.cat([b["input_ids"], b["answer_token"][:, None]], 1)
@@ -170,12 +175,12 @@ def bench_train(name: str, source: str, steps: int, batch: int, rounds: int) -> 
 
 def bench_score(name: str, source: str, n: int) -> None:
     """Seconds to score n questions: our module (answer-position logits) vs full logits at every position."""
-    from calibration_lightning.module import CalibrationModule, OptimSettings
+    from calibration_lightning.module import CalibrationModule
 
-    tokenizer = load_tokenizer(source, ModelSettings())
+    tokenizer = load_tokenizer(source, DEFAULTS.model)
     dm = datamodule(tokenizer, 0, n, 8)
-    model = load_model(source, ModelSettings(), "cpu").eval()
-    module = CalibrationModule(model, None, dm.letter_ids, OptimSettings(), 10).eval()
+    model = load_model(source, DEFAULTS.model, "cpu").eval()
+    module = CalibrationModule(model, None, dm.letter_ids, None, 10).eval()
     loader = dm.split_dataloader("test")
     letters = torch.tensor(dm.letter_ids)
 
@@ -219,11 +224,11 @@ def bench_metrics() -> None:
 
 
 def bench_padding() -> None:
-    tokenizer = load_tokenizer(bundled_smollm2(), ModelSettings())
+    tokenizer = load_tokenizer(bundled_smollm2(), DEFAULTS.model)
     for chars, label in ((200, "default subset (<= 200 chars)"), (None, "all 14,042 questions")):
         splits = split_records(bundled_mmlu(max_question_chars=chars), 0.6, 0.0, 0.4, seed=0)
         dm = MultipleChoiceDataModule(
-            splits, tokenizer, PromptFormat(), batch_size=8, eval_batch_size=16, max_length=4096
+            splits, tokenizer, dataclasses.replace(DEFAULTS.dataset, batch_size=8, eval_batch_size=16, max_length=4096)
         )
         dm.setup()
         train = [len(e.input_ids) for e in dm.encoded["train"].examples]

@@ -36,13 +36,13 @@ sys.path.insert(0, str(ROOT))
 from calibration_lightning.losses.ece import ECERegularizedSFT  # noqa: E402
 from calibration_lightning.losses.sft import CompletionSFT, SequenceSFT  # noqa: E402
 from calibration_lightning.models.loading import (  # noqa: E402
-    LoraSettings,
     add_lora,
     base_model_scoring,
     enable_gradient_checkpointing,
     merged_adapters,
 )
-from calibration_lightning.module import CalibrationModule, OptimSettings  # noqa: E402
+from calibration_lightning.module import CalibrationModule  # noqa: E402
+from calibration_lightning.schema import LoraConf  # noqa: E402
 
 
 def model_config(shape: str):
@@ -104,7 +104,7 @@ def build(cfg, quant: str, device, dtype, checkpointing: bool):
     model.config.use_cache = False
     if quant == "nf4":
         quantize_nf4_(model, dtype)
-    model = add_lora(model, LoraSettings(r=128, alpha=64, dropout=0.0, target_modules="all-linear"))
+    model = add_lora(model, LoraConf(r=128, alpha=64, dropout=0.0, target_modules="all-linear"))
     if checkpointing:
         enable_gradient_checkpointing(model)
     return model
@@ -144,7 +144,7 @@ def batch_of(cfg, n, seq, device, letters):
 
 def time_training(model, head, letters, train, args, device) -> dict:
     """Median tokens/s (and peak memory) of what Trainer.fit runs per step: training_step, backward, AdamW."""
-    module = CalibrationModule(model, head.to(device), letters.tolist(), OptimSettings(), 10).to(device)
+    module = CalibrationModule(model, head.to(device), letters.tolist(), None, 10).to(device)
     module.train()
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer attached; Lightning's logging is not timed
     # A step between logging steps, as most of Trainer.fit's steps are (no host read of the loss).
@@ -168,7 +168,7 @@ def time_training(model, head, letters, train, args, device) -> dict:
 
 
 def time_scoring(model, letters, score, context, args, device) -> dict:
-    module = CalibrationModule(model, None, letters.tolist(), OptimSettings(), 10).to(device).eval()
+    module = CalibrationModule(model, None, letters.tolist(), None, 10).to(device).eval()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -56,7 +56,7 @@ from calibration_lightning.models.loading import (  # noqa: E402
     merged_adapters,
     set_lora_input_casting,
 )
-from calibration_lightning.module import CalibrationModule, OptimSettings  # noqa: E402
+from calibration_lightning.module import CalibrationModule  # noqa: E402
 
 LETTERS = torch.tensor([32, 33, 34, 35])
 
@@ -96,7 +96,7 @@ def training_variants(model, batch, device, dry: bool, levers: set[str]) -> tupl
         return step
 
     def module_for(**kwargs):
-        m = CalibrationModule(model, CompletionSFT(), LETTERS.tolist(), OptimSettings(), 10, **kwargs).to(device)
+        m = CalibrationModule(model, CompletionSFT(), LETTERS.tolist(), None, 10, **kwargs).to(device)
         m.log = m.log_dict = lambda *a, **k: None
         m._trainer = off_logging_step()
         return m.train()
@@ -230,7 +230,7 @@ def scoring_rows(model, quant, cfg, device, args) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(args.seq // 4, args.seq + 1, (args.score_prompts,), generator=g).tolist()
     prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=g) for n in lengths]
-    module = CalibrationModule(model, None, LETTERS.tolist(), OptimSettings(), 10).to(device).eval()
+    module = CalibrationModule(model, None, LETTERS.tolist(), None, 10).to(device).eval()
 
     def batches(tokens_per_batch):
         out = []

@@ -23,30 +23,30 @@ sys.path.insert(0, str(ROOT))
 
 
 def probe(run_dir: Path) -> dict:
-    from omegaconf import OmegaConf
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from calibration_lightning.assembly import build_datamodule, load_data
     from calibration_lightning.calibration.confidence import letter_probabilities
-    from calibration_lightning.config import build
+    from calibration_lightning.data.datamodule import MultipleChoiceDataModule
     from calibration_lightning.data.records import LETTERS
-    from calibration_lightning.models.loading import ModelSettings, load_model, load_tokenizer, merged_adapters
-    from calibration_lightning.module import CalibrationModule, OptimSettings
+    from calibration_lightning.models.loading import load_model, load_tokenizer, merged_adapters
+    from calibration_lightning.module import CalibrationModule
+    from calibration_lightning.schema import build, load
+    from calibration_lightning.startup import load_data
 
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = load(run_dir / "config.yaml")
     splits, eval_sets = load_data(cfg)
-    source = build(cfg.model.loader)
-    settings = dataclasses.replace(ModelSettings.from_config(cfg.model), compile=False, gradient_checkpointing=False)
+    source = build(cfg.model.loader, "model.loader")
+    settings = dataclasses.replace(cfg.model, compile=False, gradient_checkpointing=False)
     tokenizer = load_tokenizer(source, settings)
-    dm = build_datamodule(cfg, splits, eval_sets, tokenizer)
+    dm = MultipleChoiceDataModule(splits, tokenizer, cfg.dataset, cfg.seed, eval_sets)
     dm.setup()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(source, settings, device)
     loaded = set_peft_model_state_dict(model, load_file(str(run_dir / "adapter" / "adapter_model.safetensors")))
     if loaded.unexpected_keys:
         raise RuntimeError(f"adapter keys not in the model: {loaded.unexpected_keys[:5]}")
-    module = CalibrationModule(model, None, dm.letter_ids, OptimSettings(), cfg.n_bins).to(device)
+    module = CalibrationModule(model, None, dm.letter_ids, None, cfg.n_bins).to(device)
     loader = dm.split_dataloader("test")
 
     def probabilities(scored):

@@ -493,4 +493,19 @@ def validate(cfg: DictConfig) -> Config:
     return config
 
 
+def compose(*overrides: str) -> Config:
+    """conf/config.yaml with Hydra ``overrides`` (``"model=tiny"``, ``"method.optim.lr=1e-3"``), validated: the
+    run's config objects outside a run (notebooks, benchmarks, tests). ``output_dir`` defaults to ``.``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return validate(hydra_compose("config", overrides=["output_dir=.", *overrides]))
+
+
+def load(path) -> Config:
+    """A run's written ``config.yaml`` (resolved) as the config objects it ran with."""
+    return validate(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)))
+
+
 ConfigStore.instance().store(name=SCHEMA, node=Config)
