@@ -8,12 +8,13 @@ import functools
 import pytest
 from hydra import compose, initialize_config_dir
 
+from calibration_lightning import schema
 from calibration_lightning.data.datamodule import MultipleChoiceDataModule
 from calibration_lightning.data.sources import bundled_mmlu
 from calibration_lightning.data.splits import split_records
 from calibration_lightning.models.loading import load_model, load_tokenizer
 from calibration_lightning.models.sources import tiny
-from calibration_lightning.schema import CONF_DIR, Config, compose
+from calibration_lightning.schema import CONF_DIR, Config
 
 TINY_SPLIT = ["dataset.split.train=24", "dataset.split.val=16", "dataset.split.test=24", "dataset.batch_size=4"]
 
@@ -32,7 +33,7 @@ def compose_config(*overrides: str, hydra: bool = False):
 def config(*overrides: str) -> Config:
     """The validated config objects of ``overrides`` (the defaults of conf/ otherwise); composed once per set of
     overrides (callers copy with ``dataclasses.replace``, never change it)."""
-    return compose(*overrides)
+    return schema.compose(*overrides)
 
 
 @pytest.fixture(scope="session")
