@@ -6,17 +6,14 @@ the composed config becomes objects (``schema.validate``) and when components ar
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning import schema  # noqa: F401 (registers the schema every composition starts from)
+from calibration_lightning.bundled import CONF_DIR  # the checkout's conf/, or the wheel's copy inside the package
 from calibration_lightning.errors import UserError
 from calibration_lightning.methods import LRSearch, Method, Selection
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def options(group: str) -> list[str]:
