@@ -1,10 +1,11 @@
 """Secrets: which config values are secret, and keeping them out of everything a run writes or prints.
 
-A key is secret when one of its words (in any case style: ``api_key``, ``apiKey``, ``ACCESS-TOKEN``,
-``accesstoken``) names a key, token, secret or password; a URL's password (``https://user:PASS@host``) is
-secret whatever its key. ``hide_secret_overrides`` moves such values out of the command line into environment
-variables before Hydra parses it, so the command line, ``.hydra/``, the log and the W&B run's arguments hold
-``${oc.env:CALIBRATION_LIGHTNING_SECRET_N}``; ``scrub`` blanks them in ``config.yaml`` and the W&B config.
+A value is secret when its key is (``is_secret_key``), when it is a dict or list that holds a secret key, and
+wherever it holds a URL password (``https://user:PASS@host``, any characters in PASS). ``hide_secret_overrides``
+moves such values out of the command line into environment variables before Hydra parses it, so the command
+line, ``.hydra/``, the job log and the W&B run's arguments hold ``${oc.env:CALIBRATION_LIGHTNING_SECRET_N}``
+(``oc.decode`` around it for numbers, dicts and lists); ``scrub`` blanks secrets in ``config.yaml``,
+``logs/hparams.yaml`` and the W&B config; ``redact`` takes every hidden value out of an error line.
 Kept free of heavy imports: the command line is scrubbed before anything else loads."""
 
 from __future__ import annotations
@@ -12,33 +13,30 @@ from __future__ import annotations
 import os
 import re
 
-SECRET_WORDS = frozenset(
-    {
-        "key",
-        "apikey",
-        "token",
-        "accesstoken",
-        "authtoken",
-        "secret",
-        "password",
-        "passwd",
-        "pwd",
-        "passphrase",
-        "credential",
-        "credentials",
-        "auth",
-        "authorization",
-        "privatekey",
-    }
-)
+# Found anywhere in a key once its case and separators are gone, so every case style, compound and plural
+# counts (``passWord``, ``PassPhrase``, ``api_keys``, ``wandbapikey``, ``X-Api-Key``); none is an ordinary word.
+SECRET_STEMS = (
+    "password", "passwd", "passphrase", "secret", "apikey", "accesskey", "privatekey", "credential",
+    "authorization", "accesstoken", "authtoken",
+)  # fmt: skip
+SECRET_WORDS = frozenset({"auth", "oauth", "pwd"})  # secret as a whole word anywhere (``basic_auth``)
+# Secret as the key's last word only: elsewhere, or inside a longer word, they are ordinary (``tokens_per_batch``,
+# ``pass_rate``, ``passes``, ``bypass``, ``monkey``, ``keep``, ``tokenizer``).
+SECRET_LAST_WORDS = frozenset({"pass", "token", "tokens", "key", "keys"})
+# A token that is a piece of text, not a credential, when the word before names which or how many.
+TEXT_TOKEN_WORDS = frozenset(
+    {"pad", "eos", "bos", "unk", "sep", "cls", "mask", "max", "min", "new", "num", "n", "special", "added", "stop",
+     "start", "end", "total", "extra", "vocab", "image", "per"}
+)  # fmt: skip
 # The last word says the value only names where the secret is (``api_key_env: OPENAI_API_KEY``).
-NOT_SECRET_LAST_WORDS = frozenset({"env", "var", "file", "path", "name"})
+NOT_SECRET_LAST_WORDS = frozenset({"env", "var", "file", "path", "name", "dir"})
 REDACTED = "<redacted>"
 SECRET_ENV = "CALIBRATION_LIGHTNING_SECRET_"
-# scheme://user:password@host: the password part (up to the last "@" before the path).
-URL_PASSWORD = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^\s/]*)(?=@[^@/\s]*(?:[/?#]|$))"
-)
+# scheme://user:password@host: the password runs to the last "@" of the word, so it may hold any character
+# ("/", "@", ":", "%"); a port followed by a path with an "@" in it is blanked too (never a secret kept).
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>\S*)(?=@)")
+# A key inside a dict literal of Hydra's override grammar (``{Authorization: 'Bearer x'}``, ``[{token: x}]``).
+LITERAL_KEY = re.compile(r"""[{,]\s*['"]?([^\s{}\[\],:'"]+)['"]?\s*:""")
 # Hydra's command-line options that take the next argument as their value.
 VALUE_OPTIONS = frozenset(
     {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
@@ -53,10 +51,26 @@ def key_words(key: object) -> list[str]:
 
 
 def is_secret_key(key: object) -> bool:
-    """True for a key such as ``api_key``, ``hf_token``, ``accessToken``, ``judge.secret``, ``PASSWORD``; false
-    for ``max_new_tokens``, ``api_key_env`` or ``tokenizer``. Only the last dotted part counts."""
+    """Whether a config key names a secret; only its last dotted part counts.
+
+    The key is split into lower-case words whatever its case style (``hf_token``, ``accessToken``,
+    ``ACCESS-TOKEN`` give ``... token``). It is secret when, joined again without separators, it contains a
+    ``SECRET_STEMS`` entry (``passWord``, ``PassPhrase``, ``api_keys``, ``wandbapikey``, ``clientSecret``,
+    ``credentials``, ``private_key``); when one of its words is ``auth``, ``oauth`` or ``pwd``; or when its
+    last word is ``pass``, ``key(s)`` or ``token(s)``, a token being text rather than a credential after
+    ``pad``, ``eos``, ``max``, ``new``, ... (``pad_token``, ``max_new_tokens``). A key whose last word is
+    ``env``, ``var``, ``file``, ``path``, ``name`` or ``dir`` names where a secret is, not the secret
+    (``api_key_env``). Ordinary words that contain these (``passes``, ``bypass``, ``monkey``, ``keep``,
+    ``tokenizer``, ``author``) are not secret.
+    """
     words = key_words(key)
-    return bool(words) and words[-1] not in NOT_SECRET_LAST_WORDS and any(w in SECRET_WORDS for w in words)
+    if not words or words[-1] in NOT_SECRET_LAST_WORDS:
+        return False
+    if any(stem in "".join(words) for stem in SECRET_STEMS) or SECRET_WORDS.intersection(words):
+        return True
+    if words[-1] not in SECRET_LAST_WORDS:
+        return False
+    return not (words[-1].startswith("token") and len(words) > 1 and words[-2] in TEXT_TOKEN_WORDS)
 
 
 def has_url_password(text: object) -> bool:
@@ -85,14 +99,21 @@ def _unquoted(value: str) -> str:
     return value
 
 
+def holds_secret(key: str, value: str) -> bool:
+    """Whether an override ``key=value`` (as typed) is secret: its key, a secret key inside a dict or list
+    literal, or a URL password anywhere in the value."""
+    inner = value[:1] in "{[" and any(is_secret_key(k) for k in LITERAL_KEY.findall(value))
+    return is_secret_key(key) or inner or has_url_password(value)
+
+
 def hide_secret_overrides(argv: list[str]) -> list[str]:
     """``argv`` with each secret override's value moved into an environment variable.
 
-    An override is secret when its key is (``is_secret_key``) or its value holds a URL password. The value is
-    taken as written (after removing one pair of enclosing quotes), whatever characters it holds (``,`` ``=``
-    ``]`` ``'`` included), before Hydra's parser sees it, so no parse error can print it. Digits-only values
-    stay numbers (``oc.decode``). Values that already are interpolations (a DDP rank relaunched with the hidden
-    command line) are left alone.
+    An override is secret as ``holds_secret`` says. The value is taken as written (after removing one pair of
+    enclosing quotes), whatever characters it holds (``,`` ``=`` ``]`` ``'`` included), before Hydra's parser
+    sees it, so no parse error can print it. Digits-only values stay numbers, and unquoted dict and list
+    literals dicts and lists (``oc.decode`` reads them as Hydra would). Values that already are interpolations
+    (a DDP rank relaunched with the hidden command line) are left alone.
     """
     out, takes_value = [], False
     for arg in argv:
@@ -102,13 +123,52 @@ def hide_secret_overrides(argv: list[str]) -> list[str]:
             continue
         key, value = arg.split("=", 1)
         name = key.lstrip("+~").split("@", 1)[0]
-        if not value or "${" in value or not (is_secret_key(name) or has_url_password(value)):
+        if not value or "${" in value or not holds_secret(name, value):
             out.append(arg)
             continue
+        decoded = re.fullmatch(r"-?\d+|[{\[].*", value, re.S) is not None  # quoted: the user wants a string
         value = _unquoted(value)
         var = f"{SECRET_ENV}{sum(k.startswith(SECRET_ENV) for k in os.environ)}"
         os.environ[var] = value
-        numeric = re.fullmatch(r"-?\d+", value) is not None
-        ref = f"'${{oc.decode:${{oc.env:{var}}}}}'" if numeric else f"'${{oc.env:{var}}}'"
+        ref = f"'${{oc.decode:${{oc.env:{var}}}}}'" if decoded else f"'${{oc.env:{var}}}'"
         out.append(f"{key}={ref}")
     return out
+
+
+def _leaves(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _leaves(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _leaves(v)]
+    return [] if node is None or isinstance(node, bool) else [str(node)]
+
+
+def hidden_values() -> set[str]:
+    """What an error line may show of the values ``hide_secret_overrides`` hid in this process: each value as
+    typed, each URL password in it, and each leaf of a dict or list value as Hydra parsed it."""
+    found = set()
+    for var, value in os.environ.items():
+        if not var.startswith(SECRET_ENV):
+            continue
+        parts = [value]
+        if value[:1] in "{[":
+            from omegaconf import OmegaConf
+            from omegaconf.errors import OmegaConfBaseException
+
+            try:
+                tree = OmegaConf.create({"v": f"${{oc.decode:${{oc.env:{var}}}}}"})
+                parts += _leaves(OmegaConf.to_container(tree, resolve=True)["v"])
+            except OmegaConfBaseException:  # not a literal Hydra reads either: the value as typed is all it shows
+                pass
+        found.update(parts)
+        found.update(m.group("password") for p in parts for m in URL_PASSWORD.finditer(p))
+    return {p for p in found if len(p) >= 3}  # shorter pieces would blank ordinary words of the message
+
+
+def redact(text: str) -> str:
+    """``text`` without any value hidden from the command line (``hidden_values``) nor any URL password.
+
+    A hidden piece is replaced where it stands as a whole (not inside a longer word), longest first."""
+    for piece in sorted(hidden_values(), key=len, reverse=True):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", REDACTED, text)
+    return scrub_text(text)

@@ -17,6 +17,7 @@ for the run that follows in the same process, so a run reads its data once.
 from __future__ import annotations
 
 import copy
+import errno
 import itertools
 import json
 import logging
@@ -119,14 +120,17 @@ def check_job(cfg: DictConfig, out_dir: Path | None = None, keep: bool = False, 
     splits, eval_sets = job_data(cfg, config, keep)
     check_splits(config, splits)
     if out_dir is not None and claim:
-        run_state.claim_run_dir(out_dir, config.resume)
+        run_state.claim_run_dir(out_dir, config.resume, config.model)
     elif out_dir is not None and config.resume and (out_dir / "checkpoints").is_dir():
-        run_state.check_checkpoints(out_dir)
+        run_state.check_checkpoints(out_dir, config.model)
     return Job(config, splits, eval_sets)
 
 
 def one_line(text: object) -> str:
-    return re.sub(r"\s*\n\s*", " ", str(text).strip())
+    """``text`` on one line, without any secret (``redaction.redact``): every message a user sees goes through it."""
+    from calibration_lightning.redaction import redact
+
+    return redact(re.sub(r"\s*\n\s*", " ", str(text).strip()))
 
 
 def fail(message: object) -> NoReturn:
@@ -192,10 +196,21 @@ def hydra_message(e: Exception) -> str:
     return f"{message}; {KEYS_HINT}"
 
 
+def long_name_message(e: OSError) -> str:
+    """A path the file system refused as too long (``ENAMETOOLONG``), naming the command-line key that holds it."""
+    path = str(e.filename or "")
+    name = max(path.split(os.sep), key=len)
+    values = (a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("-"))
+    key = next((k.lstrip("+~") for k, v in values if name and name in v), "a path")
+    size, shown = len(name.encode()), f"{name[:24]}...{name[-8:]}" if len(name) > 40 else name
+    what = f"a name of {size} bytes ({shown}), over the file system's 255" if size > 255 else "a path over the limit"
+    return f"{key}: {what}; choose a shorter path"
+
+
 @contextmanager
 def reported():
-    """A user error or a config mistake raised inside: one ``error:`` line and exit 2. ``resume=true`` on a
-    finished run: its message and exit 0, nothing rewritten."""
+    """A user error, a config mistake or a path too long for the file system raised inside: one ``error:`` line
+    and exit 2. ``resume=true`` on a finished run: its message and exit 0, nothing rewritten."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -211,6 +226,10 @@ def reported():
         if "Unexpected type for root: NoneType" not in str(e):
             raise
         fail(null_parent_override(sys.argv[1:]))
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        fail(long_name_message(e))
     except FinishedRun as e:
         print(one_line(e), file=sys.stderr)
         sys.exit(0)
@@ -222,6 +241,8 @@ def _check_composed(config: DictConfig, out_dir: Path, claim: bool = True) -> No
     from calibration_lightning.outputs.run_state import is_launched_rank
 
     out_dir = Path(os.path.abspath(out_dir))
+    if any(len(part.encode()) > 255 for part in out_dir.parts):  # the OS says so only once a parent exists
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(out_dir))
     with open_dict(config):
         config.hydra.runtime.output_dir = str(out_dir)
     saved = HydraConfig.instance().cfg

@@ -1,9 +1,12 @@
-"""Adapters, model folders and cache entries a run reads are checked before they load: one error naming the file."""
+"""Adapters, model folders and cache entries a run reads are checked before they load: one error naming the file,
+whether the file is cut short, random, an unsafe pickle (refused, never run) or a config peft would choke on."""
 
 import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from calibration_lightning.errors import ConfigError
 from calibration_lightning.models.artifacts import safetensors_problem
@@ -49,6 +52,84 @@ def test_a_damaged_adapter_folder_is_refused_when_the_config_is_checked(adapters
     with pytest.raises(ConfigError) as caught:
         model_conf(adapter=str(folder))
     assert str(caught.value).startswith(f"model.adapter={folder}: ") and message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"r": "abc"}, "r is 'abc', expected an integer >= 1"),
+        ({"r": 0}, "r is 0, expected an integer >= 1"),
+        ({"r": 8.5}, "r is 8.5, expected an integer >= 1"),
+        ({"r": True}, "r is True, expected an integer >= 1"),
+        ({"lora_alpha": "x"}, "lora_alpha is 'x', expected a number > 0"),
+        ({"lora_dropout": 2}, "lora_dropout is 2, expected a number in [0, 1)"),
+        ({"target_modules": 5}, "target_modules is 5, expected a name pattern or a list of names"),
+        ({"target_modules": ["q_proj", 3]}, "target_modules is ['q_proj', 3], expected a name pattern or a list"),
+        ({"bias": "bogus"}, "bias is 'bogus', expected one of none, all, lora_only"),
+        ({"use_dora": "yes"}, "use_dora is 'yes', expected true or false"),
+        ({"layers_to_transform": "x"}, "layers_to_transform is 'x', expected null, a layer index or a list of them"),
+        ({"rank_pattern": {"q_proj": "8"}}, "rank_pattern is {'q_proj': '8'}, expected a map name -> rank"),
+        ({"peft_type": "FOO"}, "peft cannot read it (KeyError: 'FOO')"),
+        ({"task_type": "BOGUS"}, "peft cannot read it (ValueError: Invalid task type: 'BOGUS'."),
+    ],
+)
+def test_an_adapter_config_peft_would_choke_on_is_refused(adapters, tmp_path, patch, message):
+    folder = _copy(adapters, tmp_path)
+    config = folder / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **patch}))
+    with pytest.raises(ConfigError) as caught:
+        model_conf(adapter=str(folder))
+    assert str(caught.value).startswith(f"model.adapter={folder}: {config}: {message}")
+    assert str(caught.value).endswith("; save the adapter again")
+
+
+def _as_bin(folder):
+    """The adapter's weights as ``save_pretrained(safe_serialization=False)`` writes them."""
+    weights = folder / "adapter_model.safetensors"
+    torch.save(load_file(weights), folder / "adapter_model.bin")
+    weights.unlink()
+    return folder / "adapter_model.bin"
+
+
+class _Opens:
+    """Unpickled, it would create ``path``: the stand-in for code an unsafe pickle runs."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "is not readable adapter weights (empty)"),
+        (lambda p: _cut(p, p.stat().st_size // 2), "is not readable adapter weights (truncated or damaged)"),
+        (lambda p: p.write_bytes(bytes(range(256)) * 16), "is not readable adapter weights (truncated or damaged)"),
+        (lambda p: torch.save({"w": _Opens(p.parent / "ran")}, p), "(refused: it holds Python objects other than"),
+        (lambda p: torch.save([torch.ones(2)], p), "holds no tensors by name (not peft adapter weights)"),
+        (lambda p: torch.save({"w": 3}, p), "holds no tensors by name (not peft adapter weights)"),
+    ],
+)
+def test_damaged_or_unsafe_bin_weights_are_refused_and_never_run(adapters, tmp_path, damage, message):
+    folder = _copy(adapters, tmp_path)
+    weights = _as_bin(folder)
+    damage(weights)
+    with pytest.raises(ConfigError) as caught:
+        model_conf(adapter=str(folder))
+    assert str(caught.value).startswith(f"model.adapter={folder}: {weights} ") and message in str(caught.value)
+    assert not (folder / "ran").exists()  # the unsafe pickle was refused, not executed
+
+
+def test_a_whole_bin_adapter_passes_the_checks_and_loads(adapters, tmp_path, tiny_source):
+    folder = _copy(adapters, tmp_path)
+    saved = load_file(folder / "adapter_model.safetensors")
+    _as_bin(folder)
+    model = load_model(tiny_source, model_conf(adapter=str(folder)), "cpu")
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(saved) == 28
+    assert all(torch.equal(loaded[k.replace(".weight", ".default.weight")], v) for k, v in saved.items())
 
 
 def test_an_adapter_of_another_shape_is_one_error(adapters, tmp_path, tiny_source):

@@ -8,9 +8,70 @@ import json
 import struct
 from pathlib import Path
 
-from calibration_lightning.errors import ConfigError
+from calibration_lightning.errors import ConfigError, is_number
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _count(v, least: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _layers(v) -> bool:
+    return v is None or _count(v, 0) or (isinstance(v, list) and all(_count(x, 0) for x in v))
+
+
+# What peft builds tensors from, by LoRA's adapter_config.json key: peft itself takes these as they are and
+# fails later, when the layers are made (``"r": "abc"`` is a TypeError inside torch).
+LORA_FIELDS = {
+    "r": (_count, "an integer >= 1"),
+    "lora_alpha": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "lora_dropout": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "target_modules": (lambda v: v is None or isinstance(v, str) or _names(v), "a name pattern or a list of names"),
+    "modules_to_save": (lambda v: v is None or _names(v), "null or a list of module names"),
+    "bias": (lambda v: v in ("none", "all", "lora_only"), "one of none, all, lora_only"),
+    "fan_in_fan_out": (lambda v: isinstance(v, bool), "true or false"),
+    "use_rslora": (lambda v: isinstance(v, bool), "true or false"),
+    "use_dora": (lambda v: isinstance(v, bool), "true or false"),
+    "layers_to_transform": (_layers, "null, a layer index or a list of them"),
+    "rank_pattern": (lambda v: isinstance(v, dict) and all(_count(x) for x in v.values()), "a map name -> rank"),
+    "alpha_pattern": (lambda v: isinstance(v, dict) and all(is_number(x) for x in v.values()), "a map name -> alpha"),
+}  # fmt: skip
+
+
+class Unloadable(Exception):
+    """A weights file ``torch.load(weights_only=True)`` refuses; the message says why, in words. ``unsafe``: it
+    names code to import (refused, never run)."""
+
+    def __init__(self, reason: str, unsafe: bool = False) -> None:
+        super().__init__(reason)
+        self.unsafe = unsafe
+
+
+def load_tensors(path: Path):
+    """``path`` as ``torch.load`` reads it with ``weights_only=True`` (memory-mapped when it is a zip archive, so
+    checking a large file reads little of it): never runs code a pickle names.
+
+    Raises:
+        Unloadable: "empty", "truncated or damaged", or "refused: ... Python objects other than tensors".
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a class or function to import: code, not tensors
+            raise Unloadable("refused: it holds Python objects other than tensors", unsafe=True) from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError, KeyError):
+        pass
+    raise Unloadable("empty" if path.stat().st_size == 0 else "truncated or damaged")
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -84,6 +145,7 @@ def check_adapter(adapter: str) -> None:
         raise ConfigError(f"{key}: {config} is empty; save the adapter again (peft's save_pretrained)")
     if not isinstance(data, dict) or not data.get("peft_type"):
         raise ConfigError(f"{key}: {config} is not a peft adapter config (no peft_type); save the adapter again")
+    _check_adapter_config(folder, data, f"{key}: {config}")
     weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
     if not weights:
         raise ConfigError(
@@ -94,6 +156,30 @@ def check_adapter(adapter: str) -> None:
         problem = safetensors_problem(weights[0])
         if problem:
             raise ConfigError(f"{key}: {weights[0]} is {problem}; copy or save the adapter again")
+        return
+    import torch
+
+    try:
+        state = load_tensors(weights[0])
+    except Unloadable as e:
+        raise ConfigError(f"{key}: {weights[0]} is not readable adapter weights ({e}); save it again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{key}: {weights[0]} holds no tensors by name (not peft adapter weights); save it again")
+
+
+def _check_adapter_config(folder: Path, data: dict, where: str) -> None:
+    """The values of a LoRA ``adapter_config.json`` peft would build tensors from (``LORA_FIELDS``), then the
+    config as peft reads it (its type of adapter and task)."""
+    if data["peft_type"] == "LORA":
+        for name, (ok, expected) in LORA_FIELDS.items():
+            if name in data and not ok(data[name]):
+                raise ConfigError(f"{where}: {name} is {data[name]!r}, expected {expected}; save the adapter again")
+    from peft import PeftConfig
+
+    try:
+        PeftConfig.from_pretrained(str(folder))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: peft cannot read it ({type(e).__name__}: {e}); save the adapter again") from None
 
 
 def _check_hub_adapter(repo_id: str, key: str) -> None:
@@ -150,3 +236,27 @@ def adapter_load_error(e: Exception, adapter: str, model_name: str) -> ConfigErr
             "use an adapter trained on this base model"
         )
     return ConfigError(f"{key}: peft cannot load this adapter{base} ({type(e).__name__}: {text[:200]})")
+
+
+def adapter_shapes(source: str, settings) -> dict[str, tuple[int, ...]]:
+    """The trainable tensors of ``loading.load_model(source, settings)`` (LoRA's A and B of every adapted layer,
+    or those of ``settings.adapter``) by their names in a checkpoint's ``state_dict`` (``model.`` + peft's name),
+    with their shapes. Built on the meta device from the model's config.json: no weight is read or allocated."""
+    import torch
+    from peft import PeftConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from calibration_lightning.models.loading import add_lora
+
+    remote = settings.trust_remote_code
+    config = AutoConfig.from_pretrained(source, revision=settings.revision, trust_remote_code=remote)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=remote)
+        if settings.adapter is None:
+            model = add_lora(model, settings.lora)
+        else:
+            folder = Path(settings.adapter).expanduser()
+            peft_config = PeftConfig.from_pretrained(str(folder) if folder.exists() else settings.adapter)
+            peft_config.inference_mode = False  # as load_adapter's is_trainable=True
+            model = get_peft_model(model, peft_config)
+    return {f"model.{name}": tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}

@@ -4,19 +4,26 @@ Lightning deletes an existing ``metrics.csv`` when a logger starts in the same f
 only the rows logged after the kill. Here a resumed run keeps the earlier rows. A row it logs again (the same step
 and the same metrics: the "before" evaluation, the steps between the checkpoint and the kill) replaces the earlier
 one in place, the last one when several match (method=auto's candidates each count steps from 0), so every step
-appears once, in order; new columns are merged into the header.
+appears once, in order; new columns are merged into the header. A damaged file is refused in one line
+(``read_metrics_log``), at start-up already (``run_state.check_checkpoints``), before any row could be lost.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import os
+import shlex
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from calibration_lightning.errors import UserError
 from calibration_lightning.outputs.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def _row_key(row: dict) -> tuple[float, frozenset]:
@@ -28,6 +35,48 @@ def _row_key(row: dict) -> tuple[float, frozenset]:
     return step, frozenset(k for k, v in row.items() if k not in ("step", "epoch") and v not in ("", None))
 
 
+def read_metrics_log(path: str | os.PathLike) -> tuple[list[str], list[dict], bool]:
+    """The header and rows of the ``metrics.csv`` a resumed run keeps, and whether its last line was cut short.
+
+    A last line without its newline was being written when the run was killed: it is left out (the resumed run
+    logs that step again). Anything else that is not a CSV file as this logger writes it is refused.
+
+    Raises:
+        UserError: one line naming the file (and line) and what to do: move it aside, the rows stay in it.
+    """
+    q = shlex.quote(str(path))
+    fix = f"move it aside (mv {q} {q}.damaged) and rerun with resume=true: a new log starts, the old rows stay there"
+    if os.path.isdir(path):
+        raise UserError(f"{path}: a folder where the metrics log should be; {fix}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        text = data.decode("utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); make it readable, or {fix}") from None
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}: line {line}: not UTF-8 text (byte {e.start}); {fix}") from None
+    cut = bool(text) and not text.endswith("\n")
+    reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1] if cut else text, newline=""), strict=True)
+    header, rows = None, []
+    try:
+        for cells in reader:
+            if not cells:
+                continue  # a blank line: csv.DictReader skips it too
+            if header is None:
+                header = cells
+            elif len(cells) != len(header):
+                raise UserError(
+                    f"{path}: line {reader.line_num}: {len(cells)} cells under a header of {len(header)}; {fix}"
+                )
+            else:
+                rows.append(dict(zip(header, cells)))
+    except csv.Error as e:
+        raise UserError(f"{path}: line {reader.line_num}: not valid CSV ({e}); {fix}") from None
+    return header or [], rows, cut
+
+
 class ResumableExperimentWriter(ExperimentWriter):
     def __init__(self, log_dir: str, keep: bool) -> None:
         self._keep = keep
@@ -35,13 +84,15 @@ class ResumableExperimentWriter(ExperimentWriter):
         super().__init__(log_dir=log_dir)
 
     def _check_log_dir_exists(self) -> None:
-        if not (self._keep and os.path.isfile(self.metrics_file_path)):
+        if not (self._keep and os.path.lexists(self.metrics_file_path)):
             super()._check_log_dir_exists()  # a new run: Lightning's behaviour (the old file is removed)
             return
-        with open(self.metrics_file_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            self._earlier = [_row_key(row) for row in reader]
-            self.metrics_keys = sorted(reader.fieldnames or [])
+        header, rows, cut = read_metrics_log(self.metrics_file_path)
+        if cut:
+            log.warning("%s: its last line was cut short by the interruption: left out", self.metrics_file_path)
+            self._write(header, rows)
+        self._earlier = [_row_key(row) for row in rows]
+        self.metrics_keys = sorted(header)
 
     def save(self) -> None:
         replaced = {}
@@ -61,10 +112,12 @@ class ResumableExperimentWriter(ExperimentWriter):
         for i, row in replaced.items():
             rows[i] = row
         self.metrics_keys = sorted(set(self.metrics_keys).union(*replaced.values()))
+        self._write(self.metrics_keys, rows)
 
+    def _write(self, header: list[str], rows: list[dict]) -> None:
         def write(tmp) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+                writer = csv.DictWriter(f, fieldnames=header)
                 writer.writeheader()
                 writer.writerows(rows)
 

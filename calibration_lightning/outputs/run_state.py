@@ -6,7 +6,8 @@ an exit code that says the run did not finish.
   drops it when the process dies, so a killed run leaves no stuck lock); a second run there is refused.
 - ``save_settings`` / ``check_resume``: the settings that change a run's result (``RESULT_KEYS``) are saved in
   ``.run_settings.json`` when training starts; ``resume=true`` with other values is refused, naming them.
-- ``check_checkpoints``: every ``*.ckpt`` a resumed run will read is loaded once (``weights_only``) at start-up.
+- ``check_checkpoints``: every ``*.ckpt`` a resumed run will read is loaded once (``weights_only``) at start-up,
+  its keys, types and adapter shapes checked against the model the config builds; and ``logs/metrics.csv``.
 - ``stop_signals``: SIGTERM and SIGINT (and, under SLURM, the requeue signal a launcher already handles) stop
   the run at the next training step with a checkpoint, exit ``128 + signal`` and say how to resume.
 """
@@ -18,6 +19,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import shlex
 import signal
 import tempfile
 from contextlib import contextmanager
@@ -174,34 +177,122 @@ def check_resume(out_dir: Path, cfg: DictConfig) -> None:
 
 
 # -- checkpoints a resumed run reads -------------------------------------------------------------------------
-def check_checkpoints(out_dir: Path) -> None:
-    """Load every checkpoint under ``out_dir/checkpoints`` once, as the resumed run will.
+# What a resumed run reads from a checkpoint, and its type: Lightning's restore reads every key of last.ckpt
+# (and of the step checkpoints), ours of best.ckpt reads BEST_KEYS.
+CHECKPOINT_KEYS = {
+    "state_dict": dict,
+    "epoch": int,
+    "global_step": int,
+    "pytorch-lightning_version": str,
+    "loops": dict,
+    "callbacks": dict,
+    "optimizer_states": list,
+    "lr_schedulers": list,
+}
+BEST_KEYS = ("state_dict", "epoch")
+
+
+def check_checkpoints(out_dir: Path, model=None) -> None:
+    """Check every checkpoint under ``out_dir/checkpoints`` as the resumed run will read it, then the metrics log
+    it appends to (``csv_logger.read_metrics_log``). The checkpoints in three passes, so that the plainest damage
+    is named first: each loads (``weights_only``, memory-mapped: ``artifacts.load_tensors``); each holds what
+    the resume reads, of the right types (``checkpoint_problem``); with ``model`` (the config section), its
+    adapter tensors are those of the model it builds, name for name and shape for shape
+    (``artifacts.adapter_shapes``: computed on the meta device from the model's config.json, no weight loaded).
 
     Raises:
-        UserError: a checkpoint is empty, truncated, not a checkpoint, or holds objects other than tensors.
+        UserError: naming the file, what is wrong and what to do.
     """
-    import pickle
-
-    import torch
+    from calibration_lightning.models.artifacts import Unloadable, load_tensors
+    from calibration_lightning.outputs.csv_logger import read_metrics_log
 
     start_over = f"delete {out_dir / 'checkpoints'} and rerun without resume=true to train from the start"
+    loaded = {}
     for path in sorted((out_dir / "checkpoints").rglob("*.ckpt")):
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            if "Unsupported global" in str(e):  # a class or function to import: code, not tensors
-                raise UserError(
-                    f"{path}: refused: the checkpoint holds Python objects other than tensors (an unsafe pickle, "
-                    f"not written by this program); {start_over}"
-                ) from None
-            reason = "empty" if path.stat().st_size == 0 else "truncated or damaged"
-            raise UserError(f"{path}: not a readable checkpoint ({reason}); {start_over}") from None
-        except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError, KeyError) as e:
-            reason = "empty" if path.stat().st_size == 0 else "truncated or damaged"
-            raise UserError(f"{path}: not a readable checkpoint ({reason}: {type(e).__name__}); {start_over}") from None
-        needs = {"state_dict", "epoch", "global_step"} | ({"loops"} if path.name != "best.ckpt" else set())
-        if not isinstance(ckpt, dict) or not needs <= ckpt.keys():
-            raise UserError(f"{path}: not a checkpoint of this program (no {sorted(needs)}); {start_over}")
+            loaded[path] = load_tensors(path)
+        except Unloadable as e:
+            what = f"not a readable checkpoint ({e})"
+            if e.unsafe:
+                what = "refused: the checkpoint holds Python objects other than tensors (not written by this program)"
+            raise UserError(f"{path}: {what}; {start_over}") from None
+    for path, ckpt in loaded.items():
+        problem = checkpoint_problem(ckpt, best=path.name == "best.ckpt")
+        if problem:
+            raise UserError(f"{path}: not a checkpoint this program can resume from ({problem}); {start_over}")
+    expected = _adapter_shapes(model) if model is not None and loaded else None
+    for path, ckpt in loaded.items() if expected else ():
+        problem = shape_problem(ckpt["state_dict"], expected)
+        if problem:
+            raise UserError(
+                f"{path}: {problem}; resume with the model settings the run started with (its .hydra/overrides.yaml), "
+                f"or {start_over}"
+            )
+    log_file = out_dir / "logs" / "metrics.csv"
+    if os.path.lexists(log_file):
+        read_metrics_log(log_file)
+
+
+def checkpoint_problem(ckpt: object, best: bool = False) -> str | None:
+    """What in a loaded checkpoint a resume could not use (a missing key, a value of the wrong type), or None.
+    ``best``: best.ckpt, of which only ``BEST_KEYS`` are read."""
+    import torch
+    from packaging.version import InvalidVersion, Version
+
+    if not isinstance(ckpt, dict):
+        return f"a {type(ckpt).__name__}, not a dict"
+    needs = BEST_KEYS if best else tuple(CHECKPOINT_KEYS)
+    missing = [k for k in needs if k not in ckpt]
+    if missing:
+        return f"no {', '.join(missing)}"
+    for key in needs:
+        kind, value = CHECKPOINT_KEYS[key], ckpt[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            return f"{key} is {value!r:.40}, expected {'an integer >= 0' if kind is int else f'a {kind.__name__}'}"
+    bad = next((k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        return f"state_dict[{bad!r}] is not a tensor"
+    if best:
+        return None
+    try:
+        Version(ckpt["pytorch-lightning_version"])
+    except InvalidVersion:
+        return f"pytorch-lightning_version is {ckpt['pytorch-lightning_version']!r:.40}, not a version"
+    if not isinstance(ckpt["loops"].get("fit_loop"), dict):
+        return "loops holds no fit_loop state"
+    if not all(isinstance(s, dict) and {"state", "param_groups"} <= s.keys() for s in ckpt["optimizer_states"]):
+        return "optimizer_states holds something other than optimizer states"
+    return None
+
+
+def _adapter_shapes(model) -> dict[str, tuple[int, ...]] | None:
+    """The adapter tensors of the model the ``model`` config section builds (``artifacts.adapter_shapes``); None
+    where that model's config cannot be read without loading it (the load itself then checks the shapes)."""
+    from calibration_lightning.models.artifacts import adapter_shapes
+    from calibration_lightning.schema import build
+
+    source = build(model.loader, "model.loader")
+    try:
+        return adapter_shapes(source, model)
+    except Exception as e:  # an architecture that cannot be built on the meta device: the load will check
+        log.debug("adapter shapes of %s not computed before loading: %s", source, e)
+        return None
+
+
+def shape_problem(state_dict: dict, expected: dict[str, tuple[int, ...]]) -> str | None:
+    """How a checkpoint's adapter tensors (its ``model.*`` entries) differ from ``expected``, or None."""
+    saved = {k: tuple(v.shape) for k, v in state_dict.items() if k.startswith("model.")}
+    names = [*expected, *(k for k in saved if k not in expected)]  # the model's order
+    differ = [k for k in names if saved.get(k) != expected.get(k)]
+    if not differ:
+        return None
+    first = differ[0]
+    there, here = (list(s[first]) if first in s else "none" for s in (saved, expected))
+    return (
+        f"its adapters are not those of this run's model, of another shape or LoRA setting ({len(differ)} of "
+        f"{len(names)} tensors differ, e.g. {first.removeprefix('model.base_model.model.')}: {there} there, "
+        f"{here} for this run's model)"
+    )
 
 
 def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None) -> None:
@@ -210,11 +301,11 @@ def check_folder(out_dir: Path, resume: bool, cfg: DictConfig | None) -> None:
         check_resume(out_dir, cfg)
 
 
-def claim_run_dir(out_dir: Path, resume: bool) -> None:
-    """The last start-up checks of a run folder, after the data's: a resumed run's checkpoints, then the
-    folder's lock (held until the process ends)."""
+def claim_run_dir(out_dir: Path, resume: bool, model=None) -> None:
+    """The last start-up checks of a run folder, after the data's: a resumed run's checkpoints (against the
+    model the ``model`` config section builds) and metrics log, then the folder's lock (held until the process ends)."""
     if resume and (out_dir / "checkpoints").is_dir():
-        check_checkpoints(out_dir)  # read-only; checkpoints are replaced by rename, so a running run is no harm
+        check_checkpoints(out_dir, model)  # read-only; checkpoints are replaced by rename, so a running run is no harm
     lock_run_dir(out_dir)
 
 
@@ -286,5 +377,17 @@ def resume_hint(out_dir: Path, e: Preempted) -> str:
         saved = f"the last checkpoint in {out_dir / 'checkpoints'} is kept"
     return (
         f"stopped by {signal.Signals(e.signum).name} ({saved}); to continue, run the same command with "
-        f"resume=true hydra.run.dir={out_dir}"
+        f"resume=true {shell_override('hydra.run.dir', str(out_dir))}"
     )
+
+
+def shell_override(key: str, value: str) -> str:
+    """``key=value`` as one shell word that Hydra reads back as the string ``value``, whatever it holds (spaces,
+    quotes, ``,`` ``=`` ``$`` ``[``): Hydra's quotes inside the shell's. A plain path is left as it is."""
+    if re.fullmatch(r"[\w@%+:./-]+", value, re.ASCII):
+        return f"{key}={value}"
+    # Hydra's quoted strings: a quote is escaped, and so is each backslash before one (or before the end);
+    # "\${" keeps OmegaConf from reading an interpolation
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    escaped = escaped.replace("${", "\\${")
+    return shlex.quote(f"{key}='{escaped}'")
