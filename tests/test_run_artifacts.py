@@ -90,7 +90,7 @@ def test_a_checkpoint_with_bogus_values_is_one_error(tmp_path, shapes, change, p
 
 def test_best_ckpt_needs_only_what_is_read_from_it(tmp_path, shapes, make_cfg):
     best = {"state_dict": _ckpt(shapes)["state_dict"], "epoch": 2}
-    check_checkpoints(_run_dir(tmp_path, last=_ckpt(shapes), best=best), make_cfg("model=tiny"))
+    check_checkpoints(_run_dir(tmp_path, last=_ckpt(shapes), best=best), model_conf())
     with pytest.raises(UserError, match=r"best.ckpt: not a checkpoint .* \(a list, not a dict\)"):
         check_checkpoints(_run_dir(tmp_path / "b", best=[1, 2]))
 
@@ -111,7 +111,7 @@ def test_a_checkpoint_of_another_model_shape_is_one_error(tmp_path, make_cfg, ot
     saved = adapter_shapes(source, model_conf(lora=dataclasses.replace(model_conf().lora, **other.get("lora", {}))))
     out = _run_dir(tmp_path, last=_ckpt(saved))
     with pytest.raises(UserError) as caught:
-        check_checkpoints(out, make_cfg("model=tiny"))
+        check_checkpoints(out, model_conf())
     assert str(caught.value) == (
         f"{out / 'checkpoints' / 'last.ckpt'}: its adapters are not those of this run's model, of another shape or "
         f"LoRA setting ({problem}); resume with the model settings the run started with (its "

@@ -194,15 +194,16 @@ def test_no_secret_shape_in_any_file_of_a_run_or_its_output(tmp_path):
         "method=none",
         *TINY_SPLIT,
         "logger=wandb",
-        f"+judge.passWord={secrets[0]}",
-        f"+judge.PassPhrase={secrets[1]}",
-        f"+judge.api_keys=[{secrets[2]},{secrets[3]}]",
-        f"+judge.secrets={secrets[4]}",
-        f"+judge.wandbapikey={secrets[5]}",
+        "judge=openai",  # its headers (a dict) and base_url; Hydra's own env_set (written to .hydra/hydra.yaml)
+        f"+hydra.job.env_set.passWord={secrets[0]}",
+        f"+hydra.job.env_set.PassPhrase={secrets[1]}",
+        f"+hydra.job.env_set.api_keys='{secrets[2]} {secrets[3]}'",
+        f"+hydra.job.env_set.secrets={secrets[4]}",
+        f"+hydra.job.env_set.wandbapikey={secrets[5]}",
         f"+judge.headers={{Authorization: 'Bearer {secrets[6]}'}}",
-        f"+judge.mirrors=[https://u:PW/{secrets[7]}@h.example/x]",
-        f"+judge.base_url=https://u:{secrets[8]}@h/v1",
-        "+judge.pad_token=PADVISIBLE",
+        f"+hydra.job.env_set.mirror=https://u:PW/{secrets[7]}@h.example/x",
+        f"judge.base_url=https://u:{secrets[8]}@h/v1",
+        "+hydra.job.env_set.pad_token=PADVISIBLE",
         f"hydra.run.dir={out}",
         env={"WANDB_MODE": "offline"},
     )
@@ -214,5 +215,5 @@ def test_no_secret_shape_in_any_file_of_a_run_or_its_output(tmp_path):
         assert not any(s.encode() in data for s in secrets), f"a secret leaked into {path}"
     assert not any(s in result.stdout + result.stderr for s in secrets)
     written = yaml.safe_load((out / "config.yaml").read_text())["judge"]
-    assert written["headers"] == {"Authorization": "<redacted>"} and written["pad_token"] == "PADVISIBLE"
-    assert "+judge.pad_token=PADVISIBLE" in (out / ".hydra" / "overrides.yaml").read_text()
+    assert written["headers"] == {"Authorization": "<redacted>"} and "<redacted>" in written["base_url"]
+    assert "pad_token: PADVISIBLE" in (out / ".hydra" / "hydra.yaml").read_text()

@@ -107,7 +107,8 @@ class OpenAIJudge:
     """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, TGI...) as the pairwise judge.
 
     The API key is read from the environment variable ``api_key_env`` at each request and never logged or
-    written. Requests run ``concurrency`` at a time, each with ``timeout_s``; timeouts, connection errors,
+    written; ``headers``: further HTTP headers every request sends (an endpoint's own key header, an
+    organization), blanked in every written config as secrets are. Requests run ``concurrency`` at a time, each with ``timeout_s``; timeouts, connection errors,
     429 and 5xx are retried up to ``max_retries`` times with exponential backoff. When the endpoint returns
     log-probabilities, P("A") comes from them; otherwise the reply's letter gives 1.0 / 0.0 (0.5 if neither).
     """
@@ -122,6 +123,7 @@ class OpenAIJudge:
         concurrency: int = 8,
         backoff_s: float = 1.0,
         max_answer_chars: int = 4000,
+        headers: dict | None = None,
     ) -> None:
         if not base_url or not model:
             raise ConfigError("judge.base_url and judge.model must be set for judge=openai")
@@ -133,14 +135,14 @@ class OpenAIJudge:
             concurrency,
             backoff_s,
         )
-        self.max_answer_chars = max_answer_chars
+        self.max_answer_chars, self.headers = max_answer_chars, dict(headers or {})
         self.name = f"openai:{model}"
 
     def bind(self, run_model, run_tokenizer, device: str, settings=None) -> None:
         """Nothing to attach: the judge lives behind the endpoint."""
 
     def _post(self, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **self.headers}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
