@@ -182,18 +182,19 @@ def model_name(label: str) -> str:
     return f"{name} + adapter {Path(adapter).name}" if adapter else name
 
 
-def method_name(run: RunResult) -> str:
+def method_name(method: str, kept: str | None = None) -> str:
     """``CFT``, ``temperature scaling (post-hoc)``, ``auto: CFT or RCFT (kept RCFT)``, ..."""
-    name = METHOD_NAMES.get(run.method, run.method)
-    return f"{name} (kept {METHOD_NAMES.get(run.kept, run.kept)})" if run.kept else name
+    name = METHOD_NAMES.get(method, method)
+    return f"{name} (kept {METHOD_NAMES.get(kept, kept)})" if kept else name
 
 
-def after_label(run: RunResult) -> str:
-    """What a run's "after" column shows: ``after CFT``, ``after temperature scaling (post-hoc)``, ..."""
-    if run.method == "none":
+def after_label(method: str, kept: str | None = None, posthoc: bool = False) -> str:
+    """What a run's "after" column shows: ``after CFT``, ``after temperature scaling (post-hoc)``, ...; a run's
+    own ``reliability_{set}.png`` takes it as ``diagrams.save_set_figure(..., after_label=...)``."""
+    if method == "none":
         return "aligned (no fine-tuning)"
-    name = method_name(run)
-    return f"after {name}" + (" (post-hoc)" if run.posthoc and "post-hoc" not in name else "")
+    name = method_name(method, kept)
+    return f"after {name}" + (" (post-hoc)" if posthoc and "post-hoc" not in name else "")
 
 
 def _cell(value, ci=None, signed: bool = False) -> str:
@@ -224,7 +225,7 @@ def markdown_report(runs: list[RunResult]) -> str:
         changes = ["model", "method", *(LABELS[m] for m in CHANGES)]
         rows, change_rows = [], []
         for run, node in entries:
-            ids = [model_name(run.model), method_name(run)]
+            ids = [model_name(run.model), method_name(run.method, run.kept)]
             cells = [_cell(*reported(node[p], m, run.level)) for m in TABLE for p in PHASES]
             win = [_cell(run.win_rate)] if with_win_rate and name == "test" else []
             rows.append([*ids, str(node["after"].get("n", "-")), *cells, *win])
@@ -255,7 +256,7 @@ def subject_tables(runs: list[RunResult]) -> str:
                 [subject, str(v["after"]["n"]), *(_cell(v[p][m]) for m in ("conf_ece", "accuracy") for p in PHASES)]
                 for subject, v in s["subjects"].items()
             ]
-            title = f"\n### {model_name(r.model)} / {method_name(r)} / {r.dataset}: {name}, per subject\n\n"
+            title = f"\n### {model_name(r.model)} / {method_name(r.method, r.kept)} / {r.dataset}: {name}, per subject\n\n"
             parts.append(title + markdown(header, rows))
     return "".join(parts)
 
@@ -327,7 +328,7 @@ def latex_table(runs: list[RunResult]) -> str:
             model = model_name(run.model)
             cells = [_tex_cell(*reported(node[p], m, run.level)) for p in PHASES for m in TABLE]
             shown = tex_escape(model) if model != previous else ""
-            lines.append(" & ".join([shown, tex_escape(method_name(run)), *cells]) + r" \\")
+            lines.append(" & ".join([shown, tex_escape(method_name(run.method, run.kept)), *cells]) + r" \\")
             previous = model
     lines += [r"\bottomrule", r"\end{tabular}"]
     note = (
@@ -388,7 +389,7 @@ def figure_rows(runs: list[RunResult], set_name: str) -> list[list[diagrams.Colu
     for run in (r for r in runs if set_name in r.sets):
         model = model_name(run.model)
         before = _phase_column(run, set_name, "before", f"{model}\naligned model (before)")
-        after = _phase_column(run, set_name, "after", f"{model}\n{after_label(run)}")
+        after = _phase_column(run, set_name, "after", f"{model}\n{after_label(run.method, run.kept, run.posthoc)}")
         row = rows.setdefault((run.dataset, model), [])
         if before is not None and not any(_same(before, c) for c in row):
             row.append(before)

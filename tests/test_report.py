@@ -67,7 +67,14 @@ def runs(tmp_path):
     for i, method in enumerate(("rcft", "cft", "label_smoothing", "ts", "none")):  # written in reverse order
         calibrator = {"calibrator": {"_target_": "TemperatureScaler"}} if method == "ts" else {}
         _run(root / f"{i}_{method}", method, 0.4 if method == "none" else 0.1 + 0.01 * i, node=calibrator)
-    _run(root / "auto", "auto", 0.05, kept="rcft")
+    auto = _run(root / "auto", "auto", 0.05, kept="rcft")
+    auto["subjects"] = {
+        "law": {
+            "before": {"conf_ece": 0.25, "accuracy": 0.5, "n": 2},
+            "after": {"conf_ece": 0.125, "accuracy": 0.5, "n": 2},
+        }
+    }
+    (root / "auto" / "metrics.json").write_text(json.dumps(auto))
     _run(root / "olmo", "cft", 0.07, model="allenai/OLMo-2-1124-7B-DPO", level=0.9)
     return root
 
@@ -99,7 +106,11 @@ def test_markdown_rows_in_the_papers_order_with_brackets_only_beside_their_value
     olmo = next(r for r in rows if r.startswith("| allenai/OLMo-2-1124-7B-DPO | CFT | 40 |"))
     assert "0.5000 [0.350, 0.650]" in olmo  # level 0.9: read under ci90
     assert "[lo, hi]: the 90%, 95% bootstrap interval" in md
-    assert md in capsys.readouterr().out  # printed too
+    subjects = md[
+        md.index("### SmolLM2-135M-Instruct / auto: CFT or RCFT (kept RCFT) / mmlu_bundled: test, per subject") :
+    ]
+    assert "| law | 2 | 0.2500 | 0.1250 | 0.5000 | 0.5000 |" in subjects and md.count("per subject") == 1
+    assert md[: md.index("\n### ")] in capsys.readouterr().out  # printed too, but for the per-subject tables
 
 
 def test_csv_one_row_per_run_set_and_metric(runs):

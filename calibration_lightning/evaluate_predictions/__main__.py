@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(rows))
     for name, block in blocks.items():
         if block.get("improvement"):
-            print(f"\n{name} - {args.before.stem} [{args.level:.0%} interval], * when it excludes 0:")
+            print(f"\n{name} - {args.before.stem} [{args.level * 100:g}% interval], * when it excludes 0:")
             for m, label in LABELS.items():
                 difference, ci, excludes = reported_change(block["improvement"], m, args.level)
                 if difference is not None:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(p.correct for p in inputs.predictions.values()):
         print("\nacc, acc_norm: as lm-eval scores them (acc_norm: log-likelihood per character of the choice);")
         print("the calibration metrics are those of the softmax of the choices' log-likelihoods.")
-    intervals = f" with its {args.level:.0%} interval ({args.resamples} resamples of the questions)"
+    intervals = f" with its {args.level * 100:g}% interval ({args.resamples} resamples of the questions)"
     print(f"\nEvery metric{intervals if args.resamples else ''}: {args.out}/<name>.json")
     if args.resamples:
         print(INTERVALS.replace("; ", ";\n") + ".")
