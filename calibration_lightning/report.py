@@ -230,7 +230,8 @@ def markdown_report(runs: list[RunResult]) -> str:
             win = [_cell(run.win_rate)] if with_win_rate and name == "test" else []
             rows.append([*ids, str(node["after"].get("n", "-")), *cells, *win])
             moved = [reported_change(node["improvement"], m, run.level) for m in CHANGES]
-            change_rows.append([*ids, *(_cell(d, ci, signed=True) + ("*" if z else "") for d, ci, z in moved)])
+            if run.method != "none":  # its "after" is its "before"
+                change_rows.append([*ids, *(_cell(d, ci, signed=True) + ("*" if z else "") for d, ci, z in moved)])
         paired = "after - before, paired (the same resampled questions before and after):"
         parts.append(f"## {dataset}: {name}\n\n{markdown(header, rows)}\n{paired}\n\n{markdown(changes, change_rows)}")
     return "\n".join(parts) + _legend(runs)
@@ -256,8 +257,8 @@ def subject_tables(runs: list[RunResult]) -> str:
                 [subject, str(v["after"]["n"]), *(_cell(v[p][m]) for m in ("conf_ece", "accuracy") for p in PHASES)]
                 for subject, v in s["subjects"].items()
             ]
-            title = f"\n### {model_name(r.model)} / {method_name(r.method, r.kept)} / {r.dataset}: {name}, per subject\n\n"
-            parts.append(title + markdown(header, rows))
+            title = f"{model_name(r.model)} / {method_name(r.method, r.kept)} / {r.dataset}: {name}, per subject"
+            parts.append(f"\n### {title}\n\n{markdown(header, rows)}")
     return "".join(parts)
 
 
