@@ -50,19 +50,31 @@ def test_short_cft_run_on_smollm2_moves_calibration(make_cfg, tmp_path):
 
 
 def test_report_from_real_default_runs(make_cfg, tmp_path):
-    """The report table over real SmolLM2 runs of several methods equals their metrics.json."""
+    """The report over real SmolLM2 runs (aligned, temperature scaling) equals their metrics.json; report.tex
+    compiles (where pdflatex is installed) and the figures show the aligned model and the method after it."""
     import csv
+    import shutil
+    import subprocess
 
     from calibration_lightning.report import main as report_main
 
     small = ["dataset.split.train=8", "dataset.split.val=32", "dataset.split.test=32"]
     for method in ("none", "ts"):
         run(make_cfg(f"method={method}", *small, out=f"runs/{method}"))
-    assert report_main([str(tmp_path / "runs")]) == 0
-    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "runs" / "report.csv").open())}
-    assert list(rows) == ["none", "ts"] and all(r["model"] == "smollm2_135m" for r in rows.values())
-    for method, row in rows.items():
-        after = json.loads((tmp_path / "runs" / method / "metrics.json").read_text())["after"]
-        assert float(row["conf_ece after"]) == pytest.approx(after["conf_ece"], abs=5e-5)
-        assert float(row["accuracy after"]) == pytest.approx(after["accuracy"], abs=5e-5)
-    assert float(rows["ts"]["accuracy after"]) == float(rows["none"]["accuracy after"])  # TS keeps predictions
+    runs = tmp_path / "runs"
+    assert report_main([str(runs)]) == 0
+    rows = {(r["method"], r["metric"]): r for r in csv.DictReader((runs / "report.csv").open())}
+    assert list(dict.fromkeys(m for m, _ in rows)) == ["none", "ts"]
+    for method in ("none", "ts"):
+        after = json.loads((runs / method / "metrics.json").read_text())["after"]
+        for metric in ("conf_ece", "accuracy"):
+            assert rows[method, metric]["model"] == "smollm2_135m"
+            assert float(rows[method, metric]["after"]) == after[metric]
+    assert rows["ts", "accuracy"]["after"] == rows["none", "accuracy"]["after"]  # TS keeps predictions
+    assert "| SmolLM2-135M-Instruct | temperature scaling (post-hoc) | 32 |" in (runs / "report.md").read_text()
+    svg = (runs / "reliability.svg").read_text()
+    assert "aligned model (before)" in svg and "after temperature scaling (post-hoc)" in svg
+    assert (runs / "reliability.pdf").read_bytes().startswith(b"%PDF-")
+    if shutil.which("pdflatex"):
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=runs)
+        assert done.returncode == 0 and (runs / "report.pdf").exists()

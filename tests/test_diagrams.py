@@ -1,4 +1,5 @@
-"""Reliability figures: panels, hand-computed bars, low-count marking, titles equal to the metrics."""
+"""Reliability figures: panels, hand-computed bars, low-count marking, titles equal to the metrics; the report's
+before-and-after figure; the public ``reliability_diagram`` and ``CalibrationMetric``."""
 
 import json
 import math
@@ -7,12 +8,12 @@ import re
 import pytest
 import torch
 
-from calibration_lightning import evaluation
+from calibration_lightning import CalibrationMetric, conf_ece, evaluation, reliability_diagram
 from calibration_lightning.calibration.metrics import all_metrics
 from calibration_lightning.data.records import MCRecord
 from calibration_lightning.outputs import diagrams
 from calibration_lightning.outputs.run_outputs import write_phase
-from calibration_lightning.report import RunResult, reliability_figure
+from calibration_lightning.report import RunResult, write_figures
 
 Z = 1.959964
 
@@ -30,11 +31,7 @@ def _bars(ax, label):
 
 
 def _figure(columns):
-    fig = diagrams.reliability_figure(columns)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return fig
+    return diagrams.reliability_figure(columns)
 
 
 def _panels(fig, column=0):
@@ -161,23 +158,92 @@ def test_write_phase_one_figure_per_set_before_then_both_columns(tmp_path, monke
     assert "conf-ECE 0.4321," in fig.subfigs[1].axes[0].get_title()
 
 
-def test_report_figure_draws_each_run_with_the_same_panels(tmp_path, monkeypatch):
+def _prediction_file(path, probs, labels):
+    rows = [{"gold": "ABC"[int(y)], "probabilities": dict(zip("ABC", p.tolist()))} for p, y in zip(probs, labels)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _report_run(tmp_path, method, after_probs, reported_after):
+    """A run folder as the report reads it: the aligned model's predictions (PROBS) and the method's."""
+    folder = tmp_path / method
+    folder.mkdir()
+    _prediction_file(folder / "predictions_before.jsonl", PROBS, LABELS)
+    _prediction_file(folder / "predictions_after.jsonl", after_probs, LABELS)
+    sets = {"test": {"before": all_metrics(PROBS.double(), LABELS, 5), "after": reported_after}}
+    return RunResult(folder, "smollm2_135m", method, "mmlu", sets, posthoc=method == "ts", n_bins=5)
+
+
+def test_report_figure_shows_the_aligned_model_once_then_each_method_after(tmp_path, monkeypatch):
+    three = torch.tensor([[0.6, 0.3, 0.1]] * 18)
+    fake = {"conf_ece": 0.4321, "accuracy": 0.125, "cw_ece": 0.2}  # what metrics.json says, not recomputed
+    runs = [
+        _report_run(tmp_path, "none", PROBS, all_metrics(PROBS.double(), LABELS, 5)),
+        _report_run(tmp_path, "ts", three, fake),
+        _report_run(tmp_path, "cft", PROBS.flip(1), all_metrics(PROBS.flip(1).double(), LABELS, 5)),
+    ]
     drawn = []
-    monkeypatch.setattr(diagrams, "save_figure", lambda fig, path: drawn.append(fig))
-    runs = []
-    for method, probs in (("cft", PROBS), ("none", torch.tensor([[0.6, 0.3, 0.1]] * 18))):
-        folder = tmp_path / method
-        folder.mkdir()
-        rows = [{"gold": "AB"[int(y)], "probabilities": dict(zip("ABC", p.tolist()))} for p, y in zip(probs, LABELS)]
-        (folder / "predictions_after.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        after = {"after": all_metrics(probs.double(), LABELS, 5)}  # what the run's metrics.json holds
-        runs.append(RunResult(folder, "tiny", method, "mmlu", {"test": after}, n_bins=5))
-    reliability_figure(runs, tmp_path / "reliability.png")
-    (fig,) = drawn
-    assert len(fig.subfigs) == 2  # none before cft, the paper's order
-    _check_titles(fig, 0, torch.tensor([[0.6, 0.3, 0.1]] * 18), LABELS, 5, "tiny / none\nmmlu, after training (N = 18)")
-    _check_titles(fig, 1, PROBS.double(), LABELS, 5, "tiny / cft\nmmlu, after training (N = 18)")
-    assert _bars(fig.subfigs[1].axes[0], "observed") == [(0.9, 0.0, pytest.approx(0.75), None)]
+    monkeypatch.setattr(diagrams, "save_figure", lambda fig, path: drawn.append(fig) or path)  # rendering: below
+    written = write_figures(runs, tmp_path / "out")
+    assert [p.name for p in written] == ["reliability.pdf", "reliability.svg", "reliability.png"]
+    fig = drawn[0]
+    assert drawn == [fig] * 3
+    headings = [sub._suptitle.get_text() for sub in fig.subfigs if sub._suptitle]
+    # the aligned model once (method=none's "after" is the same model), then each method after it
+    assert headings == [
+        "SmolLM2-135M-Instruct\naligned model (before) (N = 18)",
+        "SmolLM2-135M-Instruct\nafter temperature scaling (post-hoc) (N = 18)",
+        "SmolLM2-135M-Instruct\nafter CFT (N = 18)",
+    ]
+    assert all(len(sub.axes) == 2 for sub in fig.subfigs)  # confidence panel and its histogram
+    before = all_metrics(PROBS.double(), LABELS, 5)
+    assert fig.subfigs[0].axes[0].get_title() == f"confidence: conf-ECE {before['conf_ece']:.4f}, accuracy 0.667"
+    assert fig.subfigs[1].axes[0].get_title() == "confidence: conf-ECE 0.4321, accuracy 0.125"
+    assert _bars(fig.subfigs[0].axes[0], "observed") == [(0.9, 0.0, pytest.approx(0.75), None)]
+
+
+def test_reliability_diagram_from_numpy_torch_or_binary_arrays(tmp_path):
+    import numpy as np
+
+    fig = reliability_diagram(PROBS.numpy()[::-1].copy()[::-1], LABELS.numpy(), n_bins=5, title="mine")
+    assert fig.subfigs[0]._suptitle.get_text() == "mine" and len(fig.subfigs[0].axes) == 4
+    _check_titles(fig, 0, PROBS.double(), LABELS, 5, "mine")  # the metrics computed from the arrays
+    assert _bars(fig.subfigs[0].axes[0], "observed") == [(0.9, 0.0, pytest.approx(0.75), None)]
+    # [N] probabilities of class 1 of a binary problem: the same figure as their [N, 2]
+    binary = reliability_diagram(PROBS[:, 1].numpy()[::-1], np.ascontiguousarray(LABELS.numpy()[::-1]), n_bins=5)
+    assert _bars(binary.subfigs[0].axes[0], "observed") == _bars(fig.subfigs[0].axes[0], "observed")
+    titled = reliability_diagram(PROBS, LABELS, n_bins=5, metrics={"conf_ece": 0.5, "accuracy": 0.25, "cw_ece": 0.1})
+    assert titled.subfigs[0].axes[0].get_title() == "confidence: conf-ECE 0.5000, accuracy 0.250"
+    for suffix, magic in ((".pdf", b"%PDF-"), (".svg", b"<?xml"), (".png", b"\x89PNG")):
+        reliability_diagram(PROBS, LABELS, path=tmp_path / f"r{suffix}", classwise=False, dpi=20)
+        assert (tmp_path / f"r{suffix}").read_bytes().startswith(magic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.pdf", "r.png", "r.svg"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "probs,labels,message",
+    [
+        (PROBS.log(), LABELS, "must be probabilities"),
+        (PROBS, LABELS[:-1], r"labels must be \[N\] = \[18\]"),
+        (PROBS, LABELS + 1, r"labels must be in \[0, 2\)"),
+        (PROBS[None], LABELS, "must be \\[N, K\\]"),
+    ],
+)
+def test_reliability_diagram_refuses_what_is_not_probabilities_and_labels(probs, labels, message):
+    with pytest.raises(ValueError, match=message):
+        reliability_diagram(probs, labels)
+
+
+def test_reliability_diagram_refuses_an_unknown_format(tmp_path):
+    with pytest.raises(ValueError, match=r"r\.jpg: a figure is written as \.png, \.pdf, \.svg"):
+        reliability_diagram(PROBS, LABELS, path=tmp_path / "r.jpg")
+    assert not list(tmp_path.iterdir())
+
+
+def test_calibration_metric_is_exported_and_accumulates_batches():
+    metric = CalibrationMetric("conf_ece", n_bins=5)
+    metric.update(PROBS[:7], LABELS[:7])
+    metric.update(PROBS[7:], LABELS[7:])
+    assert float(metric.compute()) == pytest.approx(float(conf_ece(PROBS, LABELS, 5)))
 
 
 def test_wilson_interval_holds_the_observed_frequency_for_every_count():

@@ -1,11 +1,7 @@
 """Scoring any tool's predictions: the Python function, the CLI on a run's prediction files (it gives that
-run's metrics.json values) and on a real lm-evaluation-harness ``--log_samples`` file (its accuracy is
-lm-eval's ``acc``), and one error line for a bad file."""
+run's metrics.json values), and one error line for a bad file (lm-eval files: test_lm_eval_bridge.py)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,8 +13,6 @@ from calibration_lightning.evaluate_predictions import evaluate_pair
 from calibration_lightning.evaluate_predictions.__main__ import main
 from calibration_lightning.recipe import run
 from tests.conftest import TINY_SPLIT
-
-CLI = [sys.executable, "-m", "calibration_lightning.evaluate_predictions"]
 
 
 def test_the_block_by_hand():
@@ -53,17 +47,17 @@ def test_the_block_by_hand():
         evaluate_predictions(probs, torch.tensor([0, 2]))
 
 
-def _close(got, want, path=""):
+def _close(got, want, path="", tol=1e-7):
     if isinstance(want, dict):
         assert set(got) == set(want), path
         for k in want:
-            _close(got[k], want[k], f"{path}.{k}")
+            _close(got[k], want[k], f"{path}.{k}", tol)
     elif isinstance(want, list):
         assert len(got) == len(want), path
         for i, (g, w) in enumerate(zip(got, want)):
-            _close(g, w, f"{path}[{i}]")
+            _close(g, w, f"{path}[{i}]", tol)
     elif isinstance(want, float):
-        assert got == pytest.approx(want, rel=1e-5, abs=1e-7), path
+        assert got == pytest.approx(want, rel=1e-5, abs=tol), path
     else:
         assert got == want, path
 
@@ -80,13 +74,20 @@ def test_cli_on_a_finished_run_gives_its_metrics_json(make_cfg, tmp_path, capsys
     assert main([*paired, "--out", str(tmp_path / "scored"), *options]) == 0
     scored = json.loads((tmp_path / "scored" / "predictions_after.json").read_text())
     assert scored["format"] == "calibration_lightning" and scored["bootstrap"] == boot
-    _close(scored["metrics"], {**metrics["after"], "improvement": metrics["improvement"]})
+    # the run scores float32 probabilities, the CLI reads them as float64: equal to float32's precision
+    _close(scored["metrics"], {**metrics["after"], "improvement": metrics["improvement"]}, tol=1e-6)
     # Alone (no --before): the same values and intervals, the resamples being the same questions.
     assert main([str(out / "predictions_after.jsonl"), "--out", str(tmp_path / "alone"), *options]) == 0
     alone = json.loads((tmp_path / "alone" / "predictions_after.json").read_text())
-    _close(alone["metrics"], metrics["after"])
+    _close(alone["metrics"], metrics["after"], tol=1e-6)
     printed = capsys.readouterr().out
-    assert f"{metrics['after']['conf_ece']:.4f} [{metrics['after']['ci95']['conf_ece'][0]:.3f}," in printed
+    row = next(line.split() for line in printed.splitlines() if line.startswith("predictions_after "))
+    assert row[1:5] == [
+        str(metrics["after"]["n"]),
+        f"{metrics['after']['accuracy']:.4f}",
+        "-",
+        f"{metrics['after']['conf_ece']:.4f}",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -108,44 +109,6 @@ def test_a_bad_file_is_one_error_line_and_nothing_is_written(tmp_path, capsys, l
     (line,) = printed.err.strip().splitlines()
     assert line.startswith(f"error: {bad}: {message}"), line
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.slow
-def test_cli_scores_a_real_lm_eval_run_with_lm_evals_own_accuracy(tiny_source, tmp_path):
-    """lm-eval (``hf`` model, local multiple-choice task on a jsonl file, ``--log_samples``) on the tiny model."""
-    pytest.importorskip("lm_eval")
-    data = tmp_path / "data.jsonl"
-    choices = ["yes", "no", "both", "neither"]
-    rows = [{"question": f"Is statement {i} true?", "choices": choices, "answer": (i * 7) % 4} for i in range(16)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "tiny_mc.yaml").write_text(
-        "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
-        'doc_to_text: "{{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
-        "metric_list:\n  - metric: acc\n"
-    )
-    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    lm_eval = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_source}"]
-    lm_eval += ["--tasks", "tiny_mc", "--include_path", str(tasks), "--output_path", str(tmp_path / "lm")]
-    lm_eval += ["--log_samples", "--device", "cpu", "--batch_size", "8"]
-    done = subprocess.run(lm_eval, capture_output=True, text=True, env=offline, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (samples,) = tmp_path.glob("lm/*/samples_tiny_mc_*.jsonl")
-    (results,) = tmp_path.glob("lm/*/results_*.json")
-    acc = json.loads(results.read_text())["results"]["tiny_mc"]["acc,none"]
-
-    result = subprocess.run([*CLI, str(samples), "--out", str(tmp_path / "scored")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    scored = json.loads((tmp_path / "scored" / f"{samples.stem}.json").read_text())
-    assert scored["format"] == "lm-eval" and scored["metrics"]["n"] == 16
-    assert scored["metrics"]["accuracy"] == pytest.approx(acc, abs=1e-9)
-    # The probabilities are the softmax of each row's choice log-likelihoods: NLL is -log of the gold's.
-    logged = [json.loads(line) for line in samples.read_text().splitlines()]
-    nll = [-torch.tensor([float(r[0]) for r in row["filtered_resps"]]).double().log_softmax(0)[int(row["target"])]
-           for row in logged]  # fmt: skip
-    assert scored["metrics"]["nll"] == pytest.approx(float(sum(nll) / len(nll)), rel=1e-5)
 
 
 def test_no_question_is_a_value_error_not_a_crash():

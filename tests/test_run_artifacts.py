@@ -10,8 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from calibration_lightning.errors import UserError
-from calibration_lightning.models.artifacts import adapter_shapes
-from calibration_lightning.models.loading import load_model
+from calibration_lightning.models.loading import adapter_shapes, load_model
 from calibration_lightning.models.sources import tiny
 from calibration_lightning.outputs.csv_logger import ResumableExperimentWriter, read_metrics_log
 from calibration_lightning.outputs.run_state import Preempted, check_checkpoints, resume_hint

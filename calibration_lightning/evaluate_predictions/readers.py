@@ -1,20 +1,29 @@
 """Prediction files: a run's ``predictions_*.jsonl`` and lm-evaluation-harness ``--log_samples`` files.
 
-Both are JSON lines, one question a line; the format is told by the first row's keys.
+Both are JSON lines, one question a line; the format is told by the first row's keys. Values are read as
+float64 (lm-eval writes its log-likelihoods as the text of Python floats), so nothing is rounded on the way in.
 
 - Ours (``evaluation.prediction_rows``): ``gold`` (a letter) and ``probabilities`` (``{"A": p, "B": p, ...}``
   over the question's own options, rows of fewer options padded with zeros to the file's widest row).
-- lm-eval, multiple-choice tasks (``output_type: multiple_choice``): ``filtered_resps``, one ``[loglikelihood,
-  is_greedy]`` per choice (written as strings), and ``target``, the gold choice's index or text; the
-  probabilities are the softmax of the choices' log-likelihoods, so the argmax is lm-eval's ``acc``
-  prediction. Question ids are ``doc_id``.
+- lm-eval, multiple-choice tasks (``output_type: multiple_choice``; ``samples_{task}_{date}.jsonl``):
+  ``filtered_resps``, one ``[loglikelihood, is_greedy]`` per choice, ``arguments``, one ``(context,
+  target_delimiter + choice)`` per choice, and ``target``, the gold choice's index or text. The probabilities
+  are the softmax of the choices' log-likelihoods (lm-eval's own ``brier_score`` uses the same), so their argmax
+  is lm-eval's ``acc``. ``acc_norm`` is scored as lm-eval's ``process_results`` does: the argmax of each
+  log-likelihood divided by its choice's length in characters, the choice being the continuation without the
+  task's ``target_delimiter``; the delimiter is read from the run's ``results_{date}.json`` beside the file
+  (its task config; "" where lm-eval dropped it for a chat template), else given. Length-normalised
+  log-likelihoods are no distribution over the choices, so ``acc_norm`` gets no probabilities and no
+  calibration metric. Question ids are ``doc_id``; ``results_{date}.json`` also names the groups
+  (``group_subtasks``) that ``__main__`` pools.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,15 +32,49 @@ from torch import Tensor
 from calibration_lightning.data.records import LETTERS
 from calibration_lightning.errors import DataError
 
+SAMPLES = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\d.\-]+)$")  # lm-eval's file names
+
 
 @dataclass
 class Predictions:
-    """One file's questions: ``probs [N, K]`` (float32), ``labels [N]``, their ids and the file's format."""
+    """One file's questions: ``probs [N, K]`` (float64), ``labels [N]``, their ids, the file's format, its task
+    (lm-eval's task name, else the file's stem) and, for lm-eval, ``correct``: lm-eval's per-question ``acc``
+    and ``acc_norm`` (``[N]``, 1.0 / 0.0)."""
 
     probs: Tensor
     labels: Tensor
     ids: list[str]
     format: str
+    task: str
+    correct: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LmEvalRun:
+    """What an lm-eval ``results_{date}.json`` tells about its samples files."""
+
+    delimiters: dict[str, str]  # task -> the target_delimiter its requests used
+    groups: dict[str, list[str]]  # group -> its subtasks and subgroups (``group_subtasks``)
+
+
+def lm_eval_run(samples: Path) -> LmEvalRun | None:
+    """The ``results_{date}.json`` written with an lm-eval samples file (None when it is not beside it)."""
+    match = SAMPLES.match(samples.stem)
+    results = samples.parent / f"results_{match['date']}.json" if match else None
+    if results is None or not results.exists():
+        return None
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{results}: cannot read lm-eval's results ({e})") from None
+    delimiters = {}
+    for task, config in (data.get("configs") or {}).items():
+        delimiter = config.get("target_delimiter", " ")
+        prefix = config.get("gen_prefix")
+        if data.get("chat_template") and not (prefix and not prefix[-1].isspace()):
+            delimiter = ""  # lm-eval's construct_requests drops it under a chat template
+        delimiters[task] = delimiter
+    return LmEvalRun(delimiters, {g: list(s) for g, s in (data.get("group_subtasks") or {}).items()})
 
 
 def _ours(row: dict, where: str) -> tuple[list[float], int]:
@@ -52,44 +95,52 @@ def _ours(row: dict, where: str) -> tuple[list[float], int]:
     return [float(v) for v in values], letters.index(gold)
 
 
-def _lm_eval(row: dict, where: str) -> tuple[list[float], int]:
-    resps = row.get("filtered_resps")
+def _continuations(row: dict) -> list:
+    args = row.get("arguments")
+    pairs = list(args.values()) if isinstance(args, dict) else args if isinstance(args, list) else []
+    return [
+        p.get("arg_1") if isinstance(p, dict) else p[1] if isinstance(p, list) and len(p) > 1 else None for p in pairs
+    ]
+
+
+def _lm_eval(row: dict, where: str, delimiter: str) -> tuple[Tensor, int, list[int]]:
+    """A row's choice log-likelihoods ``[K]`` (float64), its gold index and its choices' lengths."""
+    if "acc_mutual_info" in (row.get("metrics") or []):
+        raise DataError(f"{where}: acc_mutual_info rows also hold unconditional log-likelihoods; not supported")
     try:
-        lls = [float(r[0]) for r in resps]
+        lls = torch.tensor([float(r[0]) for r in row.get("filtered_resps")], dtype=torch.float64)
     except (TypeError, ValueError, IndexError, KeyError):
         raise DataError(f"{where}: 'filtered_resps' must hold one [loglikelihood, is_greedy] per choice") from None
-    if len(lls) < 2 or not all(math.isfinite(v) for v in lls):
-        raise DataError(f"{where}: a multiple-choice row needs >= 2 finite choice log-likelihoods, got {lls}")
+    if len(lls) < 2 or not bool(torch.isfinite(lls).all()):
+        raise DataError(f"{where}: a multiple-choice row needs >= 2 finite choice log-likelihoods, got {lls.tolist()}")
+    continuations = _continuations(row)
+    if len(continuations) != len(lls) or not all(isinstance(c, str) and c.startswith(delimiter) for c in continuations):
+        raise DataError(
+            f"{where}: 'arguments' must hold one (context, target_delimiter + choice) per choice, with target_delimiter"
+            f" {delimiter!r} (--target-delimiter)"
+        )
+    choices = [c[len(delimiter) :] for c in continuations]
     target = row.get("target")
     gold = None
     if isinstance(target, int) and not isinstance(target, bool):
         gold = target
-    elif isinstance(target, str) and target.strip().lstrip("-").isdigit():
+    elif isinstance(target, str) and target.strip().isdigit():  # lm-eval reads a digit target as an index too
         gold = int(target)
-    elif isinstance(target, str):  # the gold choice's text: match the choices' continuations
-        args = row.get("arguments")
-        pairs = list(args.values()) if isinstance(args, dict) else args if isinstance(args, list) else []
-        continuations = [
-            (p.get("arg_1") if isinstance(p, dict) else p[1] if isinstance(p, list) and len(p) > 1 else None)
-            for p in pairs
-        ]
-        matches = [i for i, c in enumerate(continuations) if isinstance(c, str) and c.strip() == target.strip()]
-        gold = matches[0] if len(matches) == 1 else None
+    elif isinstance(target, str) and target in choices:
+        gold = choices.index(target)
     if gold is None or not 0 <= gold < len(lls):
         raise DataError(f"{where}: 'target' {target!r} is not one gold choice of the {len(lls)} (one answer only)")
-    return torch.tensor(lls, dtype=torch.float64).softmax(0).tolist(), gold
+    return lls, gold, [len(c) for c in choices]
 
 
-def read_predictions(path: str | Path) -> Predictions:
-    """Read one prediction file (format told by its first row); a bad file raises ``DataError`` naming the
-    file and the row (1-based line number)."""
-    path = Path(path)
+def _rows(path: Path) -> list[tuple[str, dict]]:
+    """``(where, row)`` for every non-empty line of a JSON-lines file."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise DataError(f"{path}: cannot read ({reason})") from None
-    rows, ids, kind = [], [], None
+    rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -100,22 +151,48 @@ def read_predictions(path: str | Path) -> Predictions:
             raise DataError(f"{where}: not JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: not a JSON object")
-        if kind is None:
-            kind = "lm-eval" if "filtered_resps" in row else "calibration_lightning" if "probabilities" in row else None
-            if kind is None:
-                raise DataError(
-                    f"{where}: neither our prediction row ('probabilities', 'gold') nor an lm-eval --log_samples "
-                    "row ('filtered_resps', 'target')"
-                )
-        rows.append((_lm_eval if kind == "lm-eval" else _ours)(row, where))
-        ids.append(str(row.get("doc_id" if kind == "lm-eval" else "id", len(ids))))
+        rows.append((where, row))
     if not rows:
         raise DataError(f"{path}: no predictions")
+    return rows
+
+
+def _padded(rows: list[Tensor]) -> Tensor:
+    out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.float64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def read_predictions(path: str | Path, target_delimiter: str | None = None) -> Predictions:
+    """Read one prediction file (format told by its first row); a bad file raises ``DataError`` naming the
+    file and the row (1-based line number). ``target_delimiter``: an lm-eval task's, when no
+    ``results_{date}.json`` beside the file says it (default: lm-eval's default, one space)."""
+    path = Path(path)
+    rows = _rows(path)
+    where, first = rows[0]
+    if "filtered_resps" not in first and "probabilities" not in first:
+        raise DataError(
+            f"{where}: neither our prediction row ('probabilities', 'gold') nor an lm-eval --log_samples "
+            "row ('filtered_resps', 'target')"
+        )
+    ids = [str(row.get("doc_id" if "filtered_resps" in first else "id", i)) for i, (_, row) in enumerate(rows)]
     if len(set(ids)) != len(ids):
         raise DataError(f"{path}: question ids are not unique")
-    width = max(len(p) for p, _ in rows)
-    probs = torch.zeros(len(rows), width, dtype=torch.float32)
-    for i, (p, _) in enumerate(rows):
-        probs[i, : len(p)] = torch.tensor(p, dtype=torch.float32)
-    labels = torch.tensor([gold for _, gold in rows], dtype=torch.long)
-    return Predictions(probs, labels, ids, kind)
+    if "probabilities" in first:
+        parsed = [_ours(row, where) for where, row in rows]
+        probs = _padded([torch.tensor(p, dtype=torch.float64) for p, _ in parsed])
+        labels = torch.tensor([gold for _, gold in parsed], dtype=torch.long)
+        return Predictions(probs, labels, ids, "calibration_lightning", path.stem)
+    match, run = SAMPLES.match(path.stem), lm_eval_run(path)
+    task = match["task"] if match else path.stem
+    if target_delimiter is None:
+        target_delimiter = run.delimiters.get(task, " ") if run else " "
+    parsed = [_lm_eval(row, where, target_delimiter) for where, row in rows]
+    labels = torch.tensor([gold for _, gold, _ in parsed], dtype=torch.long)
+    # lm-eval's np.argmax and torch's argmax both take the first of equal maxima
+    pred = torch.tensor([int(lls.argmax()) for lls, _, _ in parsed])
+    pred_norm = torch.tensor([int((lls / torch.tensor(n, dtype=torch.float64)).argmax()) for lls, _, n in parsed])
+    correct = {"acc": (pred == labels).double(), "acc_norm": (pred_norm == labels).double()}
+    probs = _padded([lls.softmax(0) for lls, _, _ in parsed])
+    return Predictions(probs, labels, ids, "lm-eval", task, correct)

@@ -1,7 +1,8 @@
-"""Reliability diagrams: one PNG per evaluation set, before and after training side by side.
+"""Reliability diagrams: a run's ``reliability_{set}.png`` (before and after side by side), the report's
+figures and the public ``reliability_diagram`` all draw their columns here.
 
-Each column (one phase, or one run in the report) holds two reliability panels, each with the histogram of
-its predicted probabilities aligned below on the same x axis:
+Each column (one phase of one run) holds two reliability panels, each with the histogram of its predicted
+probabilities aligned below on the same x axis (the report's compact figures keep the first only):
 
 * confidence: accuracy of the top-label prediction per confidence bin, against the diagonal;
 * classwise: how often class j is the gold answer per bin of ``p_j``, all classes pooled ("class frequency").
@@ -9,12 +10,12 @@ its predicted probabilities aligned below on the same x axis:
 Observed values are bars with a 95% Wilson interval whisker; the gap to the bin's mean predicted probability is
 a wider hatched box drawn behind the bar, so it never covers it; bins with fewer than ``FEW`` samples are greyed
 over their whole height, their bars pale and dotted. Titles carry the numbers of metrics.json, given with each
-column (``Column.metrics``), never computed here.
+column (``Column.metrics``), never computed here. Figures are built without pyplot (no global backend or
+figure list is touched, so a notebook's own backend stays as it is).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,7 @@ import torch
 from torch import Tensor
 
 from calibration_lightning.calibration.binning import bin_index, binned_sums
-from calibration_lightning.calibration.metrics import top_label
-from calibration_lightning.data.records import LETTERS
+from calibration_lightning.calibration.metrics import accuracy, classwise_ece, conf_ece, top_label
 from calibration_lightning.outputs.files import atomic_write
 
 FEW = 10  # a bin with fewer samples is drawn pale: its observed frequency is too noisy to read
@@ -138,13 +138,15 @@ def legend_handles() -> list:
 
 
 def draw_column(axes, column: Column) -> None:
-    """The four panels of one column: confidence reliability and histogram, classwise reliability and
-    histogram (``axes`` top to bottom)."""
+    """The panels of one column, ``axes`` top to bottom: confidence reliability and its histogram, then (with
+    four axes) classwise reliability and its histogram."""
     probs, labels, n_bins, m = column.probs.double(), column.labels, column.n_bins, column.metrics
     conf, hit = top_label(probs, labels)
-    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)
     conf_title = f"confidence: conf-ECE {m['conf_ece']:.4f}, accuracy {m['accuracy']:.3f}"
     plot_reliability(axes[0], conf, hit, n_bins, conf_title, hist_ax=axes[1])
+    if len(axes) == 2:
+        return
+    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)
     cw_title = f"classwise, classes pooled\ncw-ECE {m['cw_ece']:.4f} (the mean of the per-class ECEs)"
     plot_reliability(
         axes[2], probs.flatten(), onehot.flatten(), n_bins, cw_title,
@@ -154,60 +156,130 @@ def draw_column(axes, column: Column) -> None:
     axes[3].set_ylim(0, max(float(len(labels) * probs.shape[1]), 10.0) * 4)
 
 
-def reliability_figure(columns: list[Column], title: str | None = None, per_row: int = 5, dpi: int = 110):
+def reliability_figure(
+    columns: list[Column | None], title: str | None = None, per_row: int = 5, dpi: int = 150, classwise: bool = True
+):
     """A figure with one column of panels (``draw_column``) per entry of ``columns``, at most ``per_row`` side
-    by side (more wrap onto further rows); returns the Figure, its columns in ``fig.subfigs``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    by side (more wrap onto further rows; ``None`` leaves a slot empty); without ``classwise``, the confidence
+    panels only. Returns the Figure, its columns in ``fig.subfigs``."""
+    from matplotlib.figure import Figure
 
     ncols = min(len(columns), per_row)
     nrows = -(-len(columns) // ncols)
-    fig = plt.figure(figsize=(4.1 * ncols, 9.6 * nrows), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(4.1 * ncols, (9.6 if classwise else 4.9) * nrows), dpi=dpi, layout="constrained")
     if title:
         fig.suptitle(title, fontsize=11, fontweight="bold")
     key_columns = {1: 2, 2: 3}.get(ncols, 5)
     fig.legend(handles=legend_handles(), loc="outside lower center", ncol=key_columns, fontsize=7.5, frameon=False)
+    ratios = [3, 1, 0.12, 3, 1] if classwise else [3, 1]
     for sub, column in zip(fig.subfigures(nrows, ncols, squeeze=False).flat, columns):
-        grid = sub.add_gridspec(5, 1, height_ratios=[3, 1, 0.12, 3, 1])
-        axes = [sub.add_subplot(grid[0])]
-        axes.append(sub.add_subplot(grid[1], sharex=axes[0]))
-        axes.append(sub.add_subplot(grid[3]))
-        axes.append(sub.add_subplot(grid[4], sharex=axes[2]))
+        if column is None:
+            continue
+        grid = sub.add_gridspec(len(ratios), 1, height_ratios=ratios)
+        axes = []
+        for row in (0, 3) if classwise else (0,):
+            axes.append(sub.add_subplot(grid[row]))
+            axes.append(sub.add_subplot(grid[row + 1], sharex=axes[-1]))
         sub.suptitle(column.heading, fontsize=10)
         draw_column(axes, column)
     return fig
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as PNG, atomically, and close it."""
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+# no creation date inside vector files: the same figure gives the same bytes
+METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
 
-def read_predictions(path: Path) -> tuple[Tensor, Tensor]:
-    """``probs [N, K]`` (float64, zeros past a row's own options) and gold ``labels [N]`` from a
-    ``predictions_*.jsonl`` file of a run."""
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    probs = torch.zeros(len(rows), max((len(r["probabilities"]) for r in rows), default=1), dtype=torch.float64)
-    for i, r in enumerate(rows):
-        probs[i, : len(r["probabilities"])] = torch.tensor(list(r["probabilities"].values()), dtype=torch.float64)
-    return probs, torch.tensor([LETTERS.index(r["gold"]) for r in rows], dtype=torch.long)
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names (.png, .pdf or .svg)."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: a figure is written as {', '.join(FORMATS)}, not {path.suffix or 'no suffix'!r}")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, metadata=METADATA.get(fmt)))
 
 
-def phase_heading(set_name: str, phase: str, n: int) -> str:
+def _as_tensor(x) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.detach().cpu()
+    import numpy as np
+
+    return torch.as_tensor(np.ascontiguousarray(x))  # numpy views with negative strides included
+
+
+def as_probabilities(probs, labels) -> tuple[Tensor, Tensor]:
+    """``probs [N, K]`` (float64) and ``labels [N]`` (long) from torch or numpy; a 1-D ``probs`` is the
+    probability of class 1 of a binary problem (``labels`` 0/1). Anything else raises ``ValueError``."""
+    probs, labels = _as_tensor(probs).double(), _as_tensor(labels)
+    if probs.ndim == 1:
+        probs = torch.stack([1 - probs, probs], dim=1)
+    if probs.ndim != 2 or probs.shape[1] < 2 or len(probs) == 0:
+        raise ValueError(f"probs must be [N, K] (K >= 2, N >= 1) or [N] binary, got shape {tuple(probs.shape)}")
+    if labels.shape != probs.shape[:1] or labels.dtype.is_floating_point and bool((labels != labels.round()).any()):
+        raise ValueError(f"labels must be [N] = [{len(probs)}] class indices, got {labels.dtype} {tuple(labels.shape)}")
+    labels = labels.long()
+    if not bool(((labels >= 0) & (labels < probs.shape[1])).all()):
+        raise ValueError(f"labels must be in [0, {probs.shape[1]}), got {labels.min().item()}..{labels.max().item()}")
+    if not bool(torch.isfinite(probs).all() & (probs >= 0).all()) or not torch.allclose(
+        probs.sum(1), torch.ones(len(probs), dtype=probs.dtype), atol=1e-3
+    ):
+        raise ValueError("probs must be probabilities: finite, >= 0, each row summing to 1 (not logits)")
+    return probs, labels
+
+
+def reliability_diagram(
+    probs, labels, *, n_bins: int = 10, title: str | None = None, path: str | Path | None = None,
+    metrics: dict | None = None, classwise: bool = True, dpi: int = 150,
+):  # fmt: skip
+    """Draw the reliability diagram a run draws for its test set, from arrays.
+
+    Example::
+
+        from calibration_lightning import reliability_diagram
+        fig = reliability_diagram(probs, labels, title="my model, ARC-Challenge", path="reliability.pdf")
+
+    Args:
+        probs: ``[N, K]`` probabilities (rows sum to 1), or ``[N]`` probabilities of class 1 of a binary problem;
+            a torch tensor or a numpy array.
+        labels: ``[N]`` gold class indices (0/1 for binary).
+        n_bins: equal-width bins (the last includes 1.0).
+        title: the column's heading (default: ``N = ..., n_bins bins``).
+        path: when given, the figure is written there (atomically), as .png, .pdf or .svg from its suffix.
+        metrics: the numbers for the panel titles (``conf_ece``, ``accuracy``, ``cw_ece``), e.g. a phase block of
+            metrics.json; by default they are computed from ``probs`` and ``labels``.
+        classwise: also draw the classwise panels (all classes pooled) below the confidence ones.
+        dpi: resolution of a .png.
+
+    Returns:
+        The matplotlib ``Figure`` (one column: ``fig.subfigs[0]``).
+    """
+    probs, labels = as_probabilities(probs, labels)
+    if metrics is None:
+        ece = {"conf_ece": conf_ece(probs, labels, n_bins), "cw_ece": classwise_ece(probs, labels, n_bins)}
+        metrics = {k: float(v) for k, v in {**ece, "accuracy": accuracy(probs, labels)}.items()}
+    heading = title or f"N = {len(labels)}, {n_bins} bins"
+    fig = reliability_figure([Column(heading, probs, labels, n_bins, metrics)], dpi=dpi, classwise=classwise)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def phase_heading(set_name: str, label: str, n: int) -> str:
     """The heading of a run's column, e.g. ``test, before training (N = 240)``."""
-    return f"{set_name}, {phase} training (N = {n})"
+    return f"{set_name}, {label} (N = {n})"
 
 
-def save_set_figure(out_dir: Path, set_name: str, phases: dict[str, tuple[Tensor, Tensor, dict]], n_bins: int):
+def save_set_figure(
+    out_dir: Path, set_name: str, phases: dict[str, tuple[Tensor, Tensor, dict]], n_bins: int,
+    after_label: str = "after training",
+):  # fmt: skip
     """Write ``reliability_{set_name}.png``: one column per phase (``"before"``, then ``"after"`` when given),
-    each from ``probs [N, K]``, ``labels [N]`` and their reported metrics. Returns the (closed) Figure."""
-    columns = [Column(phase_heading(set_name, phase, len(y)), p, y, n_bins, m) for phase, (p, y, m) in phases.items()]
+    each from ``probs [N, K]``, ``labels [N]`` and their reported metrics; ``after_label`` heads the "after"
+    column (e.g. ``"after temperature scaling"`` for a post-hoc method). Returns the Figure."""
+    labels = {"before": "before training", "after": after_label}
+    columns = [
+        Column(phase_heading(set_name, labels[phase], len(y)), p, y, n_bins, m) for phase, (p, y, m) in phases.items()
+    ]
     fig = reliability_figure(columns, title=f"Reliability on {set_name} ({n_bins} bins)")
     save_figure(fig, out_dir / f"reliability_{set_name}.png")
     return fig

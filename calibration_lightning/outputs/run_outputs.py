@@ -59,12 +59,15 @@ def redacted_config(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(cfg, resolve=True))))
 
 
-def write_phase(out_dir: Path, phase: str, scored: dict, records: dict, n_bins: int, before: dict | None = None):
+def write_phase(
+    out_dir: Path, phase: str, scored: dict, records: dict, n_bins: int, before: dict | None = None,
+    after_label: str = "after training",
+):  # fmt: skip
     """Predictions and diagrams of one phase ("before"/"after") for every evaluation set.
 
     ``reliability_{set}.png`` holds one column per phase: the "before" column alone when written before
     training (so a failed run keeps it), rewritten with both columns after training when ``before`` (the
-    "before" scores) is given.
+    "before" scores) is given; ``after_label`` heads the "after" column (``report.after_label``).
     """
     for name, s in scored.items():
         if name == "val":
@@ -74,7 +77,7 @@ def write_phase(out_dir: Path, phase: str, scored: dict, records: dict, n_bins: 
         phases = {"before": before[name]} if before is not None else {}
         phases[phase] = s
         columns = {p: (evaluation.probabilities(x), x["labels"], x["metrics"]) for p, x in phases.items()}
-        save_set_figure(out_dir, name, columns, n_bins)
+        save_set_figure(out_dir, name, columns, n_bins, after_label=after_label)
 
 
 def write_win_rate(out_dir: Path, phase: str, summary: dict, rows: list[dict]) -> dict:
@@ -91,8 +94,12 @@ def write_run(out_dir: Path, raw: DictConfig, cfg, scored: tuple[dict, dict], re
 
     import yaml
 
+    from calibration_lightning.report import after_label
+
     before, after = scored
-    write_phase(out_dir, "after", after, records, cfg.n_bins, before=before)
+    posthoc = cfg.method.calibrator is not None
+    label = after_label(cfg.method.name, extra.get("method") if cfg.method.candidates else None, posthoc)
+    write_phase(out_dir, "after", after, records, cfg.n_bins, before=before, after_label=label)
     extra["objective"] = after["val"]["metrics"]["conf_ece"] if "val" in after else None  # what sweeps minimise
     extra["wall_time_s"] = round(time.time() - started, 1)
     summary, table = write_summary(out_dir, raw, cfg, scored, records, extra)

@@ -198,7 +198,7 @@ def check_checkpoints(out_dir: Path, model=None) -> None:
     is named first: each loads (``weights_only``, memory-mapped: ``artifacts.load_tensors``); each holds what
     the resume reads, of the right types (``checkpoint_problem``); with ``model`` (the config section), its
     adapter tensors are those of the model it builds, name for name and shape for shape
-    (``artifacts.adapter_shapes``: computed on the meta device from the model's config.json, no weight loaded).
+    (``loading.adapter_shapes``: computed on the meta device from the model's config.json, no weight loaded).
 
     Raises:
         UserError: naming the file, what is wrong and what to do.
@@ -266,9 +266,9 @@ def checkpoint_problem(ckpt: object, best: bool = False) -> str | None:
 
 
 def _adapter_shapes(model) -> dict[str, tuple[int, ...]] | None:
-    """The adapter tensors of the model the ``model`` config section builds (``artifacts.adapter_shapes``); None
+    """The adapter tensors of the model the ``model`` config section builds (``loading.adapter_shapes``); None
     where that model's config cannot be read without loading it (the load itself then checks the shapes)."""
-    from calibration_lightning.models.artifacts import adapter_shapes
+    from calibration_lightning.models.loading import adapter_shapes
     from calibration_lightning.schema import build
 
     source = build(model.loader, "model.loader")

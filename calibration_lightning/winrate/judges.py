@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -103,40 +104,34 @@ class JudgeError(UserError):
     """The hosted judge refused a request in a way retrying cannot fix (bad model name, key, quota...)."""
 
 
+@dataclass
 class OpenAIJudge:
     """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, TGI...) as the pairwise judge.
 
     The API key is read from the environment variable ``api_key_env`` at each request and never logged or
     written; ``headers``: further HTTP headers every request sends (an endpoint's own key header, an
-    organization), blanked in every written config as secrets are. Requests run ``concurrency`` at a time, each with ``timeout_s``; timeouts, connection errors,
-    429 and 5xx are retried up to ``max_retries`` times with exponential backoff. When the endpoint returns
-    log-probabilities, P("A") comes from them; otherwise the reply's letter gives 1.0 / 0.0 (0.5 if neither).
+    organization), blanked in every written config as secrets are. Requests run ``concurrency`` at a time,
+    each with ``timeout_s``; timeouts, connection errors, 429 and 5xx are retried up to ``max_retries`` times
+    with exponential backoff from ``backoff_s``. When the endpoint returns log-probabilities, P("A") comes from
+    them; otherwise the reply's letter gives 1.0 / 0.0 (0.5 if neither).
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout_s: float = 60.0,
-        max_retries: int = 4,
-        concurrency: int = 8,
-        backoff_s: float = 1.0,
-        max_answer_chars: int = 4000,
-        headers: dict | None = None,
-    ) -> None:
-        if not base_url or not model:
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    concurrency: int = 8
+    backoff_s: float = 1.0
+    max_answer_chars: int = 4000
+    headers: dict | None = None
+
+    def __post_init__(self) -> None:
+        if not self.base_url or not self.model:
             raise ConfigError("judge.base_url and judge.model must be set for judge=openai")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key_env = model, api_key_env
-        self.timeout_s, self.max_retries, self.concurrency, self.backoff_s = (
-            timeout_s,
-            max_retries,
-            concurrency,
-            backoff_s,
-        )
-        self.max_answer_chars, self.headers = max_answer_chars, dict(headers or {})
-        self.name = f"openai:{model}"
+        self.url = self.base_url.rstrip("/") + "/chat/completions"
+        self.headers = dict(self.headers or {})
+        self.name = f"openai:{self.model}"
 
     def bind(self, run_model, run_tokenizer, device: str, settings=None) -> None:
         """Nothing to attach: the judge lives behind the endpoint."""
