@@ -21,33 +21,31 @@ gathered across processes) like any torchmetrics metric::
     ece.compute()  # the conf-ECE of all batches together (a 0-dim tensor)
 """
 
-from calibration_lightning.calibration.collection import CalibrationMetric
-from calibration_lightning.calibration.confidence import letter_probabilities
-from calibration_lightning.calibration.metrics import (
-    accuracy,
-    brier_score,
-    classwise_ece,
-    conf_ece,
-    max_calibration_error,
-    negative_log_likelihood,
-)
-from calibration_lightning.calibration.targets import rank_preserving_targets
-from calibration_lightning.calibration.temperature import fit_temperature
-from calibration_lightning.evaluate_predictions import evaluate_predictions
-from calibration_lightning.outputs.diagrams import reliability_diagram
+import importlib
 
-__all__ = [
-    "CalibrationMetric",
-    "accuracy",
-    "brier_score",
-    "classwise_ece",
-    "conf_ece",
-    "evaluate_predictions",
-    "fit_temperature",
-    "letter_probabilities",
-    "max_calibration_error",
-    "negative_log_likelihood",
-    "rank_preserving_targets",
-    "reliability_diagram",
-]
+# Imported when first used (PEP 562): ``python -m calibration_lightning`` and its start-up stay light, so that a
+# Ctrl-C in the first second finds the command line's own handler (``__main__``), not torch being imported.
+_EXPORTS = {
+    "CalibrationMetric": "calibration.collection",
+    "letter_probabilities": "calibration.confidence",
+    **dict.fromkeys(
+        ("accuracy", "brier_score", "classwise_ece", "conf_ece", "max_calibration_error", "negative_log_likelihood"),
+        "calibration.metrics",
+    ),
+    "rank_preserving_targets": "calibration.targets",
+    "fit_temperature": "calibration.temperature",
+    "evaluate_predictions": "evaluate_predictions",
+    "reliability_diagram": "outputs.diagrams",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'calibration_lightning' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"calibration_lightning.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -8,22 +8,25 @@ run directory. Secret values given on the command line are moved into environmen
 
 from __future__ import annotations
 
-import logging
-import os
+import signal
 import sys
-import warnings
-
-import hydra
-from omegaconf import DictConfig
-
-from calibration_lightning.redaction import hide_secret_overrides
-from calibration_lightning.schema import CONF_DIR
-from calibration_lightning.startup import reported
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> float | None:
+def _stopped_while_starting(signum, frame) -> None:
+    """Ctrl-C or SIGTERM before the run's own handlers are in place (imports, composing, the start-up checks):
+    nothing of the run has been written yet; exit 128 + signal with one line, no traceback."""
+    name = signal.Signals(signum).name
+    again = "the same command (it resumes: resume=true)" if "resume=true" in sys.argv else "the same command"
+    print(f"interrupted: stopped by {name} while starting, before the run began; to start it, run {again}",
+          file=sys.stderr)  # fmt: skip
+    sys.exit(128 + signum)
+
+
+def task(cfg) -> float | None:
     """Run one configuration; returns its ``objective``, the validation metric sweeps optimise."""
+    import logging
+    import warnings
+
     from calibration_lightning.recipe import run
 
     # Lightning's start-up notices (accelerator, tips) come once per Trainer and twice through Hydra's
@@ -38,11 +41,21 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, _stopped_while_starting)  # first: the imports below take seconds
+    signal.signal(signal.SIGTERM, _stopped_while_starting)
+    import os
+
+    import hydra
+
+    from calibration_lightning.redaction import hide_secret_overrides
+    from calibration_lightning.schema import CONF_DIR
+    from calibration_lightning.startup import reported
+
     sys.argv[1:] = hide_secret_overrides(sys.argv[1:])
     # Hydra prints a config mistake found while composing as several lines with exit 1; let it raise instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     with reported():
-        hydra_main()
+        hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)()
 
 
 if __name__ == "__main__":

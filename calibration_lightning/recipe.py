@@ -25,6 +25,7 @@ from calibration_lightning.module import CalibrationModule
 from calibration_lightning.outputs import run_outputs, run_state
 from calibration_lightning.outputs.checkpoints import ResumeCheckpoint, TrainingLength
 from calibration_lightning.outputs.files import atomic_write, write_json
+from calibration_lightning.outputs.fingerprint import fingerprint
 from calibration_lightning.schema import MethodConf, build
 from calibration_lightning.selection import Backtracking, describe_training, per_question
 from calibration_lightning.startup import Job, check_job
@@ -81,6 +82,7 @@ class CalibrationRecipe:
         cfg = self.cfg
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         source = build(cfg.model.loader, "model.loader")
+        self.fingerprint = fingerprint(self.raw, self.job.splits, self.job.eval_sets, source, cfg.model.adapter)
         self.tokenizer = loading.load_tokenizer(source, cfg.model)
         self.dm = MultipleChoiceDataModule(self.job.splits, self.tokenizer, cfg.dataset, cfg.seed, self.job.eval_sets)
         sizes = ", ".join(f"{name} {len(records)}" for name, records in self.dm.records.items())
@@ -124,8 +126,6 @@ class CalibrationRecipe:
 
     def train(self, before: dict) -> dict:
         """Fit each method from the same initial adapters, keep one (auto's rule), score it; returns its scores."""
-        if self.is_zero:
-            run_state.save_settings(self.out_dir, self.raw)  # what resume=true is compared against
         methods = self.cfg.method.trained()
         initial, fitted = loading.adapter_weights(self.model), {}
         for name, method in methods.items():
@@ -183,7 +183,8 @@ class CalibrationRecipe:
             terms = per_question(before_val, s.monitor)
             callbacks.append(Backtracking(s, ckpt_dir, baseline, terms, initial))
         every = cfg.trainer.get("checkpoint_every_n_steps") or 0
-        callbacks += [TrainingLength(), ResumeCheckpoint(ckpt_dir, every, bool(self.dm.records["val"]))]
+        validates = bool(self.dm.records["val"])
+        callbacks += [TrainingLength(), ResumeCheckpoint(ckpt_dir, every, validates, self.fingerprint)]
         rounds = rounds_per_pass(len(self.dm.records["train"]), self.dm.batch_size, self.scoring.world_size,
                                  self.dm.round_batches)  # fmt: skip
         epochs = cfg.trainer.get("max_epochs") or method.epochs

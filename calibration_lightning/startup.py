@@ -104,25 +104,27 @@ def check_splits(config: Config, splits: Splits) -> None:
 def check_job(cfg: DictConfig, out_dir: Path | None = None, keep: bool = False, claim: bool = True) -> Job:
     """Every start-up check of one job's config (without its ``hydra`` node): ``validate``, the run directory
     ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data read (``job_data``, ``keep``) and its splits;
-    then a resumed run's checkpoints and, with ``claim``, the folder's lock (held until the run ends). A sweep
-    checks its jobs without ``claim``: each job takes its own folder's lock when it starts.
+    then a resumed run's checkpoints (whole, and trained with this config, data and weights) and, with
+    ``claim``, the folder's lock. A sweep checks its jobs without ``claim``: each takes its lock when it starts.
 
     Raises:
         UserError: the mistakes found, naming their keys, file or folder (``ConfigError``, ``DataError``).
         run_state.FinishedRun: ``resume=true`` on a finished run (nothing to do).
     """
-    from calibration_lightning.outputs import run_state
-    from calibration_lightning.outputs.run_outputs import check_run_dir
+    from calibration_lightning.outputs.checkpoints import check_checkpoints
+    from calibration_lightning.outputs.fingerprint import fingerprint
+    from calibration_lightning.outputs.run_state import check_run_dir, lock_run_dir
 
     config = validate(cfg)
     if out_dir is not None:
-        check_run_dir(out_dir, config.resume, cfg)
+        check_run_dir(out_dir, config.resume)
     splits, eval_sets = job_data(cfg, config, keep)
     check_splits(config, splits)
+    if out_dir is not None and config.resume and (out_dir / "checkpoints").is_dir():
+        source = build(config.model.loader, "model.loader")
+        check_checkpoints(out_dir, fingerprint(cfg, splits, eval_sets, source, config.model.adapter))
     if out_dir is not None and claim:
-        run_state.claim_run_dir(out_dir, config.resume, config.model)
-    elif out_dir is not None and config.resume and (out_dir / "checkpoints").is_dir():
-        run_state.check_checkpoints(out_dir, config.model)
+        lock_run_dir(out_dir)  # held until the run ends
     return Job(config, splits, eval_sets)
 
 
@@ -291,16 +293,26 @@ class StartupChecks(Callback):
 
         from calibration_lightning.outputs.run_state import FinishedRun
 
+        jobs, finished = sweep_jobs(config) or [], 0
         with reported():
             loader = GlobalHydra.instance().config_loader()
-            for num, overrides in enumerate(sweep_jobs(config) or []):
+            for num, overrides in enumerate(jobs):
                 job = loader.load_sweep_config(config, overrides)  # as the launcher composes each job
                 with open_dict(job):
                     job.hydra.job.num, job.hydra.job.id = num, f"check_{num}"
                 try:
                     _check_composed(job, Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir), claim=False)
                 except FinishedRun:
-                    continue  # resume=true: that job returns the results it holds
+                    finished += 1  # resume=true: that job returns the results it holds, and writes nothing
+        record = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
+        self.kept = (record, record.read_bytes()) if jobs and finished == len(jobs) and record.exists() else None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep resumed whose every job had finished ran nothing: the launcher's record is put back as it was."""
+        from calibration_lightning.outputs.files import atomic_write
+
+        if getattr(self, "kept", None) and self.kept[0].read_bytes() != self.kept[1]:
+            atomic_write(self.kept[0], lambda tmp: tmp.write_bytes(self.kept[1]))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """A job's user error: one ``error:`` line, exit 2; a stop signal: how to resume, exit 128 + signal;
@@ -353,5 +365,20 @@ def output_dir() -> str:
     return str(hydra.run.dir)
 
 
+def finished_job(resume: bool) -> bool:
+    """Whether the job Hydra is starting is a finished run resumed (``resume=true``, metrics.json in its folder):
+    it returns what it holds, and Hydra must write nothing there (``hydra.output_subdir``, the job log)."""
+    folder = HydraConfig.get().runtime.output_dir
+    return bool(resume and folder and (Path(folder) / "metrics.json").exists())
+
+
 OmegaConf.register_new_resolver("calibration_lightning.groups", option_groups, replace=True)
+OmegaConf.register_new_resolver(
+    "calibration_lightning.hydra_subdir", lambda resume: None if finished_job(resume) else ".hydra", replace=True
+)
+OmegaConf.register_new_resolver(
+    "calibration_lightning.job_log",
+    lambda resume, name: os.devnull if finished_job(resume) else str(Path(output_dir()) / f"{name}.log"),
+    replace=True,
+)
 OmegaConf.register_new_resolver("calibration_lightning.output_dir", output_dir, replace=True)

@@ -51,10 +51,13 @@ class Result:
 def call_main(*args: str) -> Result:
     """``python -m calibration_lightning ARGS`` in this process (no import cost): for commands that end before
     a model loads (config mistakes, refused runs and sweeps, ``--help``, ``--cfg``)."""
+    import signal
+
     from calibration_lightning.__main__ import main
 
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_env = sys.argv, dict(os.environ)
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     sys.argv = ["calibration_lightning", *args]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -67,6 +70,8 @@ def call_main(*args: str) -> Result:
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)
+        for signum, handler in saved_signals.items():  # main() installs its own
+            signal.signal(signum, handler)
     return Result(code, out.getvalue(), err.getvalue())
 
 

@@ -1,34 +1,43 @@
 """The artifacts of a run folder that a resumed run reads back, damaged: checkpoints with Lightning's keys but bogus
-values or of another model shape, a damaged ``logs/metrics.csv``; the printed resume command for any folder name;
-over-long paths. Each is one ``error:`` line naming the file or key, before any model loads."""
+values, or trained with other settings, data or weights (their fingerprint), a damaged ``logs/metrics.csv``; the
+printed resume command for any folder name; over-long paths. Each is one ``error:`` line naming the file or key,
+before any model loads."""
 
-import dataclasses
 import shlex
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from calibration_lightning.data.records import MCRecord
+from calibration_lightning.data.splits import Splits
 from calibration_lightning.errors import UserError
-from calibration_lightning.models.loading import adapter_shapes, load_model
 from calibration_lightning.models.sources import tiny
+from calibration_lightning.outputs.checkpoints import check_checkpoints
 from calibration_lightning.outputs.csv_logger import ResumableExperimentWriter, read_metrics_log
-from calibration_lightning.outputs.run_state import Preempted, check_checkpoints, resume_hint
-from tests.conftest import TINY_SPLIT, model_conf
+from calibration_lightning.outputs.fingerprint import fingerprint
+from calibration_lightning.outputs.run_state import Preempted, resume_hint
+from tests.conftest import TINY_SPLIT, compose_config
 from tests.helpers import call_main
 
 START_OVER = "delete {} and rerun without resume=true to train from the start"
 
 
+SHAPES = {"model.q_proj.lora_A.default.weight": (8, 64), "model.q_proj.lora_B.default.weight": (64, 8)}
+SPLITS = Splits(*([MCRecord(f"{split}{i}", f"question {i}?", ("a", "b"), i % 2) for i in range(4)] for split in "tvs"))
+
+
 @pytest.fixture(scope="module")
-def shapes(tiny_source) -> dict:
-    return adapter_shapes(tiny_source, model_conf())
+def print_(tiny_source) -> dict:
+    """The fingerprint of a run of the tiny model on ``SPLITS`` with the default settings."""
+    return fingerprint(compose_config("model=tiny"), SPLITS, {}, tiny_source, None)
 
 
-def _ckpt(shapes: dict, **change) -> dict:
-    """A checkpoint as Lightning writes it for the tiny model (the keys a resume reads), with ``change``."""
+def _ckpt(fingerprint: dict | None = None, **change) -> dict:
+    """A checkpoint as the run writes it (the keys a resume reads), with ``change``."""
     good = {
-        "state_dict": {**{k: torch.zeros(s) for k, s in shapes.items()}, "loss_head.scale": torch.ones(1)},
+        "fingerprint": fingerprint or {},
+        "state_dict": {**{k: torch.zeros(s) for k, s in SHAPES.items()}, "loss_head.scale": torch.ones(1)},
         "epoch": 1,
         "global_step": 8,
         "pytorch-lightning_version": "2.6.6",
@@ -48,19 +57,6 @@ def _run_dir(tmp_path, **checkpoints):
     return out
 
 
-def test_adapter_shapes_are_those_of_the_loaded_model(tiny_source, shapes, tmp_path):
-    """Computed on the meta device, they equal the trainable tensors of the model a run loads (fresh LoRA of any
-    rank, or a saved adapter), under the names the checkpoint's state_dict gives them."""
-    smaller = dataclasses.replace(model_conf().lora, r=4, target_modules=["q_proj", "v_proj"])
-    for settings in (model_conf(), model_conf(lora=smaller)):
-        model = load_model(tiny_source, settings, "cpu")
-        loaded = {f"model.{n}": tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
-        assert adapter_shapes(tiny_source, settings) == loaded
-    model.save_pretrained(tmp_path / "adapter")
-    assert adapter_shapes(tiny_source, model_conf(adapter=str(tmp_path / "adapter"))) == loaded
-    assert len(shapes) == 28 and shapes[next(iter(shapes))] == (8, 64)  # 7 linear layers x 2 layers x (A, B)
-
-
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
@@ -77,8 +73,8 @@ def test_adapter_shapes_are_those_of_the_loaded_model(tiny_source, shapes, tmp_p
         ({"lr_schedulers": ..., "callbacks": ...}, "no callbacks, lr_schedulers"),
     ],
 )
-def test_a_checkpoint_with_bogus_values_is_one_error(tmp_path, shapes, change, problem):
-    out = _run_dir(tmp_path, last=_ckpt(shapes, **change))
+def test_a_checkpoint_with_bogus_values_is_one_error(tmp_path, change, problem):
+    out = _run_dir(tmp_path, last=_ckpt(**change))
     with pytest.raises(UserError) as caught:
         check_checkpoints(out)
     assert str(caught.value) == (
@@ -87,35 +83,32 @@ def test_a_checkpoint_with_bogus_values_is_one_error(tmp_path, shapes, change, p
     )
 
 
-def test_best_ckpt_needs_only_what_is_read_from_it(tmp_path, shapes, make_cfg):
-    best = {"state_dict": _ckpt(shapes)["state_dict"], "epoch": 2}
-    check_checkpoints(_run_dir(tmp_path, last=_ckpt(shapes), best=best), model_conf())
+def test_best_ckpt_needs_only_what_is_read_from_it(tmp_path, print_):
+    best = {"fingerprint": print_, "state_dict": _ckpt()["state_dict"], "epoch": 2}
+    check_checkpoints(_run_dir(tmp_path, last=_ckpt(print_), best=best), print_)
     with pytest.raises(UserError, match=r"best.ckpt: not a checkpoint .* \(a list, not a dict\)"):
         check_checkpoints(_run_dir(tmp_path / "b", best=[1, 2]))
 
 
-@pytest.mark.parametrize(
-    ("other", "problem"),
-    [
-        ({"lora": {"r": 4}}, "28 of 28 tensors differ, e.g. model.layers.0.self_attn.q_proj.lora_A.default"
-         ".weight: [4, 64] there, [8, 64] for this run's model"),
-        ({"source": {"hidden_size": 32}}, "22 of 28 tensors differ, e.g. model.layers.0.self_attn.q_proj.lora_A."
-         "default.weight: [8, 32] there, [8, 64] for this run's model"),  # the MLP's 128 stays
-        ({"lora": {"target_modules": ["q_proj"]}}, "24 of 28 tensors differ, e.g. model.layers.0.self_attn."
-         "k_proj.lora_A.default.weight: none there, [8, 64] for this run's model"),
-    ],
-)  # fmt: skip
-def test_a_checkpoint_of_another_model_shape_is_one_error(tmp_path, make_cfg, other, problem):
-    source = tiny(**other.get("source", {}))
-    saved = adapter_shapes(source, model_conf(lora=dataclasses.replace(model_conf().lora, **other.get("lora", {}))))
-    out = _run_dir(tmp_path, last=_ckpt(saved))
-    with pytest.raises(UserError) as caught:
-        check_checkpoints(out, model_conf())
-    assert str(caught.value) == (
-        f"{out / 'checkpoints' / 'last.ckpt'}: its adapters are not those of this run's model, of another shape or "
-        f"LoRA setting ({problem}); resume with the model settings the run started with (its "
-        f".hydra/overrides.yaml), or " + START_OVER.format(out / "checkpoints")
-    )
+def test_a_checkpoint_trained_with_other_settings_data_or_weights_names_each_difference(tmp_path, tiny_source, print_):
+    other_data = Splits(SPLITS.train, SPLITS.val, [*SPLITS.test[:3], MCRecord("s3", "question 3?", ("a", "c"), 1)])
+    other_model = tiny(hidden_size=32)  # other weights, and the loader's hidden_size
+    cases = {
+        "model.lora.r: 8 there, 4 now": fingerprint(compose_config("model=tiny", "model.lora.r=4"), SPLITS, {},
+                                                   tiny_source, None),
+        "the test questions differ": fingerprint(compose_config("model=tiny"), other_data, {}, tiny_source, None),
+        "the model's weight files differ": fingerprint(compose_config("model=tiny"), SPLITS, {}, other_model, None),
+        "bootstrap.resamples: 1000 there, 200 now": fingerprint(compose_config("model=tiny", "bootstrap.resamples=200"),
+                                                                SPLITS, {}, tiny_source, None),
+    }  # fmt: skip
+    out = _run_dir(tmp_path, last=_ckpt(print_))
+    for difference, now in cases.items():
+        with pytest.raises(UserError) as caught:
+            check_checkpoints(out, now)
+        assert str(caught.value).startswith(f"resume=true: {out / 'checkpoints' / 'last.ckpt'} was trained with "
+                                            "other settings or data (") and difference in str(caught.value)  # fmt: skip
+    check_checkpoints(out, fingerprint(compose_config("model=tiny", "resume=true", "trainer.log_every_n_steps=1",
+                                                      "logger=none"), SPLITS, {}, tiny_source, None))  # fmt: skip
 
 
 METRICS = "epoch,step,train/loss\r\n0,3,0.9\r\n0,7,0.8\r\n"
@@ -131,8 +124,8 @@ MOVE = "move it aside (mv {0} {0}.damaged) and rerun with resume=true: a new log
         (None, "a folder where the metrics log should be"),
     ],
 )
-def test_a_damaged_metrics_log_is_refused_at_start_up_and_left_as_it_is(tmp_path, shapes, content, problem):
-    out = _run_dir(tmp_path, last=_ckpt(shapes))
+def test_a_damaged_metrics_log_is_refused_at_start_up_and_left_as_it_is(tmp_path, content, problem):
+    out = _run_dir(tmp_path, last=_ckpt())
     log = out / "logs" / "metrics.csv"
     log.parent.mkdir()
     log.mkdir() if content is None else log.write_bytes(content)
@@ -196,7 +189,7 @@ def _bad_adapter_config(run):
 
 def _damaged_log(run):
     (run / "checkpoints").mkdir(parents=True)
-    torch.save(_ckpt(adapter_shapes(tiny(), model_conf())), run / "checkpoints" / "last.ckpt")
+    torch.save(_ckpt(), run / "checkpoints" / "last.ckpt")
     (run / "logs").mkdir()
     (run / "logs" / "metrics.csv").write_bytes(b"step,x\n1,\xff\n")
     return ["resume=true"]

@@ -282,25 +282,3 @@ def set_adapter_weights(model, weights: dict[str, torch.Tensor]) -> None:
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, weights)
-
-
-def adapter_shapes(source: str, settings) -> dict[str, tuple[int, ...]]:
-    """The trainable tensors of ``loading.load_model(source, settings)`` (LoRA's A and B of every adapted layer,
-    or those of ``settings.adapter``) by their names in a checkpoint's ``state_dict`` (``model.`` + peft's name),
-    with their shapes. Built on the meta device from the model's config.json: no weight is read or allocated."""
-    import torch
-    from peft import PeftConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    remote = settings.trust_remote_code
-    config = AutoConfig.from_pretrained(source, revision=settings.revision, trust_remote_code=remote)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=remote)
-        if settings.adapter is None:
-            model = add_lora(model, settings.lora)
-        else:
-            folder = Path(settings.adapter).expanduser()
-            peft_config = PeftConfig.from_pretrained(str(folder) if folder.exists() else settings.adapter)
-            peft_config.inference_mode = False  # as load_adapter's is_trainable=True
-            model = get_peft_model(model, peft_config)
-    return {f"model.{name}": tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from calibration_lightning.errors import UserError
+from calibration_lightning.outputs.fingerprint import differences
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -56,11 +57,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class ResumeCheckpoint(Callback):
     """``ckpt_dir/last.ckpt`` at the instants of the module docstring; a stop signal (``run_state.stop_signals``)
-    saves it at the next such instant and stops the run (``Preempted``)."""
+    saves it at the next such instant and stops the run (``Preempted``). Every checkpoint holds the run's
+    ``fingerprint`` (``fingerprint.py``), which a resumed run must match."""
 
-    def __init__(self, ckpt_dir: Path, every_n_steps: int, validates: bool) -> None:
+    def __init__(self, ckpt_dir: Path, every_n_steps: int, validates: bool, fingerprint: dict) -> None:
         self.path = Path(ckpt_dir) / "last.ckpt"
-        self.every_n_steps, self.validates = every_n_steps, validates
+        self.every_n_steps, self.validates, self.fingerprint = every_n_steps, validates, fingerprint
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["fingerprint"] = self.fingerprint  # every checkpoint of the run, best.ckpt too
 
     def _save(self, trainer, signum: int | None = None) -> None:
         from calibration_lightning.outputs.run_state import Preempted, hand_over
@@ -123,3 +128,91 @@ class TrainingLength(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if self.stopped:
             trainer.should_stop = True  # the fit loop then ends before another epoch
+
+
+# -- what a resumed run reads ---------------------------------------------------------------------------------
+CHECKPOINT_KEYS = {
+    "fingerprint": dict,
+    "state_dict": dict,
+    "epoch": int,
+    "global_step": int,
+    "pytorch-lightning_version": str,
+    "loops": dict,
+    "callbacks": dict,
+    "optimizer_states": list,
+    "lr_schedulers": list,
+}
+BEST_KEYS = ("fingerprint", "state_dict", "epoch")
+
+
+def check_checkpoints(out_dir: Path, fingerprint: dict | None = None) -> None:
+    """Check every checkpoint under ``out_dir/checkpoints`` as the resumed run will read it, then the metrics log
+    it appends to (``csv_logger.read_metrics_log``), the plainest damage first: each loads (``weights_only``,
+    memory-mapped: ``artifacts.load_tensors``) and holds what the resume reads, of the right types
+    (``checkpoint_problem``); the log reads; and, with ``fingerprint`` (the resumed run's,
+    ``fingerprint.fingerprint``), each was trained with the same settings, data and weights.
+
+    Raises:
+        UserError: naming the file, what is wrong (each difference) and what to do.
+    """
+    from calibration_lightning.models.artifacts import Unloadable, load_tensors
+    from calibration_lightning.outputs.csv_logger import read_metrics_log
+
+    start_over = f"delete {out_dir / 'checkpoints'} and rerun without resume=true to train from the start"
+    loaded = {}
+    for path in sorted((out_dir / "checkpoints").rglob("*.ckpt")):
+        try:
+            loaded[path] = load_tensors(path)
+        except Unloadable as e:
+            what = f"not a readable checkpoint ({e})"
+            if e.unsafe:
+                what = "refused: the checkpoint holds Python objects other than tensors (not written by this program)"
+            raise UserError(f"{path}: {what}; {start_over}") from None
+    for path, ckpt in loaded.items():
+        problem = checkpoint_problem(ckpt, best=path.name == "best.ckpt")
+        if problem:
+            raise UserError(f"{path}: not a checkpoint this program can resume from ({problem}); {start_over}")
+    log_file = out_dir / "logs" / "metrics.csv"
+    if os.path.lexists(log_file):
+        read_metrics_log(log_file)
+    for path, ckpt in loaded.items() if fingerprint else ():
+        changed = differences(ckpt["fingerprint"], fingerprint)
+        if changed:
+            more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+            raise UserError(
+                f"resume=true: {path} was trained with other settings or data ({'; '.join(changed[:6])}{more}); "
+                "resuming would mix two runs: pass the run's own settings (its .hydra/overrides.yaml), or start a new "
+                "run in another hydra.run.dir"
+            )
+
+
+def checkpoint_problem(ckpt: object, best: bool = False) -> str | None:
+    """What in a loaded checkpoint a resume could not use (a missing key, a value of the wrong type), or None.
+    ``best``: best.ckpt, of which only ``BEST_KEYS`` are read."""
+    import torch
+    from packaging.version import InvalidVersion, Version
+
+    if not isinstance(ckpt, dict):
+        return f"a {type(ckpt).__name__}, not a dict"
+    needs = BEST_KEYS if best else tuple(CHECKPOINT_KEYS)
+    missing = [k for k in needs if k not in ckpt]
+    if missing:
+        return f"no {', '.join(missing)}"
+    for key in needs:
+        kind, value = CHECKPOINT_KEYS[key], ckpt[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            return f"{key} is {value!r:.40}, expected {'an integer >= 0' if kind is int else f'a {kind.__name__}'}"
+    bad = next((k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        return f"state_dict[{bad!r}] is not a tensor"
+    if best:
+        return None
+    try:
+        Version(ckpt["pytorch-lightning_version"])
+    except InvalidVersion:
+        return f"pytorch-lightning_version is {ckpt['pytorch-lightning_version']!r:.40}, not a version"
+    if not isinstance(ckpt["loops"].get("fit_loop"), dict):
+        return "loops holds no fit_loop state"
+    if not all(isinstance(s, dict) and {"state", "param_groups"} <= s.keys() for s in ckpt["optimizer_states"]):
+        return "optimizer_states holds something other than optimizer states"
+    return None

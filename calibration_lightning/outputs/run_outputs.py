@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning import evaluation
 from calibration_lightning.calibration.bootstrap import INTERVALS
-from calibration_lightning.errors import UserError
 from calibration_lightning.outputs.diagrams import save_set_figure
 from calibration_lightning.outputs.files import write_json, write_jsonl, write_text
 from calibration_lightning.outputs.summary import format_comparison, format_table
@@ -32,26 +31,6 @@ def versions() -> dict[str, str | None]:
             except metadata.PackageNotFoundError:
                 found[name] = None
     return found
-
-
-def check_run_dir(out_dir: Path, resume: bool, cfg: DictConfig | None = None) -> None:
-    """Refuse to overwrite a finished run; a resumed run may reuse its own directory, with the settings it
-    started with (``cfg``; ``run_state.check_folder``). A finished run resumed raises ``run_state.FinishedRun``:
-    nothing to do. Read-only: ``run_state.claim_run_dir`` then checks checkpoints and takes the folder's lock."""
-    from calibration_lightning.outputs.run_state import FinishedRun, check_folder
-
-    if resume and (out_dir / "metrics.json").exists():
-        raise FinishedRun(
-            f"{out_dir} holds a finished run (metrics.json): nothing to resume, its outputs are left as they are"
-        )
-    if not resume and (out_dir / "metrics.json").exists():
-        raise UserError(f"{out_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
-    if not resume and (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir()):
-        raise UserError(
-            f"{out_dir} holds an unfinished run (checkpoints/); pass resume=true to continue it, "
-            "or choose another hydra.run.dir"
-        )
-    check_folder(out_dir, resume, cfg)
 
 
 def redacted_config(cfg: DictConfig) -> str:
