@@ -39,13 +39,14 @@ def evaluate(
     scored = {name: with_metrics(gathered(trainer, parts), n_bins) for name, parts in zip(names, per_split)}
     if val is not None:
         scored = {"val": with_metrics(val, n_bins), **scored}
-    if trainer.logger and trainer.is_global_zero:
+    if trainer.is_global_zero:
         logged = {}
         for name, s in scored.items():
             prefix = "val" if name == "val" else "test" if name == "test" else f"test/{name}"
             logged.update({f"{prefix}/{k}": v for k, v in s["metrics"].items() if k != "n"})
-        trainer.logger.log_metrics(logged, step=trainer.global_step)
-        trainer.logger.save()
+        for logger in trainer.loggers:
+            logger.log_metrics(logged, step=trainer.global_step)
+            logger.save()
     return scored
 
 

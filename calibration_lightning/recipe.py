@@ -26,6 +26,7 @@ from calibration_lightning.outputs import run_outputs, run_state
 from calibration_lightning.outputs.checkpoints import ResumeCheckpoint, TrainingLength
 from calibration_lightning.outputs.files import atomic_write, write_json
 from calibration_lightning.outputs.fingerprint import fingerprint
+from calibration_lightning.outputs.loggers import build_loggers
 from calibration_lightning.schema import MethodConf, build
 from calibration_lightning.selection import Backtracking, describe_training, per_question
 from calibration_lightning.startup import Job, check_job
@@ -55,7 +56,7 @@ def run(cfg: DictConfig) -> dict:
 
 class CalibrationRecipe:
     """The run's state: its config (``cfg``, validated; ``raw``, as composed, for what is written), data, model,
-    logger and trainers, and ``extra``, what metrics.json holds besides the evaluation blocks."""
+    loggers and trainers, and ``extra``, what metrics.json holds besides the evaluation blocks."""
 
     def __init__(self, raw: DictConfig, job: Job) -> None:
         self.raw, self.cfg, self.job = raw, job.config, job
@@ -75,10 +76,10 @@ class CalibrationRecipe:
         if not self.is_zero:
             return {}
         return run_outputs.write_run(self.out_dir, self.raw, self.cfg, (before, after), self.dm.records, self.extra,
-                                     self.logger, started)  # fmt: skip
+                                     self.loggers, started)  # fmt: skip
 
     def setup(self) -> None:
-        """Tokenizer, datamodule, model (LoRA adapters, the seed's), logger and the scoring Trainer."""
+        """Tokenizer, datamodule, model (LoRA adapters, the seed's), loggers and the scoring Trainer."""
         cfg = self.cfg
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         source = build(cfg.model.loader, "model.loader")
@@ -90,11 +91,11 @@ class CalibrationRecipe:
         quantize = loading.resolve_quantize(cfg.model.quantize, self.device)
         log.info("model %s, method %s; questions: %s; device %s, %s, quantization %s",
                  cfg.model.label, cfg.method.name, sizes, self.device, dtype, quantize)  # fmt: skip
+        self.loggers = build_loggers(cfg.logger or {})  # before the model: a logger's missing package says so first
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # LoRA init depends only on the seed
         tokens = cfg.dataset.batch_size * self.dm.longest("train")
         self.model = loading.load_model(source, cfg.model, self.device, tokens_per_batch=tokens)
-        self.logger = build(cfg.logger, "logger") if cfg.logger else False
-        self.scoring = make_trainer(cfg.trainer, self.logger, self.out_dir)
+        self.scoring = make_trainer(cfg.trainer, self.loggers, self.out_dir)
         self.autocast = loading.autocast_dtype(cfg.model)
         self.win_rate = None
         if cfg.win_rate.enabled and self.is_zero:
@@ -134,7 +135,7 @@ class CalibrationRecipe:
         if len(methods) > 1:
             chosen = self.choose({name: f[2] for name, f in fitted.items()}, {name: f[3] for name, f in fitted.items()})
             loading.set_adapter_weights(self.model, fitted[chosen][4])
-            scorer, trainer = self.module(), make_trainer(self.cfg.trainer, self.logger, self.out_dir)
+            scorer, trainer = self.module(), make_trainer(self.cfg.trainer, self.loggers, self.out_dir)
         else:
             scorer, trainer = fitted[chosen][0], fitted[chosen][1]
         self.extra["method"], self.extra["training"] = chosen, fitted[chosen][3]
@@ -188,7 +189,7 @@ class CalibrationRecipe:
         rounds = rounds_per_pass(len(self.dm.records["train"]), self.dm.batch_size, self.scoring.world_size,
                                  self.dm.round_batches)  # fmt: skip
         epochs = cfg.trainer.get("max_epochs") or method.epochs
-        trainer = make_trainer(cfg.trainer, self.logger, self.out_dir, callbacks, max_epochs=epochs * rounds)
+        trainer = make_trainer(cfg.trainer, self.loggers, self.out_dir, callbacks, max_epochs=epochs * rounds)
         module = self.module(method, optim)
         self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
         last = ckpt_dir / "last.ckpt"

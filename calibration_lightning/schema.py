@@ -33,6 +33,7 @@ from calibration_lightning.errors import ConfigError, Section, UserError, every_
 SCHEMA = "calibration_lightning_schema"  # the first entry of conf/config.yaml's defaults list
 HIGHER_IS_BETTER = ("accuracy",)
 MONITORS = tuple(f"val/{name}" for name in METRICS)
+OBJECTIVES = (*MONITORS, "val/conf_ece_debiased", "val/cw_ece_debiased")  # what the run logs of validation
 
 
 class Choice(str, Enum):
@@ -324,9 +325,13 @@ class Config(Section):
     eval_sets: dict[str, Any] = field(default_factory=dict)
     bootstrap: BootstrapConf = field(default_factory=BootstrapConf)
     regime: RegimeConf = field(default_factory=RegimeConf)
+    optimized_metric: str = MISSING  # the run's objective: a validation metric after training (what sweeps optimise)
 
     def check(self) -> None:
         require("n_bins", self.n_bins, self.n_bins >= 2, "bins must be an integer >= 2")
+        allowed = OBJECTIVES
+        ok = self.optimized_metric in allowed
+        require("optimized_metric", self.optimized_metric, ok, f"a validation metric: {', '.join(allowed)}")
         check_trainer_args(self.trainer)
 
 

@@ -121,3 +121,33 @@ def startup_check(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
         _check_composed(cfg, Path(str(cfg.hydra.run.dir)))
+
+
+def wandb_offline_values(run_dir: Path) -> dict:
+    """The last value of every key an offline W&B run logged (its history and summary records), read from its
+    ``run-*.wandb`` file: a LevelDB-style log of 32 KiB blocks of protobuf records (W&B writes no summary file
+    offline, and its Python reader is gone)."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("run-*.wandb")
+    data, pos, block, chunks, values = path.read_bytes(), 7, 32768, [], {}
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a record header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        chunks = [chunk] if kind in (1, 2) else [*chunks, chunk]  # full, first / middle, last
+        if kind not in (1, 4):
+            continue
+        record = pb.Record()
+        record.ParseFromString(b"".join(chunks))
+        kind_name = record.WhichOneof("record_type")
+        items = {"history": record.history.item, "summary": record.summary.update}.get(kind_name, [])
+        for item in items:
+            values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return values

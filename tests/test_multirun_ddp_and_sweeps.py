@@ -9,11 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from calibration_lightning.calibration.metrics import METRICS
 from calibration_lightning.report import find_runs, reported_change
 from calibration_lightning.report import main as report_main
 from calibration_lightning.schema import CONF_DIR, validate
-from tests.helpers import ROOT, cli
+from tests.helpers import ROOT, cli, wandb_offline_values
 
 SMALL = ["dataset.split.train=16", "dataset.split.val=8", "dataset.split.test=16", "dataset.batch_size=4"]
 EXPERIMENTS = sorted(
@@ -85,13 +84,33 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_wandb_offline_without_network_or_key(tmp_path):
+def test_loggers_as_a_list_wandb_offline_gets_the_summary_intervals_and_diagrams(tmp_path):
+    """``logger=[csv,wandb,tensorboard,mlflow]``: the CSV log, an offline W&B run whose summary holds metrics.json's
+    numbers (before, after, the change, the intervals, the objective) and the diagrams, TensorBoard events and an
+    MLflow run; no network, and the W&B key written nowhere."""
     out = tmp_path / "wb"
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "wandb-secret-k3y", "WANDB_SILENT": "true"}
-    result = cli("model=tiny", "logger=wandb", *SMALL, f"hydra.run.dir={out}", env=env)
+    result = cli("model=tiny", "logger=[csv,wandb,tensorboard,mlflow]", *SMALL, f"hydra.run.dir={out}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = list((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    (run,) = (out / "wandb").glob("offline-run-*")
+    summary = wandb_offline_values(run)
+    level = next(k for k in metrics["after"] if k.startswith("ci"))
+    for key, value in {
+        "before/test/conf_ece": metrics["before"]["conf_ece"],
+        "after/test/accuracy": metrics["after"]["accuracy"],
+        "after/test/accuracy_lo": metrics["after"][level]["accuracy"][0],
+        "change/test/nll": metrics["improvement"]["nll"]["difference"],
+        "objective": metrics["objective"],
+    }.items():
+        assert summary[key] == pytest.approx(value), key
+    assert any(run.rglob("reliability_test*.png")) and (out / "logs" / "metrics.csv").exists()
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("calibration_lightning").experiment_id])
+    assert mlflow_run.data.metrics["objective"] == pytest.approx(metrics["objective"])
     for path in out.rglob("*"):
         if path.is_file():
             assert b"wandb-secret-k3y" not in path.read_bytes(), path
@@ -103,8 +122,7 @@ def test_sweep_files_call_hydra_with_keys_that_exist_and_a_logged_metric(sweep):
 
     spec = yaml.safe_load(sweep.read_text())
     assert "${args_no_hyphens}" in spec["command"] and spec["command"][2:4] == ["-m", "calibration_lightning"]
-    split, name = spec["metric"]["name"].split("/", 1)  # a key every run logs (evaluation.evaluate)
-    assert split in ("val", "test") and name in METRICS
+    assert spec["metric"]["name"] == "objective"  # optimized_metric's value, logged by every run (loggers.py)
     fixed = [c for c in spec["command"] if "=" in c and not c.startswith("$")]
     values = {k: (v.get("values") or [v.get("min")])[0] for k, v in spec["parameters"].items()}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

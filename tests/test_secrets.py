@@ -152,7 +152,7 @@ def test_one_line_redacts_url_passwords_that_were_not_on_the_command_line(fresh_
 
 def test_written_configs_blank_secrets_and_keep_ordinary_keys(tmp_path):
     from calibration_lightning.outputs.csv_logger import ResumableCSVLogger
-    from calibration_lightning.outputs.wandb_logger import publish_run
+    from calibration_lightning.outputs.loggers import publish_run
 
     cfg = OmegaConf.create(
         {
@@ -180,7 +180,7 @@ def test_written_configs_blank_secrets_and_keep_ordinary_keys(tmp_path):
     }
     assert yaml.safe_load(redacted_config(cfg)) == expected
     logger = ResumableCSVLogger(str(tmp_path))
-    publish_run(logger, yaml.safe_load(redacted_config(cfg)), {})  # what run.py sends to every logger
+    publish_run([logger], yaml.safe_load(redacted_config(cfg)), {}, {})  # what a run sends to every logger
     assert yaml.safe_load((tmp_path / "logs" / "hparams.yaml").read_text()) == expected
 
 

@@ -13,14 +13,13 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from calibration_lightning.calibration.metrics import METRICS
-from calibration_lightning.recipe import run
 from calibration_lightning.schema import CONF_DIR
 from tests.conftest import TINY_SPLIT
 
 ROOT = CONF_DIR.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 CONFIGS = sorted((CONF_DIR / "experiment").rglob("*.yaml")) + sorted((CONF_DIR / "hydra" / "sweeper").glob("*.yaml"))
-VALIDATION_METRICS = {f"val/{name}" for name in METRICS}
+VALIDATION_METRICS = {f"val/{name}" for name in METRICS} | {"objective"}  # objective: optimized_metric, a val one
 
 
 def _strings(node, path=""):
@@ -88,25 +87,19 @@ def _logged(out: Path, key: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_run_returns_the_after_training_validation_conf_ece_as_its_objective(make_cfg, tmp_path):
-    cfg = make_cfg(
-        "model=tiny",
-        "method=cft",
-        "method.lr_search=null",
-        "method.optim.lr=2e-2",
-        "bootstrap.resamples=0",
-        *TINY_SPLIT,
-    )
-    result = run(cfg)
-    logged = _logged(tmp_path / "run", "val/conf_ece")
-    assert result["objective"] == pytest.approx(logged[-1], abs=1e-6)  # the last val/conf_ece: after training
-    assert result["objective"] != pytest.approx(result["after"]["conf_ece"], abs=1e-6)  # not the test split's
+def test_a_run_returns_its_optimized_metric_after_training_as_its_objective(tiny_run):
+    out = tiny_run("cft")
+    metrics = json.loads((out / "metrics.json").read_text())
+    logged = _logged(out, "val/nll")  # optimized_metric's default
+    assert metrics["objective"] == pytest.approx(logged[-1], abs=1e-6)  # the last val/nll: after training
+    assert metrics["objective"] != pytest.approx(metrics["after"]["nll"], abs=1e-6)  # not the test split's
 
 
 @pytest.mark.slow
 def test_local_optuna_sweep_minimises_the_validation_metric(tmp_path):
-    """Two trials of the shipped Optuna study on the tiny model: the best value it reports is the lower of the
-    trials' after-training validation conf-ECE (logged by each run), not a test metric."""
+    """Two trials of the shipped Optuna study on the tiny model, optimising a chosen metric (validation Brier):
+    the best value it reports is the lower of the trials' after-training validation Brier (logged by each run),
+    not a test metric."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cmd = [
         sys.executable,
@@ -122,6 +115,7 @@ def test_local_optuna_sweep_minimises_the_validation_metric(tmp_path):
         "method.select=null",
         "bootstrap.resamples=0",
         "trainer.enable_progress_bar=false",
+        "optimized_metric=val/brier",
         *TINY_SPLIT,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -130,7 +124,7 @@ def test_local_optuna_sweep_minimises_the_validation_metric(tmp_path):
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())["best_value"]
     trials = [p for p in tmp_path.iterdir() if (p / "metrics.json").exists()]
     assert len(trials) == 2
-    validation = [_logged(p, "val/conf_ece")[-1] for p in trials]
-    test = [json.loads((p / "metrics.json").read_text())["after"]["conf_ece"] for p in trials]
+    validation = [_logged(p, "val/brier")[-1] for p in trials]
+    test = [json.loads((p / "metrics.json").read_text())["after"]["brier"] for p in trials]
     assert best == pytest.approx(min(validation), abs=1e-6)
     assert all(best != pytest.approx(t, abs=1e-6) for t in test)

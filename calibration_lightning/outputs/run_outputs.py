@@ -13,8 +13,8 @@ from calibration_lightning import evaluation
 from calibration_lightning.calibration.bootstrap import INTERVALS
 from calibration_lightning.outputs.diagrams import save_set_figure
 from calibration_lightning.outputs.files import write_json, write_jsonl, write_text
+from calibration_lightning.outputs.loggers import publish_run
 from calibration_lightning.outputs.summary import format_comparison, format_table
-from calibration_lightning.outputs.wandb_logger import publish_run
 from calibration_lightning.redaction import scrub
 
 PHASES = ("before", "after")
@@ -65,10 +65,10 @@ def write_win_rate(out_dir: Path, phase: str, summary: dict, rows: list[dict]) -
     return summary
 
 
-def write_run(out_dir: Path, raw: DictConfig, cfg, scored: tuple[dict, dict], records: dict, extra: dict, logger,
+def write_run(out_dir: Path, raw: DictConfig, cfg, scored: tuple[dict, dict], records: dict, extra: dict, loggers,
               started: float) -> dict:  # fmt: skip
     """Everything a finished run writes after training: the "after" predictions and diagrams, metrics.json,
-    config.yaml, the logger's summary; prints the before/after table. Returns what metrics.json holds."""
+    config.yaml, the loggers' summary; prints the before/after table. Returns what metrics.json holds."""
     import time
 
     import yaml
@@ -79,11 +79,12 @@ def write_run(out_dir: Path, raw: DictConfig, cfg, scored: tuple[dict, dict], re
     posthoc = cfg.method.calibrator is not None
     label = after_label(cfg.method.name, extra.get("method") if cfg.method.candidates else None, posthoc)
     write_phase(out_dir, "after", after, records, cfg.n_bins, before=before, after_label=label)
-    extra["objective"] = after["val"]["metrics"]["conf_ece"] if "val" in after else None  # what sweeps minimise
+    metric = cfg.optimized_metric.removeprefix("val/")
+    extra["objective"] = after["val"]["metrics"][metric] if "val" in after else None  # what sweeps optimise
     extra["wall_time_s"] = round(time.time() - started, 1)
     summary, table = write_summary(out_dir, raw, cfg, scored, records, extra)
     diagrams = {p.stem: p for p in sorted(out_dir.glob("reliability_*.png"))}
-    publish_run(logger, yaml.safe_load(redacted_config(raw)), diagrams)
+    publish_run(loggers, yaml.safe_load(redacted_config(raw)), summary, diagrams)
     if "truncation" in extra:
         table += "\n" + truncation_line(extra["truncation"])
     print(f"\n{table}\n\nOutputs: {out_dir}")
