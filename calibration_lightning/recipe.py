@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def run(cfg: DictConfig) -> dict:
         run_state.Preempted: a stop signal arrived (SIGTERM, SIGINT); the last checkpoint is saved.
     """
     out_dir = Path(cfg.output_dir)
+    # Our datamodule restores the data position itself (its state_dict); Lightning cannot tell.
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
     try:
         with run_state.stop_signals():
             job = check_job(cfg, out_dir)  # before any model loads; Hydra's callback ran it already (data kept)

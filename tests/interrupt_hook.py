@@ -1,41 +1,93 @@
-"""``python -c "import tests.interrupt_hook as h; h.main()" OVERRIDES``: the CLI with a stop at a chosen moment.
+"""A stop at a chosen instant of a run: in this process (``interrupt_at``) or in a CLI process
+(``python -c "import tests.interrupt_hook as h; h.main()" OVERRIDES`` with ``INTERRUPT_AT=WHERE:N:SIGNAL``).
 
-``INTERRUPT_AT`` is ``WHERE:N:SIGNAL``: send ``SIGNAL`` (KILL, TERM, INT) to this process at the N-th call of
-WHERE: ``step`` (a training step) or ``evaluate`` (an evaluation of every split: 1 before training, 2 after).
+``SIGNAL`` (KILL, TERM, INT) is sent to the process at the N-th call of WHERE:
+
+- ``step``: a training step (``CalibrationModule.training_step``), before it runs;
+- ``validation``: a validation batch during training (``CalibrationModule.validation_step``), before it runs;
+- ``backtrack``: right after a backtrack (``Backtracking._backtrack`` has restored the best adapters and lowered
+  the rate), before the round's checkpoint is saved;
+- ``save``: in the middle of writing a checkpoint (``AtomicCheckpointIO``): half of its bytes are in the file
+  being written when the signal is sent (the write then goes on, for a signal the run survives);
+- ``evaluate``: an evaluation of every split (1: before training, 2: after).
+
 A test-only wrapper, so the program itself carries no hook."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 
 
-def _interrupt_at(owner, name: str, count: int, signum: int) -> None:
+def _targets() -> dict:
+    from calibration_lightning import evaluation
+    from calibration_lightning.module import CalibrationModule
+    from calibration_lightning.outputs.checkpoints import AtomicCheckpointIO
+    from calibration_lightning.selection import Backtracking
+
+    return {
+        "step": (CalibrationModule, "training_step", False),
+        "validation": (CalibrationModule, "validation_step", False),
+        "backtrack": (Backtracking, "_backtrack", True),
+        "save": (AtomicCheckpointIO, "save_checkpoint", None),
+        "evaluate": (evaluation, "evaluate", False),
+    }
+
+
+def _half_written(original, signum):
+    """``AtomicCheckpointIO.save_checkpoint`` that signals with half of the checkpoint in its temporary file."""
+
+    def save(self, checkpoint, path, storage_options=None):
+        import io
+        from pathlib import Path
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        os.kill(os.getpid(), signum)  # SIGKILL ends here; SIGTERM is deferred by the run: the write goes on
+        return original(self, checkpoint, path, storage_options)
+
+    return save
+
+
+@contextlib.contextmanager
+def interrupt_at(where: str, count: int, signum: int):
+    """Inside, send ``signum`` to this process at the ``count``-th call of ``where`` (see the module docstring)."""
+    owner, name, after = _targets()[where]
     original = getattr(owner, name)
     calls = [0]
+    half_written = _half_written(original, signum)
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
         calls[0] += 1
-        if calls[0] == count:
+        if calls[0] != count:
+            return original(*args, **kwargs)
+        if after is None:
+            return half_written(*args, **kwargs)
+        if after:
+            result = original(*args, **kwargs)
             os.kill(os.getpid(), signum)
+            return result
+        os.kill(os.getpid(), signum)
         return original(*args, **kwargs)
 
     setattr(owner, name, wrapper)
+    try:
+        yield calls
+    finally:
+        setattr(owner, name, original)
 
 
 def main() -> None:
     where, count, name = os.environ["INTERRUPT_AT"].split(":")
-    signum = getattr(signal, f"SIG{name}")
-    if where == "step":
-        from calibration_lightning.module import CalibrationModule
+    with interrupt_at(where, int(count), getattr(signal, f"SIG{name}")):
+        from calibration_lightning.__main__ import main as cli_main
 
-        _interrupt_at(CalibrationModule, "training_step", int(count), signum)
-    else:
-        from calibration_lightning import evaluation
-
-        _interrupt_at(evaluation, "evaluate", int(count), signum)
-    from calibration_lightning.__main__ import main as cli_main
-
-    cli_main()
+        cli_main()
