@@ -181,8 +181,9 @@ def test_the_built_wheel_runs_and_scores_from_an_empty_folder(tmp_path):
 
     # An lm-eval --log_samples file: gold choices 0, 0, 1; the most likely choices 0, 1, 1: accuracy 2/3.
     rows = [([-1.0, -2.0], 0), ([-2.0, -1.0], 0), ([-3.0, -0.5], 1)]
-    samples = [{"doc_id": i, "target": t, "filtered_resps": [[str(x), "False"] for x in ll]} for i, (ll, t) in
-               enumerate(rows)]  # fmt: skip
+    arguments = {"gen_args_0": {"arg_0": "Q:", "arg_1": " yes"}, "gen_args_1": {"arg_0": "Q:", "arg_1": " no"}}
+    samples = [{"doc_id": i, "target": t, "arguments": arguments, "filtered_resps": [[str(x), "False"] for x in ll]}
+               for i, (ll, t) in enumerate(rows)]  # fmt: skip
     (empty / "samples_task.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     score = [str(site / "bin" / "calibration-lightning-score"), "samples_task.jsonl", "--out", "scored"]
     done = subprocess.run(score, cwd=empty, env=env, capture_output=True, text=True, timeout=300)

@@ -39,12 +39,18 @@ def test_every_method_writes_its_outputs(tiny_run, method, trained):
     if trained:
         assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
         assert not any(p.name.startswith("model") for p in adapter.iterdir())  # never the base weights
-        assert metrics["training"]["rounds_run"] >= 1 and metrics["after"]["nll"] != metrics["before"]["nll"]
+        assert metrics["training"]["rounds_run"] >= 1
+        # the kept adapters change the test scores exactly when a round beat the untrained model on validation
+        changed = metrics["after"]["nll"] != pytest.approx(metrics["before"]["nll"], abs=1e-7)
+        assert changed == metrics["training"]["beat_untrained"]
     else:
         assert not adapter.exists() and "training" not in metrics
-    if method == "ts":  # one temperature on the letter logits: the answers stay, the confidences move
+    val_before = next(float(r["val/nll"]) for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r["val/nll"])
+    if method == "ts":  # one temperature on the letter logits: the answers stay; validation NLL (its fit) can only fall
         assert metrics["temperature"] > 0 and metrics["after"]["accuracy"] == metrics["before"]["accuracy"]
-        assert metrics["after"]["nll"] < metrics["before"]["nll"]
+        assert metrics["objective"] < val_before  # objective: val/nll after, at the fitted temperature
+    if method == "none":
+        assert metrics["objective"] == pytest.approx(val_before, abs=1e-6) and metrics["after"] == metrics["before"]
 
 
 def test_auto_keeps_a_candidate_trained_exactly_as_the_method_alone(tiny_run):

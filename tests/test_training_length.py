@@ -101,7 +101,7 @@ def test_training_stops_when_validation_nll_stops_improving_and_keeps_the_best_e
     rows = [r for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r.get("val/conf_ece")]
     kept_row = next(r for r in rows if (int(r["epoch"]) == kept - 1 if r.get("epoch") else kept == 0))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["objective"] == pytest.approx(float(kept_row["val/conf_ece"]), abs=1e-6)
+    assert metrics["objective"] == pytest.approx(float(kept_row["val/nll"]), abs=1e-6)
     if kept:
         best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
         assert sorted(best["val_scored"]) == ["index", "labels", "letter_logits", "n_choices"]
@@ -133,7 +133,7 @@ def test_when_no_epoch_beats_the_untrained_model_its_adapters_are_kept_and_said_
     assert "no round beat the model before training" in capsys.readouterr().out
     # the after-training validation scores are the untrained model's from the evaluation before training
     first = next(r for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r.get("val/conf_ece"))
-    assert metrics["objective"] == pytest.approx(float(first["val/conf_ece"]), abs=1e-6)
+    assert metrics["objective"] == pytest.approx(float(first["val/nll"]), abs=1e-6)
 
 
 @pytest.mark.slow
