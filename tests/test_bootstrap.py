@@ -62,7 +62,7 @@ def test_a_worlds_resample_is_the_estimator_on_the_shifted_resampled_questions(k
     r - m_b scaled by sqrt(n_b / (n_b - 1)) plus theta u_b, u the observed gaps at unit l2 norm."""
     probs, labels = _random(50, 3, 1)
     n = len(labels)
-    index, residual, total_bins, classes = slots(probs, labels, 10, kind)
+    index, residual, _, total_bins, classes = slots(probs, labels, 10, kind)
     sums, features = deviation_features(index, residual, total_bins)
     drawn = torch.randint(n, (4, n), generator=torch.Generator().manual_seed(2))
     counts = torch.zeros(4, n).scatter_add_(1, drawn, torch.ones(4, n))
@@ -125,6 +125,10 @@ def test_intervals_that_cannot_be_estimated_are_null_with_their_reason():
     assert sure["ci95"] == dict.fromkeys(sure["ci95"]) and set(sure["ci95_null"]) == set(sure["ci95"])
     assert sure["ci95_null"]["conf_ece_debiased"] == intervals.NO_SPREAD
     assert sure["ci95_null"]["accuracy"] == "all 30 questions have the same accuracy term: no spread to resample"
+    conf = torch.linspace(0.95, 1.0, 30, dtype=torch.float64)  # every answer right, confidences that differ
+    right = evaluate_predictions(torch.stack([conf, 1 - conf], 1), torch.zeros(30, dtype=torch.long))
+    assert right["ci95"]["conf_ece_debiased"] is None and right["ci95_null"]["cw_ece_debiased"] == intervals.NO_SPREAD
+    assert right["ci95"]["brier"] is not None  # the Brier terms differ: a mean with spread
     probs, labels = _random(40, 3, 5)
     high = evaluate_predictions(probs, labels, level=0.999)  # 1,000 x 0.0005 = 0.5 resamples beyond each end
     assert high["ci99.9"]["nll"] is None and "fewer than 5 beyond each end" in high["ci99.9_null"]["nll"]

@@ -37,20 +37,29 @@ from calibration_lightning.calibration.metrics import top_label
 STEPS = 24  # bisection steps per interval end: an end to within 2 / 2^24 (1e-7), far below the printed 3 decimals
 
 
-def slots(probs: Tensor, labels: Tensor, n_bins: int, kind: str) -> tuple[Tensor, Tensor, int, int]:
-    """Each question's bins and residuals for one ECE: ``(index [N, M], residual [N, M], bins, classes)``.
+def slots(probs: Tensor, labels: Tensor, n_bins: int, kind: str) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """Each question's bins, residuals and outcomes for one ECE: ``(index [N, M], residual [N, M], outcome [N, M],
+    bins, classes)``.
 
-    ``kind="conf"``: one slot, the top-label bin and ``correct - confidence``. ``kind="cw"``: K slots, class
-    j's bin of ``p_j`` (bins ``j * n_bins ...``) and ``1[y = j] - p_j``; the squared ECE is averaged over the K
-    classes (``classes``).
+    ``kind="conf"``: one slot, the top-label bin, ``correct - confidence`` and correct (1.0 / 0.0). ``kind="cw"``:
+    K slots, class j's bin of ``p_j`` (bins ``j * n_bins ...``), ``1[y = j] - p_j`` and ``1[y = j]``; the squared
+    ECE is averaged over the K classes (``classes``).
     """
     if kind == "conf":
         conf, hit = top_label(probs, labels)
-        return bin_index(conf, n_bins)[:, None], (hit - conf)[:, None], n_bins, 1
+        return bin_index(conf, n_bins)[:, None], (hit - conf)[:, None], hit[:, None], n_bins, 1
     k = probs.shape[1]
     onehot = torch.nn.functional.one_hot(labels, k).to(probs.dtype)
     index = bin_index(probs, n_bins) + torch.arange(k, device=probs.device) * n_bins
-    return index, onehot - probs, k * n_bins, k
+    return index, onehot - probs, onehot, k * n_bins, k
+
+
+def outcomes_vary(index: Tensor, outcome: Tensor, total_bins: int) -> bool:
+    """Whether some bin holds both outcomes (a right and a wrong answer; classwise, a question of the class and one
+    of another): without that, the residuals' spread is the probabilities' alone and resampling cannot show
+    how the outcomes vary (30 right answers at 0.95-1.0 would get an interval of width 0.01)."""
+    count, total, _ = bin_sums(index, outcome, total_bins).unflatten(-1, (3, -1)).unbind(-2)
+    return bool(((total > 0) & (total < count)).any())
 
 
 def bin_features(index: Tensor, residual: Tensor, total_bins: int) -> Tensor:
@@ -89,7 +98,7 @@ def debiased_square(sums: Tensor, n: int, classes: int = 1) -> Tensor:
 def debiased_ece(probs: Tensor, labels: Tensor, n_bins: int = 10, kind: str = "conf") -> float:
     """The debiased l2 binned ECE ``sqrt(max(T, 0))`` of ``probs [N, K]``, ``labels [N]`` (``kind`` "conf" or
     "cw"); 0 for N = 0."""
-    index, residual, total_bins, classes = slots(probs, labels, n_bins, kind)
+    index, residual, _, total_bins, classes = slots(probs, labels, n_bins, kind)
     if len(labels) == 0:
         return 0.0
     return max(float(debiased_square(bin_sums(index, residual, total_bins), len(labels), classes)), 0.0) ** 0.5
@@ -120,9 +129,10 @@ class ResampledECE:
         resampled: ``[R, 3 B]`` ``counts @ features``: per bin, the draws and the sums of the drawn deviations
             from the bin's mean and of their squares.
         n: the number of questions; ``classes``: 1 for conf-ECE, K for cw-ECE.
+        varies: ``outcomes_vary`` of the questions (False: ``degenerate``, no interval).
     """
 
-    def __init__(self, sums: Tensor, resampled: Tensor, n: int, classes: int) -> None:
+    def __init__(self, sums: Tensor, resampled: Tensor, n: int, classes: int, varies: bool = True) -> None:
         count, mean, var = _moments(sums)
         weight = count / (n * classes)
         self.square = float(torch.where(count >= 2, weight * (mean * mean - var), 0.0).sum())  # T
@@ -132,9 +142,8 @@ class ResampledECE:
         f2 = count / (count - 1).clamp_min(1)
         w = torch.where(drawn >= 2, drawn / (n * classes), 0.0)
         self.a, self.b, self.c = (w * f2 * (e * e - v)).sum(1), (w * u * f2.sqrt() * e).sum(1), (w * u * u).sum(1)
-        # Nothing to resample: no bin of two or more questions, or no spread of the residuals within any bin
-        # (a sample variance below 1e-12: float rounding of equal residuals).
-        self.degenerate = not bool((var * count > 1e-12).any())
+        # Nothing to resample: no bin holds both outcomes (and so no spread of outcomes within any bin).
+        self.degenerate = not varies
 
     @property
     def estimate(self) -> float:

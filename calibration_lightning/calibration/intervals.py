@@ -32,6 +32,7 @@ from calibration_lightning.calibration.debiased import (
     change_interval,
     deviation_features,
     ece_interval,
+    outcomes_vary,
     slots,
 )
 from calibration_lightning.calibration.metrics import brier_terms, nll_terms, top_label
@@ -74,14 +75,16 @@ def resample(sets: list[tuple[Tensor, Tensor]], n_bins: int, resamples: int, see
         probs, labels = probs.detach().double().cpu(), labels.detach().long().cpu()
         terms = torch.stack([top_label(probs, labels)[1], brier_terms(probs, labels), nll_terms(probs, labels)], 1)
         slot = {name: slots(probs, labels, n_bins, kind) for name, kind in DEBIASED.items()}
-        deviations = {name: deviation_features(*s[:3]) for name, s in slot.items()}
+        deviations = {name: deviation_features(s[0], s[1], s[3]) for name, s in slot.items()}
         prepared.append((terms, slot, deviations))
         features.append(torch.cat([terms, *(f for _, f in deviations.values())], 1))
     out = []
     for (terms, slot, deviations), sums in zip(prepared, resampled_sums(features, resamples, seed)):
         eces, at = {}, terms.shape[1]
         for name, (full, f) in deviations.items():
-            eces[name] = ResampledECE(full, sums[:, at : at + f.shape[1]], n, slot[name][3])
+            index, _, outcome, total_bins, classes = slot[name]
+            varies = outcomes_vary(index, outcome, total_bins)
+            eces[name] = ResampledECE(full, sums[:, at : at + f.shape[1]], n, classes, varies)
             at += f.shape[1]
         pairs = {name: s[:2] for name, s in slot.items()}
         out.append(Resampled(terms, sums[:, : terms.shape[1]].double() / n, eces, pairs))
@@ -97,7 +100,9 @@ def reason(n: int, resamples: int, level: float) -> str | None:
     return None
 
 
-NO_SPREAD = "no bin holds two questions whose residuals (outcome - probability) differ: no spread to resample"
+NO_SPREAD = (
+    "no bin holds both outcomes (a right and a wrong answer; classwise, the class and another): no spread to resample"
+)
 
 
 def phase_intervals(r: Resampled, level: float) -> tuple[dict, dict]:
