@@ -198,6 +198,8 @@ def test_compare_candidates_is_the_ece_change_test_of_metrics_json():
     assert got["sharp"]["tied"] is False and got["near"]["tied"] is True  # 0.2 nats of temperature: within the noise
     assert got["flat"] == {"above_lowest": 0.0, "ci95": None, "tied": True}
     assert got["copy"]["tied"] is True and got["copy"]["ci95_null"] == "before and after are the same predictions"
+    with pytest.raises(ValueError, match=r"lowest='cft' is not one of the candidates \['sharp', 'flat'\]"):
+        compare_candidates({"sharp": probs, "flat": flat}, labels, "cft")
     off = compare_candidates({"sharp": probs, "flat": flat}, labels, "flat", resamples=0)
     assert off["sharp"]["tied"] is False and off["sharp"]["ci95"] is None
 

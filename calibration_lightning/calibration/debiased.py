@@ -13,14 +13,12 @@ sample variance / n_b, ``U_b = m_b^2 - v_b = (S_b^2 - Q_b) / (n_b (n_b - 1))`` i
 for ``theta^2``; the reported estimate is ``sqrt(max(T, 0))``.
 
 The interval: a bootstrap test inversion (Carpenter 1999). World(theta) is the questions with each bin's residuals
-shifted by a constant so that the bin's gap is ``theta u_b``, u the observed gaps m scaled to unit l2 norm (at the
-plug-in value the world is the data itself); its squared ECE is theta^2. A resample of world(theta) has, per bin,
-``U*_b = (e_b + theta u_b)^2 - v*_b`` with ``e_b = m*_b - m_b`` the resample's error of the bin mean, so one set of
-R resamples of the questions gives ``T*(theta) = A + 2 B theta + C theta^2`` for every theta at once. The interval
-is every theta whose world puts ``max(T, 0)`` inside the central ``level`` of its ``T*`` (``accepted``): no
-normality is assumed, a bin's skewness and the estimator's behaviour at 0 (half its mass below 0 when
-calibrated) are the bootstrap's own. A change after - before: the same on ``D = sqrt(T_a+) - sqrt(T_b+)`` over
-paired worlds (``change_interval``); it is 0-excluding exactly when the paired test rejects "no change".
+shifted so that the bin's gap is ``theta u_b``, u the observed gaps scaled to unit l2 norm (``ResampledECE``); its
+squared ECE is theta^2, and one set of R resamples of the questions gives every world's ``T*(theta) = A + 2 B theta
++ C theta^2`` at once. The interval is every theta whose world holds ``max(T, 0)`` inside the central ``level`` of
+its ``T*`` (``ece_interval``): no normality is assumed; a bin's skewness and the estimator's mass below 0 near
+calibration are the bootstrap's own. A change after - before: the same on ``D = sqrt(T_a+) - sqrt(T_b+)`` over
+paired worlds (``change_interval``); it excludes 0 exactly when the paired test of "no change" rejects.
 """
 
 from __future__ import annotations
@@ -159,8 +157,7 @@ def accepted_range(
     draws: Callable[[float], Tensor], observed: float, low: float, high: float, level: float
 ) -> list[float]:
     """``[lo, hi]``: the parameters x in ``[low, high]`` whose ``draws(x)`` (R values of the statistic, rising
-    with x) hold ``observed`` within their central ``level`` (``quantile_interval``), by bisection at each end;
-    the interval holds its own estimate ``observed`` comes from, which the caller adds."""
+    with x) hold ``observed`` within their central ``level`` (``quantile_interval``), by bisection at each end."""
 
     def bisect(inside: Callable[[float], bool], accepted: float, rejected: float) -> float:
         for _ in range(STEPS):

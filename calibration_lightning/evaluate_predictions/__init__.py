@@ -156,7 +156,7 @@ def evaluate_predictions(
 
     Returns:
         ``{metric: value, ..., "n": N, interval_key(level): {metric: [lo, hi] or None}, "<key>_null":
-        {metric: reason}}`` (intervals when ``resamples`` > 0; ``calibration.intervals.INTERVALS`` says what
+        {metric: reason}}`` (intervals when ``resamples`` > 0; ``calibration.bootstrap.INTERVALS`` says what
         each is for), plus ``"improvement"`` as ``paired_block`` gives it when ``before`` is given.
     """
     options = {"n_bins": n_bins, "resamples": resamples, "level": level, "seed": seed}
@@ -190,6 +190,8 @@ def compare_candidates(
     """
     _options(resamples, level)
     names = list(probs_by_name)
+    if lowest not in probs_by_name:
+        raise ValueError(f"lowest={lowest!r} is not one of the candidates {names}")
     checked = [_checked(probs_by_name[name], labels, name) for name in names]
     sets = resample(checked, n_bins, resamples, seed) if resamples > 0 else None
     key, base = interval_key(level), names.index(lowest)
