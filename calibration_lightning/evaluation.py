@@ -12,7 +12,7 @@ from calibration_lightning.calibration.confidence import set_probabilities
 from calibration_lightning.calibration.metrics import metric
 from calibration_lightning.calibration.regime import diagnose
 from calibration_lightning.data.records import LETTERS, MCRecord
-from calibration_lightning.evaluate_predictions import evaluate_pair, phase_metrics
+from calibration_lightning.predictions import paired_block, phase_metrics
 
 Scored = dict  # letter_logits [N, K], labels [N], n_choices [N], index [N] in split order; "metrics": see below
 
@@ -93,15 +93,14 @@ def metrics(scored: Scored, n_bins: int) -> dict:
 
 
 def compare(before: Scored, after: Scored, n_bins: int, resamples: int, seed: int, level: float) -> dict:
-    """One evaluation set's block of metrics.json, from its before and after scores: ``{"before": metrics,
-    "after": metrics, "improvement": {metric: {"difference": after - before, "ci95", "excludes_zero"}}}``, each
-    phase's metrics with ``ci95`` unless ``resamples`` is 0 (paired: the same resampled questions before and
-    after). The one computation of that block: ``evaluate_predictions.evaluate_pair``, which also scores any
-    tool's predictions."""
+    """One evaluation set's block of metrics.json, from its before and after scores and their ``metrics`` (not
+    computed again): ``evaluate_predictions.paired_block``'s ``{"before", "after", "improvement"}``, the
+    intervals from one paired bootstrap of the same questions before and after (none when ``resamples`` is 0)."""
     if not torch.equal(before["index"], after["index"]):
         raise ValueError("before and after must score the same questions in the same order")
     options = {"n_bins": n_bins, "resamples": resamples, "level": level, "seed": seed}
-    return evaluate_pair(probabilities(before), probabilities(after), before["labels"], **options)
+    points = (before["metrics"], after["metrics"])
+    return paired_block(probabilities(before), probabilities(after), before["labels"], points, **options)
 
 
 def subject_metrics(scored: Scored, records: list[MCRecord], n_bins: int) -> dict[str, dict] | None:

@@ -53,6 +53,9 @@ def run(cfg: DictConfig) -> dict:
     except run_state.FinishedRun as e:
         log.warning("%s", e)
         return json.loads((out_dir / "metrics.json").read_text())
+    except run_state.Preempted as e:
+        e.out_dir = out_dir  # for the resume command (startup.reported prints it)
+        raise
     finally:
         run_state.unlock_run_dir(out_dir)
 

@@ -30,10 +30,11 @@ import torch
 import yaml
 
 from calibration_lightning.errors import UserError
-from calibration_lightning.evaluate_predictions.readers import read_predictions
 from calibration_lightning.outputs import diagrams
 from calibration_lightning.outputs.files import write_text
 from calibration_lightning.outputs.summary import with_interval
+from calibration_lightning.predictions import interval_key
+from calibration_lightning.predictions.readers import read_predictions
 
 LABELS = {
     "conf_ece": "conf-ECE",
@@ -62,13 +63,6 @@ METHOD_NAMES = {  # in the paper's row order
     "rcft": "RCFT",
     "auto": "auto: CFT or RCFT",
 }
-
-
-def interval_key(level: float) -> str:
-    """The key of the intervals at ``level`` in a metrics.json block: "ci95" for 0.95, "ci97.5" for 0.975.
-
-    Issue 28's ``evaluate_predictions.interval_key``: import it from there once it exists."""
-    return f"ci{level * 100:g}"
 
 
 def reported(block: dict | None, metric: str, level: float) -> tuple[float | None, list[float] | None]:

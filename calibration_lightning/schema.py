@@ -26,6 +26,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from calibration_lightning.bundled import CONF_DIR
+from calibration_lightning.calibration.bootstrap import MIN_RESAMPLES
 from calibration_lightning.calibration.metrics import METRICS
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.errors import ConfigError, Section, UserError, every_problem, is_number, require
@@ -294,8 +295,9 @@ class BootstrapConf(Section):
     seed: int = MISSING
 
     def check(self) -> None:
-        off = "must be an integer >= 0 (0 turns intervals off)"
-        require("bootstrap.resamples", self.resamples, self.resamples >= 0, off)
+        ok = self.resamples == 0 or self.resamples >= MIN_RESAMPLES
+        off = f"must be 0 (no intervals) or at least {MIN_RESAMPLES} (fewer leave an interval's ends to few draws)"
+        require("bootstrap.resamples", self.resamples, ok, off)
         require("bootstrap.level", self.level, 0 < self.level < 1, "must be in (0, 1), e.g. 0.95")
 
 

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch import Tensor
 
 from calibration_lightning.calibration.confidence import set_probabilities
+from calibration_lightning.calibration.metrics import brier_terms, nll_terms
 from calibration_lightning.models.loading import set_adapter_weights
 from calibration_lightning.schema import SelectConf
 
@@ -23,9 +24,9 @@ def per_question(scored: dict, monitor: str) -> Tensor | None:
     probs, labels = set_probabilities(scored["letter_logits"], scored["n_choices"]), scored["labels"]
     name = monitor.removeprefix("val/")
     if name == "nll":
-        return -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().squeeze(1)
+        return nll_terms(probs, labels)
     if name == "brier":
-        return ((probs - torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)) ** 2).sum(dim=1)
+        return brier_terms(probs, labels)
     if name == "accuracy":
         return (probs.argmax(dim=1) == labels).to(probs.dtype)
     return None

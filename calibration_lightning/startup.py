@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -216,10 +217,18 @@ def reported():
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from calibration_lightning.outputs.run_state import FinishedRun
+    from calibration_lightning.outputs.run_state import FinishedRun, Preempted, resume_hint
 
     try:
         yield
+    except Preempted as e:  # a stop signal: how to resume (or restart), exit 128 + signal
+        if e.out_dir is None:
+            message = f"stopped by {signal.Signals(e.signum).name} while starting, before the run began"
+        else:
+            message = resume_hint(e.out_dir, e)
+            log.error("%s", message)
+        print(f"interrupted: {message}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except UserError as e:
         fail(e)
     except (HydraException, OmegaConfBaseException) as e:
@@ -315,18 +324,13 @@ class StartupChecks(Callback):
             atomic_write(self.kept[0], lambda tmp: tmp.write_bytes(self.kept[1]))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        """A job's user error: one ``error:`` line, exit 2; a stop signal: how to resume, exit 128 + signal;
-        a write that failed (full disk, ``ulimit -f``, a folder made read-only): one line, exit 2."""
-        from calibration_lightning.outputs.run_state import WRITE_ERRNOS, Preempted, resume_hint
+        """A job's user error: one ``error:`` line, exit 2; a write that failed (full disk, ``ulimit -f``, a folder
+        made read-only): one line, exit 2. (A stop signal is no error: it leaves Hydra's job runner, ``reported``.)"""
+        from calibration_lightning.outputs.run_state import WRITE_ERRNOS
 
         error = job_return._return_value  # the property would print Hydra's "Error executing job" line first
         if job_return.status != JobStatus.FAILED:
             return
-        if isinstance(error, Preempted):
-            message = resume_hint(Path(config.hydra.runtime.output_dir), error)
-            log.error("%s", message)
-            print(f"interrupted: {message}", file=sys.stderr)
-            sys.exit(error.exit_code)
         if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
             error = UserError(
                 f"cannot write {error.filename or 'an output'} ({error.strerror}); the outputs written so far are "

@@ -72,6 +72,9 @@ def call_main(*args: str) -> Result:
         os.environ.update(saved_env)
         for signum, handler in saved_signals.items():  # main() installs its own
             signal.signal(signum, handler)
+        from calibration_lightning import startup
+
+        startup._CHECKED.clear()  # data a refused run checked and never used: not for the next call's run
     return Result(code, out.getvalue(), err.getvalue())
 
 

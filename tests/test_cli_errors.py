@@ -53,7 +53,8 @@ GOOD = '{"question": "2 + 2 = ?", "choices": ["3", "4"], "answer": 1}\n'
         ),
         (
             ["--cfg", "job", "logger=foo"],
-            f"In 'config': Could not find 'logger/foo'. Available options in 'logger': csv, mlflow, none, tensorboard, wandb; {HINT}",
+            "In 'config': Could not find 'logger/foo'. Available options in 'logger': "
+            f"csv, mlflow, none, tensorboard, wandb; {HINT}",
         ),
         (
             ["-m", "model=tiny", "method=cft,rcfx"],

@@ -7,10 +7,16 @@ import pytest
 import torch
 
 from calibration_lightning import evaluate_predictions
-from calibration_lightning.calibration.bootstrap import RESAMPLED
+from calibration_lightning.calibration.intervals import DEBIASED, MEANS
 from calibration_lightning.calibration.metrics import METRICS
-from calibration_lightning.evaluate_predictions import evaluate_pair
-from calibration_lightning.evaluate_predictions.__main__ import main
+from calibration_lightning.predictions import (
+    SCHEMA_VERSION,
+    evaluate_pair,
+    interval_key,
+    paired_block,
+    phase_metrics,
+)
+from calibration_lightning.predictions.__main__ import main
 from calibration_lightning.recipe import run
 from tests.conftest import TINY_SPLIT
 
@@ -20,11 +26,11 @@ def test_the_block_by_hand():
     # (0.6^2 * 2)) / 2 = 0.4, conf-ECE (top-label bins 0.8 and 0.6, gaps 0.2 and 0.6) = 0.4.
     probs, labels = torch.tensor([[0.8, 0.2], [0.6, 0.4]]), torch.tensor([0, 1])
     block = evaluate_predictions(probs, labels, resamples=200)
-    assert set(block) == {*METRICS, "conf_ece_debiased", "cw_ece_debiased", "n", "ci95"}
+    assert set(block) == {*METRICS, "conf_ece_debiased", "cw_ece_debiased", "n", "ci95", "ci95_null"}
     assert block["accuracy"] == 0.5 and block["n"] == 2
     assert block["brier"] == pytest.approx(0.4) and block["conf_ece"] == pytest.approx(0.4)
     assert block["conf_ece_debiased"] == 0.0  # one question per bin: no squared gap can be estimated
-    assert set(block["ci95"]) == set(RESAMPLED)
+    assert set(block["ci95"]) == {*MEANS, *DEBIASED} and set(block["ci95_null"]) == set(block["ci95"])
     assert "ci95" not in evaluate_predictions(probs, labels, resamples=0)
     changed = evaluate_predictions(torch.tensor([[0.8, 0.2], [0.3, 0.7]]), labels, resamples=200, before=probs)
     d = changed["improvement"]
@@ -41,10 +47,36 @@ def test_the_block_by_hand():
         evaluate_predictions(second, y, resamples=300, seed=3, before=first),
     )
     _close(pair["after"], evaluate_predictions(second, y, resamples=300, seed=3))
+    # paired_block adds the intervals to point values it is given (it recomputes none of them)
+    given = [{**phase_metrics(p, y), "brier": 5.0} for p in (first, second)]
+    block = paired_block(first, second, y, tuple(given), resamples=300, seed=3)
+    assert block["before"]["brier"] == 5.0 and block["improvement"]["brier"]["difference"] == 0.0
+    assert block["before"]["ci95"]["brier"][1] == 5.0  # the interval widened to hold the value printed beside it
+    assert block["before"]["ci95"]["nll"] == pytest.approx(pair["before"]["ci95"]["nll"])
     with pytest.raises(ValueError, match="sum to 1"):
-        evaluate_predictions(torch.tensor([[2.0, -1.0]]).abs(), torch.tensor([0]))
+        evaluate_predictions(torch.tensor([[0.7, 0.7]]), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
         evaluate_predictions(probs, torch.tensor([0, 2]))
+
+
+@pytest.mark.parametrize("level,key", [(0.95, "ci95"), (0.9, "ci90"), (0.975, "ci97.5"), (0.8, "ci80")])
+def test_the_interval_key_says_its_level(level, key):
+    assert interval_key(level) == key
+    g = torch.Generator().manual_seed(1)
+    probs, labels = torch.softmax(torch.randn(60, 3, generator=g) * 2, 1), torch.randint(3, (60,), generator=g)
+    block = evaluate_predictions(probs, labels, level=level, before=probs.flip(0), resamples=400)
+    assert key in block and "ci95" not in block or key == "ci95"
+    assert all(key in d for d in block["improvement"].values())
+    assert SCHEMA_VERSION == 2
+
+
+def test_numpy_binary_predictions_are_scored_like_their_two_columns():
+    g = torch.Generator().manual_seed(2)
+    p1 = torch.rand(80, generator=g, dtype=torch.float64)
+    y = (torch.rand(80, generator=g, dtype=torch.float64) < p1).long()
+    binary = evaluate_predictions(p1.numpy()[::-1], y.numpy()[::-1], resamples=300)
+    two = evaluate_predictions(torch.stack([1 - p1, p1], 1).flip(0), y.flip(0), resamples=300)
+    _close(binary, two)
 
 
 def _close(got, want, path="", tol=1e-7):

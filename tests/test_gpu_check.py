@@ -10,6 +10,7 @@ from tests.helpers import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_check  # 2-5 minutes: out of `make test`; `make gpu-check ARGS=--cpu-dry-run` before a GPU session
 def test_gpu_check_cpu_dry_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--cpu-dry-run", "--out", str(tmp_path)],

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from calibration_lightning.evaluate_predictions.__main__ import main
+from calibration_lightning.predictions.__main__ import main
 
 DATE = "2026-01-02T03-04-05.678901"
 # Choices "a", "bbbb", "cc" with log-likelihoods -1, -3, -2.5: acc picks "a"; per character (-1, -0.75, -1.25)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
@@ -10,13 +11,16 @@ from calibration_lightning import classwise_ece, conf_ece
 from calibration_lightning.calibration.collection import calibration_metrics
 from calibration_lightning.calibration.metrics import (
     METRICS,
+    NLL_FLOOR,
     accuracy,
     adaptive_ece,
     all_metrics,
     brier_score,
+    brier_terms,
     equal_mass_ece,
     max_calibration_error,
     negative_log_likelihood,
+    nll_terms,
     smooth_ece,
 )
 
@@ -122,11 +126,53 @@ def test_metric_collection_equals_functional_over_batches():
         assert value == pytest.approx(expected[key.split("/")[1]], abs=1e-6)
 
 
-def test_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="probs must be"):
-        conf_ece(torch.rand(5), torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError, match="labels must be"):
-        classwise_ece(torch.rand(5, 3), torch.zeros(4, dtype=torch.long))
+PUBLIC = (conf_ece, classwise_ece, accuracy, brier_score, negative_log_likelihood, max_calibration_error, adaptive_ece)
+
+
+@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__name__)
+def test_numpy_any_stride_and_binary_inputs_give_the_tensor_values(fn):
+    probs, labels = _random_probs(60, 3, 5)
+    expected = fn(probs.double(), labels).item()
+    flipped = np.ascontiguousarray(probs.double().numpy()[::-1])[::-1]  # a negative-stride view of the same rows
+    assert flipped.strides[0] < 0
+    assert fn(flipped, labels.numpy()).item() == pytest.approx(expected, abs=1e-12)
+    every_other = np.repeat(probs.double().numpy(), 2, axis=0)[::2]  # a row stride of two rows
+    assert fn(every_other, labels.numpy()).item() == pytest.approx(expected, abs=1e-12)
+    # Binary: [N] probabilities of class 1 with 0/1 labels are the two columns [1 - p, p].
+    p1 = probs[:, 0].double()
+    y = (labels == 0).long()
+    two = torch.stack([1 - p1, p1], dim=1)
+    assert fn(p1.numpy()[::-1], y.numpy()[::-1]).item() == pytest.approx(fn(two.flip(0), y.flip(0)).item(), abs=1e-12)
+    assert fn(p1, y.bool()).item() == pytest.approx(fn(two, y).item(), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "probs,labels,message",
+    [
+        (torch.rand(5, 3, 2), torch.zeros(5, dtype=torch.long), r"probs must be \[N, K\] probabilities \(K >= 2\)"),
+        (torch.ones(5, 1), torch.zeros(5, dtype=torch.long), r"probs must be \[N, K\]"),
+        (torch.full((5, 2), 0.5), torch.zeros(4, dtype=torch.long), r"labels must be \[N\] = \[5\]"),
+        (torch.full((5, 2), 0.5), torch.zeros(5), "labels must be integer class indices"),
+        (torch.full((5, 2), 0.5), torch.full((5,), 2), r"labels must be in \[0, 2\), got 2..2"),
+        (torch.full((2, 2), 0.7), torch.zeros(2, dtype=torch.long), "every row must sum to 1"),
+        (torch.tensor([[1.5, -0.5]]), torch.zeros(1, dtype=torch.long), r"must be probabilities in \[0, 1\]"),
+        (torch.tensor([0.2, float("nan")]), torch.zeros(2, dtype=torch.long), r"must be probabilities in \[0, 1\]"),
+        (np.array(["a", "b"]), np.zeros(2, dtype=int), "must be a tensor or an array of numbers, got dtype <U1"),
+        ([[0.5, 0.5], [1.0]], [0, 1], "must be a tensor or an array of numbers"),
+    ],
+)
+def test_bad_inputs_are_one_clear_value_error(probs, labels, message):
+    for fn in PUBLIC:
+        with pytest.raises(ValueError, match=message):
+            fn(probs, labels)
+
+
+def test_per_question_terms_are_the_metrics_terms():
+    brier = [0.45**2 + 0.33**2 + 0.12**2, 0.15**2 + 0.81**2 + 0.96**2, 0.23**2 + 0.13**2 + 0.36**2]
+    assert brier_terms(PROBS, LABELS).tolist() == pytest.approx(brier, abs=1e-6)
+    assert nll_terms(PROBS, LABELS).tolist() == pytest.approx([-math.log(0.55), -math.log(0.04), -math.log(0.64)])
+    assert nll_terms(torch.tensor([[1.0, 0.0]]), torch.tensor([1])).item() == pytest.approx(-math.log(NLL_FLOOR))
+    assert brier_score(PROBS, LABELS).item() == pytest.approx(sum(brier) / 3, abs=1e-6)
 
 
 def _t(*values):
@@ -150,15 +196,6 @@ def test_adaptive_ece_by_hand():
     # Top-label: PROBS' confidences 0.55 (right), 0.64 (right), 0.81 (wrong) in 3 bins of one each = conf-ECE.
     assert adaptive_ece(PROBS, LABELS, 3).item() == pytest.approx(0.54, abs=1e-6)
     assert adaptive_ece(PROBS, LABELS, 3).item() == pytest.approx(conf_ece(PROBS, LABELS).item(), abs=1e-6)
-
-
-def test_equal_mass_ece_of_resamples_equals_the_resampled_samples():
-    conf, hit = _t(0.5, 0.5, 0.5, 0.9, 1.0), _t(1, 0, 0, 1, 0)
-    counts = torch.tensor([[2.0, 0, 1, 1, 1], [0, 0, 0, 5, 0], [1, 1, 1, 1, 1]])
-    values = equal_mass_ece(conf, hit, 3, counts)
-    for r in range(3):
-        drawn = torch.arange(5).repeat_interleave(counts[r].long())
-        assert values[r].item() == pytest.approx(equal_mass_ece(conf[drawn], hit[drawn], 3).item())
 
 
 def test_smooth_ece_by_hand():
@@ -194,3 +231,19 @@ def test_every_reported_metric_on_four_questions_by_hand():
     assert {k: values[k] for k in expected} == pytest.approx(expected)
     # two equal-mass bins: {0.6 wrong, 0.7 right} and {0.8, 0.9 both right}
     assert all_metrics(probs, labels, 2)["adaptive_ece"] == pytest.approx((abs(0.65 - 0.5) + abs(0.85 - 1)) / 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_value_written_b_over_n_is_in_bin_b_in_every_dtype_and_every_estimate(dtype):
+    from calibration_lightning import evaluate_predictions
+    from calibration_lightning.calibration.binning import bin_index
+
+    values = torch.tensor([b / 10 for b in range(11)], dtype=dtype)
+    assert bin_index(values, 10).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9]
+    # 20 right at 0.7 (bin 7: gap 0.3) and 20 wrong at 0.65 (bin 6: gap 0.65): plug-in (0.3 + 0.65) / 2 = 0.475;
+    # debiased: every residual in a bin equal, so T = (0.3^2 + 0.65^2) / 2 and the estimate is its root
+    probs = torch.tensor([0.7] * 20 + [0.65] * 20, dtype=dtype)
+    labels = torch.tensor([1] * 20 + [0] * 20)
+    block = evaluate_predictions(probs, labels, resamples=0)
+    assert block["conf_ece"] == pytest.approx(0.475, abs=1e-6)
+    assert block["conf_ece_debiased"] == pytest.approx(((0.3**2 + 0.65**2) / 2) ** 0.5, abs=1e-6)

@@ -20,13 +20,17 @@ EXPERIMENTS = sorted(
 )
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+# default_methods (a list of methods) and cft_optuna (a search space) in the fast tier; the paper's grids in `slow`
+@pytest.mark.parametrize(
+    "experiment",
+    [e if e in ("default_methods", "cft_optuna") else pytest.param(e, marks=pytest.mark.slow) for e in EXPERIMENTS],
+)
 def test_every_experiment_composes_for_each_swept_value(experiment):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         base = compose("config", overrides=[f"+experiment={experiment}", "output_dir=/tmp/x"], return_hydra_config=True)
         params = base.hydra.sweeper.get("params")  # absent: an experiment that is one run
         params = OmegaConf.to_container(params) if params is not None else {}
-        combos = [[]]
+        swept = {}
         for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()]):
             if o.is_discrete_sweep():
                 values = list(o.sweep_string_iterator())
@@ -34,13 +38,17 @@ def test_every_experiment_composes_for_each_swept_value(experiment):
                 values = [str(o.value().start), str(o.value().end)]
             else:
                 values = [o.get_value_element_as_str()]
-            combos = [c + [f"{o.get_key_element()}={v}"] for c in combos for v in values]
+            swept[o.get_key_element()] = values
+        # every value of every swept key once, the other keys at their first value (and all at their first)
+        first = {k: values[0] for k, values in swept.items()}
+        combos = [first] + [{**first, k: v} for k, values in swept.items() for v in values[1:]]
+        combos = [[f"{k}={v}" for k, v in combo.items()] for combo in combos]
         for combo in combos:
             cfg = compose("config", overrides=[f"+experiment={experiment}", "output_dir=/tmp/x", *combo])
             OmegaConf.to_container(cfg, resolve=True)
             validate(cfg)
     # experiments that are not searches: a fixed list of methods, a setting switched on
-    assert experiment in ("default_methods", "lr_search") or len(combos) >= 5
+    assert experiment in ("default_methods", "lr_search") or sum(len(v) for v in swept.values()) >= 5
 
 
 @pytest.mark.slow

@@ -45,7 +45,9 @@ def test_every_method_writes_its_outputs(tiny_run, method, trained):
         assert changed == metrics["training"]["beat_untrained"]
     else:
         assert not adapter.exists() and "training" not in metrics
-    val_before = next(float(r["val/nll"]) for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r["val/nll"])
+    val_before = next(
+        float(r["val/nll"]) for r in csv.DictReader((out / "logs" / "metrics.csv").open()) if r["val/nll"]
+    )
     if method == "ts":  # one temperature on the letter logits: the answers stay; validation NLL (its fit) can only fall
         assert metrics["temperature"] > 0 and metrics["after"]["accuracy"] == metrics["before"]["accuracy"]
         assert metrics["objective"] < val_before  # objective: val/nll after, at the fitted temperature

@@ -9,9 +9,9 @@ from torch import Tensor
 def bin_index(values: Tensor, n_bins: int) -> Tensor:
     """Assign each value in [0, 1] to one of ``n_bins`` equal-width bins.
 
-    Bin b covers [b / n_bins, (b + 1) / n_bins); the last bin also holds 1.0.
-    Boundaries are the same float ``linspace`` torchmetrics uses, so values that
-    sit on a boundary land in the same bin as there.
+    Bin b covers [b / n_bins, (b + 1) / n_bins); the last bin also holds 1.0. Each boundary is ``b / n_bins``
+    rounded once in the values' dtype (``linspace`` can be an ulp off: 0.7 fell in bin 6 in float64, bin 7 in
+    float32), so a value written as b / n_bins is in bin b whatever its dtype.
 
     Args:
         values: probabilities of any shape.
@@ -22,7 +22,7 @@ def bin_index(values: Tensor, n_bins: int) -> Tensor:
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    boundaries = torch.linspace(0, 1, n_bins + 1, dtype=values.dtype, device=values.device)
+    boundaries = torch.arange(n_bins + 1, dtype=values.dtype, device=values.device) / n_bins
     idx = torch.bucketize(values, boundaries, right=True) - 1
     return idx.clamp_(0, n_bins - 1)
 

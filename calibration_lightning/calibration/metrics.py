@@ -1,23 +1,65 @@
 """Calibration metrics as pure functions of probabilities.
 
-Every function takes probabilities (rows summing to 1), never logits:
-``probs: Tensor[N, K]`` and integer ``labels: Tensor[N]`` in [0, K). Rows of a
-dataset with fewer than K choices carry zeros in the unused columns.
+Every public function takes probabilities, never logits, as torch tensors or numpy arrays (any strides):
+``probs [N, K]`` (rows summing to 1; a dataset with fewer than K choices on a row carries zeros in the unused
+columns) with integer ``labels [N]`` in [0, K), or a binary ``probs [N]`` (the probability of class 1) with 0/1
+``labels [N]``. ``as_inputs`` checks and converts them, with one ``ValueError`` line for anything else.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from calibration_lightning.calibration.binning import bin_index, binned_sums
 
+NLL_FLOOR = 1e-12
 
-def _check(probs: Tensor, labels: Tensor) -> None:
-    if probs.ndim != 2:
-        raise ValueError(f"probs must be [N, K], got shape {tuple(probs.shape)}")
-    if labels.shape != probs.shape[:1]:
-        raise ValueError(f"labels must be [N] = [{probs.shape[0]}], got shape {tuple(labels.shape)}")
+
+def _tensor(x, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.detach()
+    try:
+        array = np.ascontiguousarray(np.asarray(x))  # a copy only for a negative or odd stride
+    except ValueError as error:  # ragged rows
+        raise ValueError(f"{name} must be a tensor or an array of numbers: {error}") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a tensor or an array of numbers, got dtype {array.dtype}")
+    return torch.from_numpy(array)
+
+
+def as_inputs(probs, labels, name: str = "probs") -> tuple[Tensor, Tensor]:
+    """``(probs [N, K] float, labels [N] long)`` from a tensor or array pair, checked.
+
+    Args:
+        probs: ``[N, K]`` probabilities (K >= 2), or ``[N]`` probabilities of class 1 of a binary task.
+        labels: ``[N]`` integer (or bool) gold indices, in [0, K) (0 or 1 when ``probs`` is ``[N]``).
+        name: what ``probs`` is called in an error message.
+
+    Raises:
+        ValueError: one line naming what is wrong.
+    """
+    probs, labels = _tensor(probs, name), _tensor(labels, "labels")
+    if probs.ndim not in (1, 2) or (probs.ndim == 2 and probs.shape[1] < 2):
+        raise ValueError(f"{name} must be [N, K] probabilities (K >= 2) or [N] of class 1, got {tuple(probs.shape)}")
+    if labels.ndim != 1 or len(labels) != len(probs):
+        raise ValueError(f"labels must be [N] = [{len(probs)}] like {name}, got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise ValueError(f"labels must be integer class indices (or bool), got {labels.dtype}")
+    if not probs.dtype.is_floating_point or probs.dtype.itemsize < 4:
+        probs = probs.float()
+    labels = labels.long()
+    if probs.ndim == 1:
+        probs = torch.stack([1 - probs, probs], dim=1)
+    k = probs.shape[1]
+    if len(labels) and not bool(((labels >= 0) & (labels < k)).all()):
+        raise ValueError(f"labels must be in [0, {k}), got {labels.min().item()}..{labels.max().item()}")
+    if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()) or bool((probs > 1 + 1e-6).any()):
+        raise ValueError(f"{name} must be probabilities in [0, 1] (finite)")
+    if len(probs) and not bool(((probs.double().sum(1) - 1).abs() <= 1e-3).all()):
+        raise ValueError(f"{name}: every row must sum to 1 (probabilities, not logits)")
+    return probs, labels
 
 
 def _bin_gaps(idx: Tensor, p: Tensor, y: Tensor, total_bins: int) -> tuple[Tensor, Tensor]:
@@ -69,13 +111,13 @@ def conf_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
     Returns:
         0-dim tensor.
     """
-    _check(probs, labels)
+    probs, labels = as_inputs(probs, labels)
     return confidence_ece(*top_label(probs, labels), n_bins)
 
 
 def max_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
     """Largest |accuracy - mean confidence| over non-empty top-label bins (MCE)."""
-    _check(probs, labels)
+    probs, labels = as_inputs(probs, labels)
     gap, count = _top_label_gaps(probs, labels, n_bins)
     return torch.where(count > 0, gap, torch.zeros_like(gap)).max()
 
@@ -88,7 +130,7 @@ def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
     per-class errors are averaged. Arguments and result as ``conf_ece``: ``[N, K]`` probabilities, ``[N]`` gold
     indices, equal-width bins (the last includes 1.0); a 0-dim tensor.
     """
-    _check(probs, labels)
+    probs, labels = as_inputs(probs, labels)
     n, k = probs.shape
     # One pass over all N*K (p_j, y == j) pairs: class j owns bins [j*n_bins, (j+1)*n_bins).
     idx = bin_index(probs, n_bins) + torch.arange(k, device=probs.device) * n_bins
@@ -99,83 +141,65 @@ def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
 
 def accuracy(probs: Tensor, labels: Tensor) -> Tensor:
     """Fraction of rows whose argmax equals the label."""
-    _check(probs, labels)
+    probs, labels = as_inputs(probs, labels)
     return (probs.argmax(dim=1) == labels).to(probs.dtype).mean()
 
 
 def brier_score(probs: Tensor, labels: Tensor) -> Tensor:
     """Mean over rows of ``sum_k (p_k - 1[y = k])^2`` (multiclass Brier score, range [0, 2])."""
-    _check(probs, labels)
+    return brier_terms(probs, labels).mean()
+
+
+def negative_log_likelihood(probs: Tensor, labels: Tensor) -> Tensor:
+    """Mean ``-log p_y`` (``nll_terms``)."""
+    return nll_terms(probs, labels).mean()
+
+
+def brier_terms(probs: Tensor, labels: Tensor) -> Tensor:
+    """Each question's ``sum_k (p_k - 1[y = k])^2``, ``[N]``: the one Brier formula (the metric, the bootstrap
+    and the learning-rate search average it)."""
+    probs, labels = as_inputs(probs, labels)
     onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)
-    return ((probs - onehot) ** 2).sum(dim=1).mean()
+    return ((probs - onehot) ** 2).sum(dim=1)
 
 
-def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 1e-12) -> Tensor:
-    """Mean ``-log p_y``; probabilities are clamped at ``eps`` so a confident miss stays finite."""
-    _check(probs, labels)
-    return -probs.gather(1, labels[:, None]).clamp_min(eps).log().mean()
+def nll_terms(probs: Tensor, labels: Tensor) -> Tensor:
+    """Each question's ``-log p_y``, ``[N]``, with ``p_y`` clamped at ``NLL_FLOOR`` so that a confident miss
+    stays finite: the one NLL formula (metric, bootstrap, learning-rate search)."""
+    probs, labels = as_inputs(probs, labels)
+    return -probs.gather(1, labels[:, None]).squeeze(1).clamp_min(NLL_FLOOR).log()
 
 
-def equal_mass_ece(confidence: Tensor, correct: Tensor, n_bins: int = 10, counts: Tensor | None = None) -> Tensor:
-    """ECE over equal-mass bins of ``confidence [N]`` against ``correct [N]``, once or for R resamples at once.
+def equal_mass_ece(confidence: Tensor, correct: Tensor, n_bins: int = 10) -> Tensor:
+    """ECE over equal-mass bins of ``confidence [N]`` against ``correct [N]`` (float64, 0-dim).
 
     The samples, sorted by confidence, are cut into ``n_bins`` bins of exactly ``N / n_bins`` samples each;
     a sample on a cut is split between the two bins in proportion (so N need not be a multiple of n_bins).
     Samples with equal confidence form one group whose correctness is their mean, so the value does not depend
     on how ties are ordered. ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.
-
-    Args:
-        confidence: ``[N]`` confidences.
-        correct: ``[N]`` 1.0 / 0.0.
-        n_bins: number of bins.
-        counts: ``[R, N]`` how many times each sample is drawn in each of R resamples (the bootstrap), or None
-            for each sample once.
-
-    Returns:
-        0-dim tensor (``counts`` None) or ``[R]``.
     """
-    conf, hit = confidence.double(), correct.double()
+    order = confidence.double().argsort(stable=True)
+    conf, hit = confidence.double()[order], correct.double()[order]
     n = len(conf)
     if n == 0:
-        return conf.new_zeros(()) if counts is None else conf.new_zeros(len(counts))
-    weights = conf.new_ones(1, n) if counts is None else counts
-    if not bool((conf[1:] >= conf[:-1]).all()):  # the bootstrap passes its samples already sorted
-        order = conf.argsort(stable=True)
-        conf, hit, weights = conf[order], hit[order], weights.index_select(1, order)
-    # In the dtype of the counts (float32 in the bootstrap: half the memory traffic of float64); CPU cumsum
-    # accumulates float32 in double, so each running sum is exact to float32 rounding.
-    upper = weights.cumsum(1)  # sample i covers the sorted positions [upper_i - w_i, upper_i)
-    residual = (weights * (hit - conf).to(weights.dtype)).cumsum(1)  # running sum of correct - conf
-    # Atoms: runs of equal confidence (one sample each when there are no ties), by first and last sample.
+        return conf.new_zeros(())
     first = torch.ones(n, dtype=torch.bool, device=conf.device)
     first[1:] = conf[1:] != conf[:-1]
-    starts = first.nonzero().squeeze(1)
-    ends = torch.cat([starts[1:] - 1, starts.new_tensor([n - 1])])
-    atom_upper = upper if len(starts) == n else upper[:, ends]
-    total = upper[:, -1:]
-    edges = total * torch.linspace(0, 1, n_bins + 1, dtype=upper.dtype, device=conf.device)  # [R, n_bins + 1]
-    atom = torch.searchsorted(atom_upper, edges, right=True).clamp_max_(len(starts) - 1)  # the atom at each edge
-    first_i, last_i = starts[atom], ends[atom]
-
-    def before_atom(cum: Tensor) -> Tensor:  # running sum up to the atom's first sample, excluded
-        return torch.where(first_i > 0, cum.gather(1, (first_i - 1).clamp_min(0)), 0.0)
-
-    lower = before_atom(upper)
-    mass = upper.gather(1, last_i) - lower
-    if len(starts) == n:
-        atom_hit = hit[last_i]
-    else:
-        hits = (weights * hit.to(weights.dtype)).cumsum(1)
-        atom_hit = (hits.gather(1, last_i) - before_atom(hits)) / mass.clamp_min(1e-30)
+    starts = first.nonzero().squeeze(1)  # atoms: runs of equal confidence, [start, end)
+    ends = torch.cat([starts[1:], starts.new_tensor([n])])
+    zero = conf.new_zeros(1)
+    residual, hits = torch.cat([zero, (hit - conf).cumsum(0)]), torch.cat([zero, hit.cumsum(0)])
+    edges = n * torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=conf.device)
+    atom = torch.searchsorted(ends.double(), edges, right=True).clamp_max_(len(starts) - 1)  # the atom at each edge
+    lo, hi = starts[atom], ends[atom]
     # correct - conf summed over the sorted positions [0, edge): whole atoms below, then part of the edge's atom
-    below = before_atom(residual).double() + (edges - lower).double() * (atom_hit.double() - conf[last_i])
-    ece = below.diff(dim=1).abs().sum(1) / total.squeeze(1).double()
-    return ece[0] if counts is None else ece
+    below = residual[lo] + (edges - lo) * ((hits[hi] - hits[lo]) / (hi - lo) - conf[lo])
+    return below.diff().abs().sum() / n
 
 
 def adaptive_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
     """Top-label ECE over equal-mass confidence bins (adaptive ECE; ``equal_mass_ece`` says how ties split)."""
-    _check(probs, labels)
+    probs, labels = as_inputs(probs, labels)
     conf, hit = top_label(probs, labels)
     return equal_mass_ece(conf, hit, n_bins).to(probs.dtype)
 
@@ -187,7 +211,7 @@ def smooth_ece(probs: Tensor, labels: Tensor) -> Tensor:
     whose bandwidth is chosen as the fixed point sigma = smECE_sigma; defined for any N >= 1 and for
     confidences of exactly 0 and 1. 0 for an empty set.
     """
-    _check(probs, labels)
+    probs, labels = as_inputs(probs, labels)
     if labels.numel() == 0:
         return probs.new_zeros(())
     from relplot import smECE  # imports pandas and seaborn: only when the metric is computed
@@ -218,4 +242,5 @@ def metric(name: str, probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor
 
 def all_metrics(probs: Tensor, labels: Tensor, n_bins: int = 10) -> dict[str, float]:
     """Every reported metric as plain floats, plus the sample count ``n``."""
+    probs, labels = as_inputs(probs, labels)
     return {**{name: float(metric(name, probs, labels, n_bins)) for name in METRICS}, "n": int(labels.numel())}

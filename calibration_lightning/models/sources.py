@@ -23,6 +23,7 @@ from calibration_lightning.models.artifacts import check_model_folder, damaged_c
 
 log = logging.getLogger(__name__)
 
+
 def _publish(build, target: Path) -> Path:
     """Build a model folder in a temporary sibling, then rename it into place (atomic); a cached folder with
     a damaged file (a disk that filled up, a copy cut short) is built again."""

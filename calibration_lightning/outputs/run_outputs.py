@@ -14,7 +14,8 @@ from calibration_lightning.calibration.bootstrap import INTERVALS
 from calibration_lightning.outputs.diagrams import save_set_figure
 from calibration_lightning.outputs.files import write_json, write_jsonl, write_text
 from calibration_lightning.outputs.loggers import publish_run
-from calibration_lightning.outputs.summary import format_comparison, format_table
+from calibration_lightning.outputs.summary import format_comparison, format_table, interval_note
+from calibration_lightning.predictions import SCHEMA_VERSION, interval_key
 from calibration_lightning.redaction import scrub
 
 PHASES = ("before", "after")
@@ -110,7 +111,7 @@ def write_summary(
     """metrics.json and config.yaml; returns what metrics.json holds and the printed before/after table.
 
     ``scored``: the before and after scores of every split (``evaluation.evaluate``). Each evaluation set's
-    block (``evaluation.compare``: before, after, their ``ci95`` and the ``improvement``) is computed once here,
+    block (``evaluation.compare``: before, after, their intervals and the ``improvement``) is computed once here,
     and metrics.json and the table are both written from it; ``subjects`` (conf-ECE, accuracy and n per
     subject) when the set's records carry subjects.
     """
@@ -124,6 +125,7 @@ def write_summary(
         if per_phase[0] is not None:
             sets[name]["subjects"] = {k: dict(zip(PHASES, (p[k] for p in per_phase))) for k in per_phase[0]}
     summary = {
+        "schema_version": SCHEMA_VERSION,
         **sets["test"],
         "eval_sets": {n: block for n, block in sets.items() if n != "test"},
         **extra,
@@ -138,15 +140,13 @@ def write_summary(
 
 def format_summary(sets: dict[str, dict], extra: dict, boot) -> str:
     """The table printed at the end of a run, from the blocks metrics.json holds."""
+    level = boot.level
     table = "\n\n".join(
-        format_comparison(name, extra["method"], s["before"], s["after"], s["improvement"]) for name, s in sets.items()
+        format_comparison(name, extra["method"], s["before"], s["after"], s["improvement"], level)
+        for name, s in sets.items()
     )
-    if "ci95" in sets["test"]["before"]:
-        table += (
-            f"\n[lo, hi]: {boot.level:.0%} bootstrap interval, {boot.resamples} resamples of the questions;"
-            "\nconf-ECE and cw-ECE: for the population l2 binned ECE (debiased; the plug-in value printed can sit"
-            " outside it),\nthe others percentile. after - before: paired (the same resamples)"
-        )
+    if interval_key(level) in sets["test"]["before"]:
+        table += "\n" + interval_note(level, boot.resamples)
     if "temperature" in extra:
         table += f"\ntemperature fitted on val: T = {extra['temperature']:.4f}"
     if "training" in extra:

@@ -33,12 +33,14 @@ class FinishedRun(Exception):
     """``resume=true`` in a folder whose run has finished: nothing to do (not an error)."""
 
 
-class Preempted(Exception):
-    """A stop signal arrived; ``checkpoint`` is the saved state to resume from (None: none was saved)."""
+class Preempted(BaseException):
+    """A stop signal arrived; ``checkpoint`` is the saved state to resume from (None: none was saved), ``out_dir``
+    the run's folder. A ``BaseException``, as ``KeyboardInterrupt``: raised wherever the signal lands, no
+    ``except Exception`` (ours, a library's, Hydra's job runner) may take it for an error and go on."""
 
     def __init__(self, signum: int, checkpoint: Path | None = None) -> None:
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.checkpoint = signum, checkpoint
+        self.signum, self.checkpoint, self.out_dir = signum, checkpoint, None
 
     @property
     def exit_code(self) -> int:

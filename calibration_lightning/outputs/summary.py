@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from calibration_lightning.calibration.metrics import METRICS
+from calibration_lightning.predictions import interval_key
 
 # Short column headers (the auto candidates' table must fit 120 columns).
 HEADERS = {"adaptive_ece": "adapt_ece", "smooth_ece": "smooth_ece"}
@@ -15,6 +18,18 @@ LABELS = {
     "nll": "NLL",
     "mce": "MCE",
     "adaptive_ece": "adaptive ECE",
+    "smooth_ece": "smECE",
+}
+# The before/after table's rows: each plug-in ECE (the paper's, no interval) above its debiased l2 estimate.
+ROWS = {
+    "conf_ece": "conf-ECE plug-in (paper)",
+    "conf_ece_debiased": "conf-ECE debiased l2",
+    "cw_ece": "cw-ECE plug-in (paper)",
+    "cw_ece_debiased": "cw-ECE debiased l2",
+    "accuracy": "accuracy",
+    "brier": "Brier",
+    "nll": "NLL",
+    "adaptive_ece": "adaptive ECE (plug-in)",
     "smooth_ece": "smECE",
 }
 
@@ -42,28 +57,51 @@ def with_interval(value: float, ci: list[float] | None, signed: bool = False) ->
     return point if ci is None else f"{point} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def format_comparison(name: str, method: str, before: dict, after: dict, improvement: dict) -> str:
-    """One evaluation set, one row per metric: before and after with their intervals, the paired difference
-    after - before with its interval, and whether that interval excludes 0."""
+def _cell(value: float, intervals: dict | None, metric: str, signed: bool = False) -> str:
+    """The value with its interval; ``[n/a]`` where the interval is null (its reason is in metrics.json)."""
+    if intervals is None or metric not in intervals:
+        return with_interval(value, None, signed)
+    ci = intervals[metric]
+    return with_interval(value, ci, signed) if ci is not None else with_interval(value, None, signed) + " [n/a]"
+
+
+def format_comparison(name: str, method: str, before: dict, after: dict, improvement: dict, level: float = 0.95) -> str:
+    """One evaluation set, one row per metric: before and after each beside the interval for its own value (the
+    paper's plug-in ECEs without one), the paired difference after - before with its interval, and whether that
+    interval excludes 0; below, the reason of every null interval."""
+    key = interval_key(level)
     head = (f"{name} (n={before['n']})", "before", f"after ({method})", "after - before", "excludes 0")
-    rows = []
-    for m, label in LABELS.items():
+    rows, reasons, blocks = [], {}, (before, after)
+    for m, label in ROWS.items():
         if m not in before:
             continue
-        d = improvement[m]
+        d, has_interval = improvement[m], m in before.get(key, {})
         excludes = "-" if d["excludes_zero"] is None else "yes" if d["excludes_zero"] else "no"
-        rows.append(
-            (
-                label,
-                with_interval(before[m], (before.get("ci95") or {}).get(m)),
-                with_interval(after[m], (after.get("ci95") or {}).get(m)),
-                with_interval(d["difference"], d["ci95"], signed=True),
-                excludes,
-            )
-        )
+        change = _cell(d["difference"], {m: d[key]} if has_interval else None, m, signed=True)
+        rows.append((label, _cell(before[m], before.get(key), m), _cell(after[m], after.get(key), m), change, excludes))
+        nulls = {phase: (block.get(f"{key}_null") or {}).get(m) for phase, block in zip(("before", "after"), blocks)}
+        nulls["change"] = d.get(f"{key}_null") if has_interval else None
+        for where, why in nulls.items():
+            if why:
+                reasons.setdefault(why, {}).setdefault(label, []).append(where)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths)))
 
-    return "\n".join([line(head), "-" * len(line(head)), *map(line, rows)])
+    notes = []
+    for why, where in reasons.items():
+        spots = "; ".join(f"{label} {'/'.join(phases)}" for label, phases in where.items())
+        notes.append(textwrap.fill(f"[n/a] {spots}: {why}", 120, subsequent_indent="  "))
+    return "\n".join([line(head), "-" * len(line(head)), *map(line, rows), *notes])
+
+
+def interval_note(level: float, resamples: int) -> str:
+    """The footnote of the before/after table (lines within 120 columns)."""
+    return (
+        f"[lo, hi]: {100 * level:g}% interval for the population value of the number beside it, {resamples} resamples"
+        " of the questions;\ndebiased l2 ECE (sqrt of the unbiased binned squared gap): bootstrap test inversion;"
+        " accuracy, Brier, NLL: percentile.\nThe paper's plug-in ECEs, adaptive ECE and smECE: no interval (a plug-in"
+        " ECE is biased upward near calibration).\nafter - before: paired (the same resamples); excludes 0: the paired"
+        f" test of no change at level {1 - level:.4g}. docs/statistics.md"
+    )

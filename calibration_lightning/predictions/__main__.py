@@ -1,4 +1,4 @@
-"""``python -m calibration_lightning.evaluate_predictions FILE [FILE ...] [--before FILE] [--group NAME] --out DIR``.
+"""``python -m calibration_lightning.predictions FILE [FILE ...] [--before FILE] [--group NAME] --out DIR``.
 
 Scores each prediction file (``readers.py``: ours or lm-eval ``--log_samples``) as a run scores a phase: every
 metric with its interval, the paired change from ``--before`` (the same questions, matched by id), and for
@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from calibration_lightning.calibration.bootstrap import INTERVALS
+from calibration_lightning.calibration.bootstrap import INTERVALS, MIN_RESAMPLES
 from calibration_lightning.errors import DataError, UserError
-from calibration_lightning.evaluate_predictions import evaluate_predictions
-from calibration_lightning.evaluate_predictions.readers import Predictions, lm_eval_run, read_predictions
 from calibration_lightning.outputs.diagrams import reliability_diagram
 from calibration_lightning.outputs.files import write_json
 from calibration_lightning.outputs.summary import with_interval
+from calibration_lightning.predictions import SCHEMA_VERSION, evaluate_predictions
+from calibration_lightning.predictions.readers import Predictions, lm_eval_run, read_predictions
 from calibration_lightning.report import LABELS, reported_change
 
 COLUMNS = {"acc": "acc", "acc_norm": "acc_norm", "conf_ece": "conf-ECE", "cw_ece": "cw-ECE", "brier": "Brier"}
@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m calibration_lightning.evaluate_predictions", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m calibration_lightning.predictions", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="prediction files (.jsonl)")
     parser.add_argument("--before", type=Path, help="predictions of the same questions before a change")
     parser.add_argument("--out", type=Path, required=True, help="folder for one JSON (and figure) per file and group")
@@ -53,8 +53,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n_bins < 1:
         raise UserError(f"--n-bins={args.n_bins}: must be >= 1")
-    if args.resamples < 0:
-        raise UserError(f"--resamples={args.resamples}: must be >= 0 (0 turns intervals off)")
+    if args.resamples != 0 and not args.resamples >= MIN_RESAMPLES:
+        raise UserError(f"--resamples={args.resamples}: must be 0 (no intervals) or at least {MIN_RESAMPLES}")
     if not 0 < args.level < 1:
         raise UserError(f"--level={args.level}: must be in (0, 1), e.g. 0.95")
     if args.out.exists() and not args.out.is_dir():
@@ -171,7 +171,13 @@ def _record(args: argparse.Namespace, inputs: Inputs, name: str, block: dict) ->
         where = {"files": [str(inputs.paths[t]) for t in _leaves(name, inputs.groups)], "members": inputs.groups[name]}
     else:
         where = {"file": str(inputs.paths[name])}
-    record = {"name": name, **where, "format": p.format, "before": None if args.before is None else str(args.before)}
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        **where,
+        "format": p.format,
+        "before": None if args.before is None else str(args.before),
+    }
     record["n_bins"] = args.n_bins
     record["bootstrap"] = {"resamples": args.resamples, "level": args.level, "seed": args.seed, "interval": INTERVALS}
     if p.correct:  # float64 means of 1.0 / 0.0: 0.3, not float32's 0.30000001192092896
