@@ -119,6 +119,7 @@ def test_loggers_as_a_list_wandb_offline_gets_the_summary_intervals_and_diagrams
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("calibration_lightning").experiment_id])
     assert mlflow_run.data.metrics["objective"] == pytest.approx(metrics["objective"])
+    assert [p.name for p in (out / "mlflow_artifacts").rglob("*.png")] == ["reliability_test.png"]  # in the run
     for path in out.rglob("*"):
         if path.is_file():
             assert b"wandb-secret-k3y" not in path.read_bytes(), path
