@@ -8,6 +8,7 @@ run directory. Secret values given on the command line are moved into environmen
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -18,8 +19,10 @@ def _stopped_while_starting(signum, frame) -> None:
     name = signal.Signals(signum).name
     again = "the same command (it resumes: resume=true)" if "resume=true" in sys.argv else "the same command"
     print(f"interrupted: stopped by {name} while starting, before the run began; to start it, run {again}",
-          file=sys.stderr)  # fmt: skip
-    sys.exit(128 + signum)
+          file=sys.stderr, flush=True)  # fmt: skip
+    # os._exit, not sys.exit: a SystemExit raised inside an import half done (numpy's lazy submodules) recursed
+    # into a RecursionError traceback; nothing of the run is open yet to be closed
+    os._exit(128 + signum)
 
 
 def task(cfg) -> float | None:
@@ -43,7 +46,6 @@ def task(cfg) -> float | None:
 def main() -> None:
     signal.signal(signal.SIGINT, _stopped_while_starting)  # first: the imports below take seconds
     signal.signal(signal.SIGTERM, _stopped_while_starting)
-    import os
 
     import hydra
 
