@@ -26,7 +26,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from calibration_lightning.bundled import CONF_DIR
-from calibration_lightning.calibration.bootstrap import MIN_RESAMPLES
+from calibration_lightning.calibration.bootstrap import MIN_RESAMPLES, resamples_allowed
 from calibration_lightning.calibration.metrics import METRICS
 from calibration_lightning.data.prompts import PromptFormat
 from calibration_lightning.errors import ConfigError, Section, UserError, every_problem, is_number, require
@@ -295,7 +295,7 @@ class BootstrapConf(Section):
     seed: int = MISSING
 
     def check(self) -> None:
-        ok = self.resamples == 0 or self.resamples >= MIN_RESAMPLES
+        ok = resamples_allowed(self.resamples)
         off = f"must be 0 (no intervals) or at least {MIN_RESAMPLES} (fewer leave an interval's ends to few draws)"
         require("bootstrap.resamples", self.resamples, ok, off)
         require("bootstrap.level", self.level, 0 < self.level < 1, "must be in (0, 1), e.g. 0.95")

@@ -40,9 +40,14 @@ def quantile_interval(values: Tensor, level: float) -> list[float]:
     return [lo, hi]
 
 
+def resamples_allowed(resamples: int) -> bool:
+    """0 (no intervals) or at least ``MIN_RESAMPLES``: the one rule (the config check and the CLI word it)."""
+    return resamples == 0 or resamples >= MIN_RESAMPLES
+
+
 def check_resamples(resamples: int) -> None:
     """``ValueError`` unless ``resamples`` is 0 (no intervals) or at least ``MIN_RESAMPLES``."""
-    if resamples != 0 and not resamples >= MIN_RESAMPLES:
+    if not resamples_allowed(resamples):
         raise ValueError(
             f"resamples={resamples}: must be 0 (no intervals) or >= {MIN_RESAMPLES} (fewer leave the ends of a 95% "
             "interval to a handful of draws)"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from calibration_lightning.calibration.bootstrap import INTERVALS, MIN_RESAMPLES
+from calibration_lightning.calibration.bootstrap import INTERVALS, MIN_RESAMPLES, resamples_allowed
 from calibration_lightning.errors import DataError, UserError
 from calibration_lightning.outputs.diagrams import reliability_diagram
 from calibration_lightning.outputs.files import write_json
@@ -53,7 +53,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n_bins < 1:
         raise UserError(f"--n-bins={args.n_bins}: must be >= 1")
-    if args.resamples != 0 and not args.resamples >= MIN_RESAMPLES:
+    if not resamples_allowed(args.resamples):
         raise UserError(f"--resamples={args.resamples}: must be 0 (no intervals) or at least {MIN_RESAMPLES}")
     if not 0 < args.level < 1:
         raise UserError(f"--level={args.level}: must be in (0, 1), e.g. 0.95")
