@@ -31,7 +31,7 @@ run:  ## the built-in default run; pass Hydra overrides with ARGS="method=rcft .
 # and OpenMP threads that wait for a descheduled peer run a tiny model's step several times slower); a test file
 # stays on one worker (its module fixtures run once).
 test:  ## the whole suite but the GPU check's dry run, what CI runs (two workers), printing its 15 slowest tests
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "not gpu_check" --durations=15 $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not gpu_check" --durations=15 $(ARGS)
 
 test-gpu-check:  ## the GPU check's CPU dry run (2-5 minutes): run it before a GPU session
 	$(PY) -m pytest -q -m gpu_check $(ARGS)

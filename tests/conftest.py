@@ -19,6 +19,32 @@ from calibration_lightning.schema import CONF_DIR, Config
 TINY_SPLIT = ["dataset.split.train=24", "dataset.split.val=16", "dataset.split.test=24", "dataset.batch_size=4"]
 
 
+# `make test` deals whole files to two workers (--dist loadfile --no-loadscope-reorder) in the order collected: the
+# files that take longest go first, so no worker is left running a long one alone at the end (seconds measured by
+# `make test ARGS=--durations=0`, one torch thread a worker).
+LONGEST_FIRST = (
+    "test_resume.py",
+    "test_bundled_model.py",
+    "test_multirun_ddp_and_sweeps.py",
+    "test_run_life.py",
+    "test_runs.py",
+    "test_training_length.py",
+    "test_resume_checkpoints_and_secrets.py",
+    "test_cli_errors.py",
+    "test_adapter_reuse.py",
+    "test_sweeps.py",
+    "test_install.py",
+    "test_lm_eval_bridge.py",
+    "test_secrets.py",
+    "test_fuzz_data.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep pytest's order
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts a run or a process (make test-fast leaves it out)")
     config.addinivalue_line("markers", "gpu_check: the GPU check's CPU dry run (make test-gpu-check; not in make test)")
