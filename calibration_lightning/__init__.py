@@ -1,24 +1,9 @@
 """calibration_lightning: measure and restore the calibration of preference-aligned LLMs.
 
-Pure functions users import directly::
-
-    from calibration_lightning import conf_ece, classwise_ece, rank_preserving_targets, fit_temperature
-    from calibration_lightning import evaluate_predictions  # any tool's predictions: metrics and intervals
-
-A reliability diagram from arrays (torch or numpy; ``[N, K]``, or ``[N]`` for a binary problem), drawn as a run
-draws its own, written as .png, .pdf or .svg::
-
-    from calibration_lightning import reliability_diagram
-    fig = reliability_diagram(probs, labels, n_bins=10, title="my model, ARC-Challenge", path="reliability.pdf")
-
-A torchmetrics ``Metric`` for any metric of ``calibration.metrics.METRICS``, accumulated over batches (and
-gathered across processes) like any torchmetrics metric::
-
-    from calibration_lightning import CalibrationMetric
-    ece = CalibrationMetric("conf_ece", n_bins=10)
-    for probs, labels in batches:  # probs [B, K]: softmax over the option letters; labels [B]
-        ece.update(probs, labels)
-    ece.compute()  # the conf-ECE of all batches together (a 0-dim tensor)
+Imported directly: the metrics (``conf_ece``, ``classwise_ece``, ...), ``rank_preserving_targets``, ``fit_temperature``,
+``evaluate_predictions`` (any tool's predictions: metrics and intervals), ``reliability_diagram`` (docs/outputs.md)
+and ``CalibrationMetric("conf_ece", n_bins=10)``, a torchmetrics Metric of any metric of ``calibration.metrics.METRICS``
+(``update(probs [B, K], labels [B])`` per batch, gathered across processes; ``compute()`` over all batches).
 """
 
 import importlib

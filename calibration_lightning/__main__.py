@@ -1,9 +1,7 @@
 """``python -m calibration_lightning [GROUP=OPTION ...] [KEY=VALUE ...]``: the Hydra entry point.
 
-Hydra composes the config against the schema (``schema.py``: types, choices, unknown keys), and its callback
-``startup.StartupChecks`` (``hydra.callbacks`` in conf/config.yaml) checks every job before Hydra writes the
-run directory. Secret values given on the command line are moved into environment variables first
-(``redaction.hide_secret_overrides``). Every user error ends as one ``error: ...`` line and exit code 2.
+Secrets leave the command line first (``redaction``); ``startup.StartupChecks`` checks every job before Hydra writes
+the run directory. Every user error ends as one ``error: ...`` line and exit code 2.
 """
 
 from __future__ import annotations

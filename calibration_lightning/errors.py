@@ -14,12 +14,9 @@ class ConfigError(UserError):
 
     def __init__(self, problems: str | list[str]) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
-        if len(self.problems) == 1:
-            text = self.problems[0]
-        else:
-            listed = "; ".join(f"({i}) {p}" for i, p in enumerate(self.problems, 1))
-            text = f"{len(self.problems)} problems in the config: {listed}"
-        super().__init__(text)
+        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(self.problems, 1))
+        many = f"{len(self.problems)} problems in the config: {listed}"
+        super().__init__(self.problems[0] if len(self.problems) == 1 else many)
 
 
 class DataError(UserError):
@@ -39,9 +36,8 @@ def is_number(value) -> bool:
 
 
 class Section:
-    """A config section (a dataclass of ``schema.py``): ``check`` (its range checks, through ``require``) runs when
-    the section is built from a composed config; not while OmegaConf builds the schema itself, whose values are
-    all still missing ("???")."""
+    """A config section: ``check`` (its range checks) runs when built from a composed config, not while OmegaConf
+    builds the schema itself, whose values are all still missing ("???")."""
 
     def __post_init__(self) -> None:
         if not any(isinstance(v, str) and v == "???" for v in vars(self).values()):
@@ -67,9 +63,8 @@ def require(key: str, value, ok: bool, message: str) -> None:
 
 @contextmanager
 def every_problem():
-    """Collect the problems ``require`` finds inside (and any UserError raised there), then raise them as one
-    ConfigError. An exception that follows a recorded problem (a component built from an out-of-range value)
-    is its consequence and is dropped."""
+    """Collect the problems ``require`` finds inside (and any UserError raised there) into one ConfigError. An
+    exception after a recorded problem (a component built from an out-of-range value) is its consequence: dropped."""
     problems: list[str] = []
     _collecting.append(problems)
     try:

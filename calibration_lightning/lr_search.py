@@ -1,12 +1,8 @@
 """The learning rate of a training method, chosen on the validation split within a stated budget.
 
-LoRA's best learning rate depends on the model and the data and is roughly an order of magnitude above full
-fine-tuning's (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"; Schulman et al. 2025, "LoRA Without
-Regret"), so a run tries a short log-spaced grid rather than one value. Each candidate is probed briefly from
-the same initial adapters and eliminated by successive halving (Jamieson and Talwalkar 2016; Li et al. 2018,
-Hyperband): ``len(lrs) * probe_steps`` optimizer steps and ``len(lrs)`` validation passes for a one-rung
-search. Eighty validation questions are noisy, so the configured ``method.optim.lr`` (the reference) is only
-displaced by a rate that beats it by more than ``z`` standard errors of the paired per-question difference.
+Successive halving (Jamieson and Talwalkar 2016) over a short log-spaced grid, each candidate probed from the same
+initial adapters (docs/methods.md). Validation is noisy, so the configured ``method.optim.lr`` (the reference) is
+only displaced by a rate that beats it by more than ``z`` standard errors of the paired per-question difference.
 """
 
 from __future__ import annotations
@@ -43,12 +39,7 @@ def rank(scores: dict, reference: float | None, sign: float, z: float) -> list:
 
 def search_learning_rate(search: LRSearchConf, reference: float, probe: Probe, monitor: str, mode: str) -> dict:
     """Successive halving over ``search.lrs``: ``probe(lr, steps)`` trains from the initial adapters and scores
-    the validation split; ``reference`` (``method.optim.lr``) counts as the reference when it is in the grid.
-
-    Returns:
-        ``{"chosen": lr, "lrs", "reference", "z", "monitor", "rungs": [{"steps": n, "scores": [[lr, value], ...]},
-        ...], "probe_steps_total"}`` (metrics.json ``training.lr_search``).
-    """
+    the validation split; ``reference`` counts when it is in the grid. Returns metrics.json's ``training.lr_search``."""
     survivors, rungs = list(search.lrs), []
     sign = 1.0 if mode == "min" else -1.0
     reference = reference if reference in search.lrs else None

@@ -1,12 +1,8 @@
-"""Secrets: which config values are secret, and keeping them out of everything a run writes or prints.
+"""Secrets: which config values are secret (docs/resume.md), and keeping them out of everything a run writes or prints.
 
-A value is secret when its key is (``is_secret_key``), when it is a dict or list that holds a secret key, and
-wherever it holds a URL password (``https://user:PASS@host``, any characters in PASS). ``hide_secret_overrides``
-moves such values out of the command line into environment variables before Hydra parses it, so the command
-line, ``.hydra/``, the job log and the W&B run's arguments hold ``${oc.env:CALIBRATION_LIGHTNING_SECRET_N}``
-(``oc.decode`` around it for numbers, dicts and lists); ``scrub`` blanks secrets in ``config.yaml``,
-``logs/hparams.yaml`` and the W&B config; ``redact`` takes every hidden value out of an error line.
-Kept free of heavy imports: the command line is scrubbed before anything else loads."""
+``hide_secret_overrides`` moves them off the command line into environment variables before Hydra parses it,
+``scrub`` blanks them in written configs, ``redact`` takes them out of an error line. Kept free of heavy imports:
+the command line is scrubbed before anything else loads."""
 
 from __future__ import annotations
 
@@ -51,18 +47,7 @@ def key_words(key: object) -> list[str]:
 
 
 def is_secret_key(key: object) -> bool:
-    """Whether a config key names a secret; only its last dotted part counts.
-
-    The key is split into lower-case words whatever its case style (``hf_token``, ``accessToken``,
-    ``ACCESS-TOKEN`` give ``... token``). It is secret when, joined again without separators, it contains a
-    ``SECRET_STEMS`` entry (``passWord``, ``PassPhrase``, ``api_keys``, ``wandbapikey``, ``clientSecret``,
-    ``credentials``, ``private_key``); when one of its words is ``auth``, ``oauth`` or ``pwd``; or when its
-    last word is ``pass``, ``key(s)`` or ``token(s)``, a token being text rather than a credential after
-    ``pad``, ``eos``, ``max``, ``new``, ... (``pad_token``, ``max_new_tokens``). A key whose last word is
-    ``env``, ``var``, ``file``, ``path``, ``name`` or ``dir`` names where a secret is, not the secret
-    (``api_key_env``). Ordinary words that contain these (``passes``, ``bypass``, ``monkey``, ``keep``,
-    ``tokenizer``, ``author``) are not secret.
-    """
+    """Whether a config key (its last dotted part, in any case style) names a secret, by the word lists above."""
     words = key_words(key)
     if not words or words[-1] in NOT_SECRET_LAST_WORDS:
         return False
@@ -73,18 +58,13 @@ def is_secret_key(key: object) -> bool:
     return not (words[-1].startswith("token") and len(words) > 1 and words[-2] in TEXT_TOKEN_WORDS)
 
 
-def has_url_password(text: object) -> bool:
-    return isinstance(text, str) and any(m.group("password") for m in URL_PASSWORD.finditer(text))
-
-
 def scrub_text(text: str) -> str:
     """``text`` with every URL password replaced by ``<redacted>``."""
     return URL_PASSWORD.sub(lambda m: m.group("head") + (REDACTED if m.group("password") else ""), text)
 
 
 def scrub(node):
-    """A copy of a plain dict/list tree with every non-empty secret value replaced by ``<redacted>``, and
-    every URL password inside a string."""
+    """A copy of a plain dict/list tree with every non-empty secret value and URL password ``<redacted>``."""
     if isinstance(node, dict):
         return {k: (REDACTED if is_secret_key(k) and v not in (None, "") else scrub(v)) for k, v in node.items()}
     if isinstance(node, list):
@@ -92,29 +72,17 @@ def scrub(node):
     return scrub_text(node) if isinstance(node, str) else node
 
 
-def _unquoted(value: str) -> str:
-    """A value the user quoted for Hydra (``'a,b'`` or ``"a,b"``), without its quotes and escapes."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
 def holds_secret(key: str, value: str) -> bool:
-    """Whether an override ``key=value`` (as typed) is secret: its key, a secret key inside a dict or list
-    literal, or a URL password anywhere in the value."""
+    """Whether an override ``key=value`` (as typed) is secret: by its key, a key of a literal, or a URL password."""
     inner = value[:1] in "{[" and any(is_secret_key(k) for k in LITERAL_KEY.findall(value))
-    return is_secret_key(key) or inner or has_url_password(value)
+    return is_secret_key(key) or inner or any(m.group("password") for m in URL_PASSWORD.finditer(value))
 
 
 def hide_secret_overrides(argv: list[str]) -> list[str]:
-    """``argv`` with each secret override's value moved into an environment variable.
+    """``argv`` with each secret override's value (``holds_secret``) moved into an environment variable.
 
-    An override is secret as ``holds_secret`` says. The value is taken as written (after removing one pair of
-    enclosing quotes), whatever characters it holds (``,`` ``=`` ``]`` ``'`` included), before Hydra's parser
-    sees it, so no parse error can print it. Digits-only values stay numbers, and unquoted dict and list
-    literals dicts and lists (``oc.decode`` reads them as Hydra would). Values that already are interpolations
-    (a DDP rank relaunched with the hidden command line) are left alone.
-    """
+    Taken before Hydra's parser sees it, so no parse error can print it; numbers and unquoted dict and list literals
+    are read back with ``oc.decode``; interpolations (a DDP rank relaunched with the hidden command line) stay."""
     out, takes_value = [], False
     for arg in argv:
         if takes_value or arg.startswith("-") or "=" not in arg:
@@ -127,7 +95,8 @@ def hide_secret_overrides(argv: list[str]) -> list[str]:
             out.append(arg)
             continue
         decoded = re.fullmatch(r"-?\d+|[{\[].*", value, re.S) is not None  # quoted: the user wants a string
-        value = _unquoted(value)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":  # quoted for Hydra: unquote, unescape
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
         var = f"{SECRET_ENV}{sum(k.startswith(SECRET_ENV) for k in os.environ)}"
         os.environ[var] = value
         ref = f"'${{oc.decode:${{oc.env:{var}}}}}'" if decoded else f"'${{oc.env:{var}}}'"
@@ -166,9 +135,7 @@ def hidden_values() -> set[str]:
 
 
 def redact(text: str) -> str:
-    """``text`` without any value hidden from the command line (``hidden_values``) nor any URL password.
-
-    A hidden piece is replaced where it stands as a whole (not inside a longer word), longest first."""
+    """``text`` without any URL password nor value hidden from the command line (as a whole word, longest first)."""
     for piece in sorted(hidden_values(), key=len, reverse=True):
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", REDACTED, text)
     return scrub_text(text)

@@ -1,12 +1,8 @@
-"""The config: one dataclass per section, and these are the objects the code receives.
+"""The config: one dataclass per section, the objects the code receives.
 
-Hydra composes conf/config.yaml against them (ConfigStore), so a wrong type (``n_bins=abc``) or a value outside a
-choice (``model.quantize=int3``) is refused while composing. Defaults live in the YAML files only (a field left
-out of every YAML is ``None`` or empty: "not used"). ``validate`` turns the composed config into these objects:
-keys no section has (``+foo=1``) are refused naming the nearest valid ones, each range is checked once, in its
-class's ``__post_init__``, the components a method names (loss head, callbacks, calibrator) are built and check
-their own settings, and every problem found is reported in one refusal (``errors.every_problem``).
-``trainer`` is Lightning's own Trainer arguments (``trainer.py`` checks them against Lightning's signature).
+Hydra composes conf/config.yaml against them (ConfigStore), refusing wrong types and choices; defaults live in the
+YAML files only. ``validate`` refuses unknown keys, checks each range in its class's ``check``, builds the method's
+components and reports every problem in one refusal (``errors.every_problem``).
 """
 
 from __future__ import annotations
@@ -143,17 +139,8 @@ class OptimConf(Section):
 
 @dataclass
 class SelectConf(Section):
-    """``method.select``: the training length (and a smaller learning rate) chosen on the validation split.
-
-    Validation runs every ``every_n_steps`` optimizer steps (a round; 0: after every pass over the training
-    split). The model before training is round 0: a round is better only if it beats the best so far by more
-    than ``min_delta``; after ``patience`` rounds without that, training stops and the best round is kept (the
-    untrained adapters when none beat them). ``backtrack_factor``: a round worse than the best by more than
-    ``backtrack_z`` paired standard errors of the per-question monitor (null: any round without improvement), or
-    patience run out, sends training back to the best adapters with the learning rate times this factor, fresh
-    optimizer moments and a fresh patience ("newbob" of speech recognition), at most ``max_backtracks`` times.
-    ``selection.Backtracking`` carries it out.
-    """
+    """``method.select``: the training length (and a smaller learning rate) chosen on the validation split, every
+    ``every_n_steps`` optimizer steps (0: every pass); ``selection.Backtracking``, docs/methods.md."""
 
     monitor: str = MISSING
     min_delta: float = MISSING
@@ -198,8 +185,7 @@ class LRSearchConf(Section):
         require("method.lr_search.z", self.z, self.z >= 0, "must be a number >= 0")
 
     def rungs(self) -> list[tuple[int, int]]:
-        """``(candidates trained, steps each)`` per rung: ``len(lrs)`` at ``probe_steps``, then the best
-        ``ceil(n / eta)`` at ``eta`` times the steps, while more than one is left."""
+        """``(candidates trained, steps each)`` per rung; the best ``ceil(n / eta)`` go on, ``eta`` times longer."""
         n, steps, plan = len(self.lrs), self.probe_steps, []
         while n > 1:
             plan.append((n, steps))
@@ -209,9 +195,8 @@ class LRSearchConf(Section):
 
 @dataclass
 class MethodConf(Section):
-    """``method``: what is trained (``loss``, ``optim``, ``epochs``, ``callbacks``; after ``validate`` the loss head
-    and callbacks are built objects) and chosen on validation (``select``, ``lr_search``); a post-hoc
-    ``calibrator``; for ``method=auto``, ``candidates`` and the noise allowance of its accuracy test."""
+    """``method``: what is trained (after ``validate``, ``loss`` and ``callbacks`` are built objects) and chosen on
+    validation; a post-hoc ``calibrator``; for ``method=auto``, ``candidates`` and ``accuracy_z``."""
 
     name: str = MISSING
     train: bool = MISSING
@@ -236,8 +221,7 @@ class MethodConf(Section):
                 require(f"method.{key}", value, value is not None, "a trained method needs it")
 
     def trained(self) -> dict[str, MethodConf]:
-        """The methods a run trains: this one, or each candidate of ``method=auto`` (which inherit a learning-rate
-        search set on auto itself, ``+experiment=lr_search``); empty for none and ts."""
+        """The methods a run trains: this one, or auto's candidates (inheriting auto's ``lr_search``); none for ts."""
         if self.candidates:
             for candidate in self.candidates.values():
                 candidate.lr_search = candidate.lr_search or self.lr_search
@@ -331,9 +315,8 @@ class Config(Section):
 
     def check(self) -> None:
         require("n_bins", self.n_bins, self.n_bins >= 2, "bins must be an integer >= 2")
-        allowed = OBJECTIVES
-        ok = self.optimized_metric in allowed
-        require("optimized_metric", self.optimized_metric, ok, f"a validation metric: {', '.join(allowed)}")
+        ok = self.optimized_metric in OBJECTIVES
+        require("optimized_metric", self.optimized_metric, ok, f"a validation metric: {', '.join(OBJECTIVES)}")
         check_trainer_args(self.trainer)
 
 
@@ -357,16 +340,16 @@ OWNED = {  # Trainer arguments the run sets itself -> what to use instead
 }
 
 
-def trainer_parameters() -> set[str]:
+def trainer_keys() -> set[str]:
+    """Lightning's Trainer arguments and ours."""
     import lightning as L
 
-    return set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    return set(inspect.signature(L.Trainer.__init__).parameters) - {"self"} | set(OURS)
 
 
 def check_trainer_args(args: dict) -> None:
-    """Refuse (through ``require``) a ``trainer`` key that is not a Trainer argument (naming the nearest), one the run
-    sets itself (naming what to use instead), and out-of-range values of the arguments the run reads."""
-    allowed = trainer_parameters() | set(OURS)
+    """Refuse a ``trainer`` key that is no Trainer argument or one the run sets itself, and out-of-range values."""
+    allowed = trainer_keys()
     for key, value in args.items():
         if key in OWNED:
             require(f"trainer.{key}", value, False, f"the run sets it itself; use {OWNED[key]}")
@@ -387,10 +370,9 @@ HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "_args_")
 
 def did_you_mean(key: str, valid) -> str:
     """``"; did you mean A or B?"``: the valid names closest to ``key``'s last part (empty when none is close)."""
-    last = key.rsplit(".", 1)[-1]
+    head, dot, last = key.rpartition(".")
     close = difflib.get_close_matches(last, sorted(str(v) for v in valid), n=3, cutoff=0.5)
-    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+    return f"; did you mean {' or '.join(head + dot + c for c in close)}?" if close else ""
 
 
 def nearest(key: str, valid) -> str:
@@ -407,23 +389,21 @@ def keys_at(path: str) -> list[str] | None:
     for part in [p for p in path.split(".") if p]:
         if kind is Config and part == "trainer":
             kind = "trainer"
-            continue
-        origin = typing.get_origin(kind)
-        if origin is dict:
+        elif typing.get_origin(kind) is dict:
             kind = typing.get_args(kind)[1]
-            continue
-        if not is_dataclass(kind):
+        elif is_dataclass(kind):
+            kind = typing.get_type_hints(kind).get(part)
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            kind = args[0] if typing.get_origin(kind) is not dict and len(args) == 1 else kind
+        else:
             return None
-        kind = typing.get_type_hints(kind).get(part)
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        kind = args[0] if typing.get_origin(kind) is not dict and len(args) == 1 else kind
     if kind == "trainer":
-        return sorted(trainer_parameters() | set(OURS))
+        return sorted(trainer_keys())
     return sorted(f.name for f in fields(kind)) if is_dataclass(kind) else None
 
 
 def _target_parameters(target: str) -> set[str] | None:
-    """The keyword parameters of a ``_target_`` callable, or None when it takes any (``**kwargs``) or is unknown."""
+    """The keys of a ``_target_`` node (its callable's keyword parameters, Hydra's); None: any or unknown."""
     try:
         fn = get_method(target)
     except Exception:  # a target that cannot be imported: instantiate says so
@@ -431,7 +411,7 @@ def _target_parameters(target: str) -> set[str] | None:
     params = inspect.signature(fn).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
-    return {p.name for p in params if p.name not in ("self", "args")}
+    return {p.name for p in params if p.name not in ("self", "args")} | set(HYDRA_KEYS)
 
 
 def unknown_keys(node, kind=None, path: str = "") -> list[str]:
@@ -444,13 +424,9 @@ def unknown_keys(node, kind=None, path: str = "") -> list[str]:
     kind = OmegaConf.get_type(node) if kind is None else kind
     problems: list[str] = []
     if is_dataclass(kind):
-        types = {f.name: f.type for f in fields(kind)}
-        valid: set[str] | None = set(types)
-    elif "_target_" in node:
-        valid = _target_parameters(str(node._get_node("_target_")._value()))
-        valid = None if valid is None else valid | set(HYDRA_KEYS)
+        valid: set[str] | None = {f.name for f in fields(kind)}
     else:
-        valid = None
+        valid = _target_parameters(str(node._get_node("_target_")._value())) if "_target_" in node else None
     for key in node.keys():
         child = f"{path}.{key}" if path else str(key)
         if valid is not None and key not in valid:
@@ -474,11 +450,7 @@ def build(node: Any, key: str, **kwargs):
 
 def validate(cfg: DictConfig) -> Config:
     """The composed config (without its ``hydra`` node) as ``Config``: unknown and missing keys, then every range
-    and the method's components, each round of problems reported at once.
-
-    Raises:
-        ConfigError: listing every problem found (``problems``).
-    """
+    and the method's components; a ConfigError lists every problem of a round at once."""
     problems = unknown_keys(cfg, Config)
     if not cfg.method.train and not cfg.method.candidates:  # none, ts: the settings of training do not apply
         cfg = copy.deepcopy(cfg)

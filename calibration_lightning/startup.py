@@ -1,17 +1,9 @@
-"""Every start-up check of a job, and the Hydra callback that runs them before Hydra writes anything.
+"""Every start-up check of a job (``check_job``), and the Hydra callback that runs them before Hydra writes anything.
 
-``check_job`` is the one entry: the config validated (``schema.validate``: unknown keys, ranges, the method's
-components, every problem at once), the run directory, the data read and its splits. ``StartupChecks``
-(``hydra.callbacks.startup`` in conf/config.yaml) calls it
-
-- for a run in ``on_run_start``: after Hydra composed the config, before it creates the run directory and
-  writes ``.hydra/`` and the job log, so a refused run leaves a finished or interrupted run as it was;
-- for a ``-m`` sweep in ``on_multirun_start``: for every job (BasicSweeper's list), before the first job
-  starts, so one bad job refuses the whole sweep and nothing of a finished job is rewritten;
-- and turns a user error raised by a job (``UserError``) into one ``error:`` line in ``on_job_end``.
-
-Every user error ends as one ``error: ...`` line on stderr and exit code 2. The data the callback reads is held
-for the run that follows in the same process, so a run reads its data once.
+``StartupChecks`` checks a run in ``on_run_start`` (before Hydra writes ``.hydra/`` and the job log, so a refused
+run leaves a finished or interrupted run as it was) and every job of a ``-m`` sweep in ``on_multirun_start``
+(one bad job refuses the whole sweep). Every user error ends as one ``error: ...`` line and exit code 2. The data
+the callback reads is held for the run that follows in the same process, so a run reads its data once.
 """
 
 from __future__ import annotations
@@ -46,8 +38,6 @@ KEYS_HINT = "`python -m calibration_lightning --cfg job` shows every key and `--
 
 @dataclass
 class Job:
-    """What the start-up checks built for a job: its validated config and its data."""
-
     config: Config
     splits: Splits
     eval_sets: dict
@@ -57,8 +47,7 @@ _CHECKED: dict[str, tuple] = {}  # dataset config -> (splits, eval_sets) read by
 
 
 def load_data(config: Config) -> tuple[Splits, dict]:
-    """Train / val (/ test) from ``dataset.source``; test from ``dataset.test_source`` when the dataset has its
-    own test split; extra evaluation sets (e.g. out-of-domain) from ``eval_sets``."""
+    """The splits of ``dataset.source`` (test from ``dataset.test_source`` when set), and the ``eval_sets``."""
     dataset = config.dataset
     split = {k: getattr(dataset.split, k) for k in ("train", "val", "test", "seed")}
     if dataset.test_source:
@@ -71,9 +60,8 @@ def load_data(config: Config) -> tuple[Splits, dict]:
 
 
 def job_data(cfg: DictConfig, config: Config, keep: bool = False) -> tuple:
-    """The job's splits and extra evaluation sets (``load_data``). ``keep``: held for the run of this process
-    that asks next for the same dataset config (the callback's read, so the run does not read again); without,
-    what the callback held is taken."""
+    """``load_data``'s result; ``keep``: held for the run of this process that asks next for the same dataset config;
+    without, what the callback held is taken."""
     key = json.dumps([OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "eval_sets")], default=str)
     if keep:
         _CHECKED[key] = _CHECKED.get(key) or load_data(config)
@@ -104,14 +92,8 @@ def check_splits(config: Config, splits: Splits) -> None:
 
 def check_job(cfg: DictConfig, out_dir: Path | None = None, keep: bool = False, claim: bool = True) -> Job:
     """Every start-up check of one job's config (without its ``hydra`` node): ``validate``, the run directory
-    ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data read (``job_data``, ``keep``) and its splits;
-    then a resumed run's checkpoints (whole, and trained with this config, data and weights) and, with
-    ``claim``, the folder's lock. A sweep checks its jobs without ``claim``: each takes its lock when it starts.
-
-    Raises:
-        UserError: the mistakes found, naming their keys, file or folder (``ConfigError``, ``DataError``).
-        run_state.FinishedRun: ``resume=true`` on a finished run (nothing to do).
-    """
+    ``out_dir`` (None: not checked, e.g. a DDP rank > 0), the data and its splits, a resumed run's checkpoints and,
+    with ``claim``, the folder's lock. Raises a UserError, or ``run_state.FinishedRun`` (resume of a finished run)."""
     from calibration_lightning.outputs.checkpoints import check_checkpoints
     from calibration_lightning.outputs.fingerprint import fingerprint
     from calibration_lightning.outputs.run_state import check_run_dir, lock_run_dir
@@ -158,17 +140,16 @@ def unknown_override(message: str) -> str | None:
 
 
 def null_parent_override(argv: list[str]) -> str:
-    """The refusal of an override whose parent is null in the composed config (``method=none
-    method.select.patience=3``: method=none has no ``method.select``), naming it: the config is composed without
-    the overrides that go below a section, and the first whose parent is null there is the one."""
+    """The refusal of an override whose parent is null (``method=none method.select.patience=3``): the first whose
+    parent is null in the config composed without the overrides that go below a section."""
     from hydra import compose, initialize_config_dir
 
     from calibration_lightning.schema import CONF_DIR
 
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    deep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").count(".") >= 2 and not o.startswith("hydra.")]
+    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra."))]
+    deep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").count(".") >= 2]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[o for o in overrides if o not in deep and not o.startswith("hydra.")])
+        cfg = compose("config", overrides=[o for o in overrides if o not in deep])
     for override in deep:
         parent = override.split("=", 1)[0].lstrip("+~").rsplit(".", 1)[0]
         if OmegaConf.select(cfg, parent, default="missing") is None:
@@ -181,8 +162,7 @@ def hydra_message(e: Exception) -> str:
     from hydra.errors import OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    ours = unknown_override(str(e))
-    if ours:
+    if ours := unknown_override(str(e)):
         return ours
     parts: list[str] = []
     for line in str(e).split("Config search path:")[0].splitlines():
@@ -247,8 +227,7 @@ def reported():
 
 
 def _check_composed(config: DictConfig, out_dir: Path, claim: bool = True) -> None:
-    """``check_job`` on a composed config with its ``hydra`` node, ``${hydra:runtime.output_dir}`` = ``out_dir``
-    as Hydra's run_job will set it."""
+    """``check_job`` on a composed config with its ``hydra`` node, its output dir ``out_dir`` as run_job sets it."""
     from calibration_lightning.outputs.run_state import is_launched_rank
 
     out_dir = Path(os.path.abspath(out_dir))
@@ -291,8 +270,6 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
 
 
 class StartupChecks(Callback):
-    """The start-up checks as a Hydra callback (see the module docstring)."""
-
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():
             _check_composed(config, Path(str(config.hydra.run.dir)))
@@ -359,8 +336,7 @@ def option_groups() -> str:
 
 
 def output_dir() -> str:
-    """``output_dir``: the job's folder as Hydra sets it (``hydra.runtime.output_dir``); where Hydra has not set
-    it yet (``--cfg job --resolve``), the folder it will use."""
+    """``hydra.runtime.output_dir``, or where Hydra has not set it yet (``--cfg job --resolve``) the one it will."""
     hydra = HydraConfig.get()
     if hydra.runtime.output_dir:
         return str(hydra.runtime.output_dir)

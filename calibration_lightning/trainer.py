@@ -1,7 +1,5 @@
-"""The Lightning Trainers of a run, built from the ``trainer`` config section: Lightning's own Trainer arguments,
-passed through (``schema.check_trainer_args`` refuses those the run sets itself). ``trainer.max_epochs`` is the most
-passes over the training split for every trained method; ``trainer.checkpoint_every_n_steps`` is ours
-(``checkpoints.ResumeCheckpoint``)."""
+"""The Lightning Trainers of a run, from the ``trainer`` config section: Lightning's own arguments passed through,
+but ``trainer.max_epochs`` (the most passes of every trained method) and ours, ``checkpoint_every_n_steps``."""
 
 from __future__ import annotations
 
