@@ -1,19 +1,8 @@
 """``python -m calibration_lightning.report DIR [DIR ...] [--out DIR]``: the paper's tables and figures from runs.
 
-Reads every finished run (``metrics.json`` and ``config.yaml``) under the given folders (multirun folders, single
-runs, several of each) and writes into ``--out`` (default: the first DIR):
-
-- ``report.md``: per dataset and evaluation set, one row per run (models, then methods in the paper's order:
-  aligned, TS, label smoothing, CFT, RCFT, auto) with conf-ECE, cw-ECE and accuracy before and after, then the
-  paired changes after - before; per-subject tables last;
-- ``report.csv``: one row per run, set and metric: before, after, the difference, each with its interval;
-- ``report.tex``: a booktabs table shaped like the paper's Table 2 (models x methods; before and after; ECE and
-  accuracy), a small article that compiles on its own with pdflatex;
-- ``reliability.pdf`` / ``.svg`` / ``.png`` (``reliability_{set}.*`` for the other evaluation sets): per model,
-  the aligned model's confidence reliability diagram next to each method's after it.
-
-Every number is read from metrics.json, never recomputed; a bracket ``[lo, hi]`` appears only beside the value
-it is an interval for (``reported``), at the run's ``bootstrap.level``.
+Reads every finished run (``metrics.json``, ``config.yaml``) under the folders and writes ``report.md``, ``.csv``,
+``.tex`` and ``reliability.{pdf,svg,png}`` into ``--out`` (default: the first DIR); docs/outputs.md describes them.
+Every number is read from metrics.json, never recomputed; an interval appears only beside its value (``reported``).
 """
 
 from __future__ import annotations
@@ -37,37 +26,24 @@ from calibration_lightning.predictions import interval_key
 from calibration_lightning.predictions.readers import read_predictions
 
 LABELS = {
-    "conf_ece": "conf-ECE",
-    "cw_ece": "cw-ECE",
-    "accuracy": "accuracy",
-    "brier": "Brier",
-    "nll": "NLL",
-    "mce": "MCE",
-    "adaptive_ece": "adaptive ECE",
-    "smooth_ece": "smECE",
-    "conf_ece_debiased": "conf-ECE l2 (debiased)",
-    "cw_ece_debiased": "cw-ECE l2 (debiased)",
-}
+    "conf_ece": "conf-ECE", "cw_ece": "cw-ECE", "accuracy": "accuracy", "brier": "Brier", "nll": "NLL", "mce": "MCE",
+    "adaptive_ece": "adaptive ECE", "smooth_ece": "smECE",
+    "conf_ece_debiased": "conf-ECE l2 (debiased)", "cw_ece_debiased": "cw-ECE l2 (debiased)",
+}  # fmt: skip
 TABLE = ("conf_ece", "cw_ece", "accuracy")  # the paper's columns, before and after
 CHANGES = ("conf_ece", "cw_ece", "conf_ece_debiased", "cw_ece_debiased", "accuracy", "brier", "nll")
-PLUG_IN_ECE = ("conf_ece", "cw_ece")
-DEBIASED = {"conf_ece": "conf_ece_debiased", "cw_ece": "cw_ece_debiased"}
+DEBIASED = {"conf_ece": "conf_ece_debiased", "cw_ece": "cw_ece_debiased"}  # the plug-in ECEs' debiased estimates
 PHASES = ("before", "after")
 SET_KEYS = ("before", "after", "improvement", "subjects")
 MODEL_NAMES = {"smollm2_135m": "SmolLM2-135M-Instruct", "tiny": "tiny random Llama"}
 METHOD_NAMES = {  # in the paper's row order
-    "none": "aligned (no fine-tuning)",
-    "ts": "temperature scaling (post-hoc)",
-    "label_smoothing": "label smoothing",
-    "cft": "CFT",
-    "rcft": "RCFT",
-    "auto": "auto: CFT or RCFT",
-}
+    "none": "aligned (no fine-tuning)", "ts": "temperature scaling (post-hoc)", "label_smoothing": "label smoothing",
+    "cft": "CFT", "rcft": "RCFT", "auto": "auto: CFT or RCFT",
+}  # fmt: skip
 
 
 def reported(block: dict | None, metric: str, level: float) -> tuple[float | None, list[float] | None]:
-    """``metric``'s value in a phase block of metrics.json and the interval for that very value (``None`` when
-    the block has no interval for it), at ``level``. The one place that knows where intervals live."""
+    """``metric``'s value in a phase block of metrics.json and its interval at ``level`` (or ``None``)."""
     if not block or block.get(metric) is None:
         return None, None
     return block[metric], (block.get(interval_key(level)) or {}).get(metric)
@@ -98,10 +74,8 @@ class RunResult:
 
 
 def _v1(node: dict, level: float) -> dict:
-    """A set written before metrics.json's schema 2 in schema 2's shape: intervals under ``interval_key(level)``
-    (version 1 wrote ``ci95`` at every level); version 1's ``conf_ece`` and ``cw_ece`` intervals were for the
-    population l2 value, so they go with the debiased estimates of it, not beside the plug-in values; runs older
-    than intervals get the point differences."""
+    """A set of metrics.json schema 1 in schema 2's shape (schema 1 wrote ``ci95`` at every level). Its ``conf_ece``
+    and ``cw_ece`` intervals were for the population l2 value, so they go with the debiased estimates of it."""
     key, node = interval_key(level), dict(node)
     for phase in PHASES:
         block = dict(node[phase])
@@ -112,8 +86,8 @@ def _v1(node: dict, level: float) -> dict:
     node["improvement"] = {
         m: {
             "difference": node["after"][m] - v,
-            key: None if m in PLUG_IN_ECE else (old.get(m) or {}).get("ci95"),
-            "excludes_zero": None if m in PLUG_IN_ECE else (old.get(m) or {}).get("excludes_zero"),
+            key: None if m in DEBIASED else (old.get(m) or {}).get("ci95"),
+            "excludes_zero": None if m in DEBIASED else (old.get(m) or {}).get("excludes_zero"),
         }
         for m, v in node["before"].items()
         if m in LABELS and isinstance(v, (int, float)) and m in node["after"]
@@ -167,8 +141,8 @@ def _sort_key(run: RunResult):
 
 
 def model_name(label: str) -> str:
-    """How a model reads in a paper: ``smollm2_135m`` -> ``SmolLM2-135M-Instruct``; a hub id as it is; a local
-    folder by its name; ``+ADAPTER`` (``model.adapter``) as ``+ adapter NAME``."""
+    """``smollm2_135m`` -> ``SmolLM2-135M-Instruct``; a hub id as it is; a local folder by its name; ``+ADAPTER``
+    (``model.adapter``) as ``+ adapter NAME``."""
     base, _, adapter = label.partition("+")
     path = Path(base)
     local = path.is_absolute() or base.startswith((".", "~")) or len(path.parts) > 2
@@ -183,8 +157,7 @@ def method_name(method: str, kept: str | None = None) -> str:
 
 
 def after_label(method: str, kept: str | None = None, posthoc: bool = False) -> str:
-    """What a run's "after" column shows: ``after CFT``, ``after temperature scaling (post-hoc)``, ...; a run's
-    own ``reliability_{set}.png`` takes it as ``diagrams.save_set_figure(..., after_label=...)``."""
+    """What a run's "after" column shows: ``after CFT``, ``after temperature scaling (post-hoc)``, ..."""
     if method == "none":
         return "aligned (no fine-tuning)"
     name = method_name(method, kept)
@@ -210,7 +183,7 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown_report(runs: list[RunResult]) -> str:
-    """report.md: per (dataset, set) the paper's columns before and after, then the paired changes."""
+    """report.md: per (dataset, set) the paper's columns before and after, then the paired changes, the legend."""
     with_win_rate = any(r.win_rate is not None for r in runs)
     parts = []
     for (dataset, name), entries in _sections(runs).items():
@@ -228,11 +201,7 @@ def markdown_report(runs: list[RunResult]) -> str:
                 change_rows.append([*ids, *(_cell(d, ci, signed=True) + ("*" if z else "") for d, ci, z in moved)])
         paired = "after - before, paired (the same resampled questions before and after):"
         parts.append(f"## {dataset}: {name}\n\n{markdown(header, rows)}\n{paired}\n\n{markdown(changes, change_rows)}")
-    return "\n".join(parts) + _legend(runs)
-
-
-def _legend(runs: list[RunResult]) -> str:
-    return (
+    return "\n".join(parts) + (
         f"\n[lo, hi]: the {_levels(runs)} bootstrap interval of the value it follows, where metrics.json has one"
         " for that very value; * the interval of a change excludes 0. conf-ECE and cw-ECE are the paper's plug-in"
         " binned ECE (l1); the l2 (debiased) columns estimate the squared-gap binned ECE of the population.\n"
@@ -303,8 +272,8 @@ def _tex_cell(value, ci) -> str:
 
 
 def latex_table(runs: list[RunResult]) -> str:
-    """report.tex: the paper's Table 2 (rows: models x methods; columns: before and after, conf-ECE, cw-ECE and
-    accuracy with their intervals where metrics.json has them), in a small article pdflatex compiles alone."""
+    """report.tex: the paper's Table 2 (models x methods; before and after: conf-ECE, cw-ECE, accuracy), in a
+    small article pdflatex compiles alone."""
     width = 2 + 2 * len(TABLE)
     heads = " & ".join(["Model", "Method", *[{"accuracy": "Acc."}.get(m, LABELS[m]) for m in TABLE] * 2])
     lines = [
@@ -395,8 +364,7 @@ def figure_rows(runs: list[RunResult], set_name: str) -> list[list[diagrams.Colu
 
 def write_figures(runs: list[RunResult], out: Path) -> list[Path]:
     """``reliability.{pdf,svg,png}`` for the test set (``reliability_{set}.*`` for the others): one row per
-    model, its aligned model then each method (confidence panels; the runs' own figures hold the classwise
-    ones)."""
+    model, its aligned model then each method (confidence panels only)."""
     written = []
     for set_name in dict.fromkeys(name for r in runs for name in r.sets):
         rows = figure_rows(runs, set_name)

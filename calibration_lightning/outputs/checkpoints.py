@@ -1,18 +1,7 @@
-"""Checkpoints a run resumes from exactly, written atomically.
-
-``checkpoints/last.ckpt`` (``ResumeCheckpoint``) is saved only at instants from which a resumed run goes on as an
-uninterrupted one would:
-
-- after a round's validation, once everything it decided is in place (early stopping's count, the best round,
-  a backtrack's adapters and learning rate): Lightning does not validate that round again on resume;
-- at the end of a pass over the training split when there is no validation split;
-- every ``trainer.checkpoint_every_n_steps`` optimizer steps, and when a stop signal arrives, at an optimizer-step
-  boundary (never between the micro-batches of one accumulated step, whose gradients a checkpoint does not hold)
-  that is not a round's last step: a checkpoint there would resume after the step but skip the round's
-  validation; a signal on that step waits for the save after validation.
-
-Nothing a checkpoint holds names a path, so a run folder moved or copied elsewhere resumes the same.
-``TrainingLength`` adds what Lightning leaves out (whether training had stopped, the rounds run).
+"""Checkpoints a run resumes from exactly, written atomically. ``checkpoints/last.ckpt`` (``ResumeCheckpoint``) is
+saved only at instants from which a resumed run goes on as an uninterrupted one would (docs/resume.md): after a
+round's validation, at the end of a pass without a validation split, and every ``trainer.checkpoint_every_n_steps``
+optimizer steps or at a stop signal, at an optimizer-step boundary that is not a round's last step.
 """
 
 from __future__ import annotations
@@ -26,12 +15,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from calibration_lightning.errors import UserError
 from calibration_lightning.outputs.fingerprint import differences
+from calibration_lightning.outputs.run_state import Preempted, hand_over, stop_requested
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write a checkpoint beside its target (the same folder, so the same file system), flush it, and rename it
-    into place: a job killed at any byte of a save leaves the previous checkpoint whole. Loads with
-    ``weights_only=True``."""
+    """Write a checkpoint beside its target (the same file system), flush it and rename it into place: a job killed
+    at any byte of a save leaves the previous checkpoint whole. Loads with ``weights_only=True``."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
@@ -56,9 +45,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumeCheckpoint(Callback):
-    """``ckpt_dir/last.ckpt`` at the instants of the module docstring; a stop signal (``run_state.stop_signals``)
-    saves it at the next such instant and stops the run (``Preempted``). Every checkpoint holds the run's
-    ``fingerprint`` (``fingerprint.py``), which a resumed run must match."""
+    """``ckpt_dir/last.ckpt`` at the instants of the module docstring; a stop signal saves it at the next one and
+    stops the run (``Preempted``). Every checkpoint holds the run's ``fingerprint``, which a resume must match."""
 
     def __init__(self, ckpt_dir: Path, every_n_steps: int, validates: bool, fingerprint: dict) -> None:
         self.path = Path(ckpt_dir) / "last.ckpt"
@@ -68,16 +56,12 @@ class ResumeCheckpoint(Callback):
         checkpoint["fingerprint"] = self.fingerprint  # every checkpoint of the run, best.ckpt too
 
     def _save(self, trainer, signum: int | None = None) -> None:
-        from calibration_lightning.outputs.run_state import Preempted, hand_over
-
         trainer.save_checkpoint(self.path, weights_only=False)
         if signum is not None:
             hand_over(signum)  # a launcher's own handler (submitit requeues the job, then exits)
             raise Preempted(signum, self.path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from calibration_lightning.outputs.run_state import stop_requested
-
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         last = done >= trainer.num_training_batches
         if last or (done % trainer.accumulate_grad_batches != 0):
@@ -87,14 +71,10 @@ class ResumeCheckpoint(Callback):
             self._save(trainer, signum)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        from calibration_lightning.outputs.run_state import stop_requested
-
         if trainer.state.fn == "fit" and not trainer.sanity_checking and self.validates:
             self._save(trainer, stop_requested())
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        from calibration_lightning.outputs.run_state import stop_requested
-
         if not self.validates:
             self._save(trainer, stop_requested())
 
@@ -130,31 +110,18 @@ class TrainingLength(Callback):
             trainer.should_stop = True  # the fit loop then ends before another epoch
 
 
-# -- what a resumed run reads ---------------------------------------------------------------------------------
-CHECKPOINT_KEYS = {
-    "fingerprint": dict,
-    "state_dict": dict,
-    "epoch": int,
-    "global_step": int,
-    "pytorch-lightning_version": str,
-    "loops": dict,
-    "callbacks": dict,
-    "optimizer_states": list,
-    "lr_schedulers": list,
-}
+CHECKPOINT_KEYS = {  # what a resumed run reads
+    "fingerprint": dict, "state_dict": dict, "epoch": int, "global_step": int, "pytorch-lightning_version": str,
+    "loops": dict, "callbacks": dict, "optimizer_states": list, "lr_schedulers": list,
+}  # fmt: skip
 BEST_KEYS = ("fingerprint", "state_dict", "epoch")
 
 
 def check_checkpoints(out_dir: Path, fingerprint: dict | None = None) -> None:
     """Check every checkpoint under ``out_dir/checkpoints`` as the resumed run will read it, then the metrics log
-    it appends to (``csv_logger.read_metrics_log``), the plainest damage first: each loads (``weights_only``,
-    memory-mapped: ``artifacts.load_tensors``) and holds what the resume reads, of the right types
-    (``checkpoint_problem``); the log reads; and, with ``fingerprint`` (the resumed run's,
-    ``fingerprint.fingerprint``), each was trained with the same settings, data and weights.
-
-    Raises:
-        UserError: naming the file, what is wrong (each difference) and what to do.
-    """
+    it appends to, the plainest damage first: each loads and holds what the resume reads, of the right types; the
+    log reads; and, with ``fingerprint`` (the resumed run's), each was trained with the same settings, data and
+    weights. Raises ``UserError`` naming the file, what is wrong and what to do."""
     from calibration_lightning.models.artifacts import Unloadable, load_tensors
     from calibration_lightning.outputs.csv_logger import read_metrics_log
 
@@ -189,7 +156,6 @@ def check_checkpoints(out_dir: Path, fingerprint: dict | None = None) -> None:
 def checkpoint_problem(ckpt: object, best: bool = False) -> str | None:
     """What in a loaded checkpoint a resume could not use (a missing key, a value of the wrong type), or None.
     ``best``: best.ckpt, of which only ``BEST_KEYS`` are read."""
-    import torch
     from packaging.version import InvalidVersion, Version
 
     if not isinstance(ckpt, dict):

@@ -1,11 +1,8 @@
 """Lightning's CSVLogger (``logs/metrics.csv``), written at every logged step and kept across ``resume=true``.
 
-Lightning deletes an existing ``metrics.csv`` when a logger starts in the same folder, so a resumed run would keep
-only the rows logged after the kill. Here a resumed run keeps the earlier rows. A row it logs again (the same step
-and the same metrics: the "before" evaluation, the steps between the checkpoint and the kill) replaces the earlier
-one in place, the last one when several match (method=auto's candidates each count steps from 0), so every step
-appears once, in order; new columns are merged into the header. A damaged file is refused in one line
-(``read_metrics_log``), at start-up already (``run_state.check_checkpoints``), before any row could be lost.
+Lightning deletes an existing ``metrics.csv`` when a logger starts in the same folder; here a resumed run keeps the
+earlier rows. A row logged again (the same step and metrics) replaces the last earlier one that matches, in place
+(method=auto's candidates each count steps from 0), so every step appears once, in order.
 """
 
 from __future__ import annotations
@@ -39,10 +36,7 @@ def read_metrics_log(path: str | os.PathLike) -> tuple[list[str], list[dict], bo
     """The header and rows of the ``metrics.csv`` a resumed run keeps, and whether its last line was cut short.
 
     A last line without its newline was being written when the run was killed: it is left out (the resumed run
-    logs that step again). Anything else that is not a CSV file as this logger writes it is refused.
-
-    Raises:
-        UserError: one line naming the file (and line) and what to do: move it aside, the rows stay in it.
+    logs that step again). Anything else that is not a CSV file as this logger writes it raises ``UserError``.
     """
     q = shlex.quote(str(path))
     fix = f"move it aside (mv {q} {q}.damaged) and rerun with resume=true: a new log starts, the old rows stay there"
@@ -103,16 +97,13 @@ class ResumableExperimentWriter(ExperimentWriter):
                 replaced[at], self._earlier[at] = row, None
         if replaced:
             self.metrics = [row for row in self.metrics if not any(row is r for r in replaced.values())]
-            self._replace_rows(replaced)
+            with open(self.metrics_file_path, newline="", encoding="utf-8") as f:
+                rows: list[dict] = list(csv.DictReader(f))
+            for i, row in replaced.items():
+                rows[i] = row
+            self.metrics_keys = sorted(set(self.metrics_keys).union(*replaced.values()))
+            self._write(self.metrics_keys, rows)
         super().save()
-
-    def _replace_rows(self, replaced: dict[int, dict]) -> None:
-        with open(self.metrics_file_path, newline="", encoding="utf-8") as f:
-            rows: list[dict] = list(csv.DictReader(f))
-        for i, row in replaced.items():
-            rows[i] = row
-        self.metrics_keys = sorted(set(self.metrics_keys).union(*replaced.values()))
-        self._write(self.metrics_keys, rows)
 
     def _write(self, header: list[str], rows: list[dict]) -> None:
         def write(tmp) -> None:

@@ -1,17 +1,7 @@
-"""Reliability diagrams: a run's ``reliability_{set}.png`` (before and after side by side), the report's
-figures and the public ``reliability_diagram`` all draw their columns here.
-
-Each column (one phase of one run) holds two reliability panels, each with the histogram of its predicted
-probabilities aligned below on the same x axis (the report's compact figures keep the first only):
-
-* confidence: accuracy of the top-label prediction per confidence bin, against the diagonal;
-* classwise: how often class j is the gold answer per bin of ``p_j``, all classes pooled ("class frequency").
-
-Observed values are bars with a 95% Wilson interval whisker; the gap to the bin's mean predicted probability is
-a wider hatched box drawn behind the bar, so it never covers it; bins with fewer than ``FEW`` samples are greyed
-over their whole height, their bars pale and dotted. Titles carry the numbers of metrics.json, given with each
-column (``Column.metrics``), never computed here. Figures are built without pyplot (no global backend or
-figure list is touched, so a notebook's own backend stays as it is).
+"""Reliability diagrams (docs/outputs.md): a run's ``reliability_{set}.png``, the report's figures and the public
+``reliability_diagram`` all draw their columns here. Titles carry the numbers of metrics.json (``Column.metrics``),
+never computed here. Figures are built without pyplot: no global backend or figure list is touched, so a notebook's
+own backend stays as it is.
 """
 
 from __future__ import annotations
@@ -69,12 +59,8 @@ def plot_reliability(
     ax, p: Tensor, y: Tensor, n_bins: int, title: str, *, hist_ax=None, xlabel="confidence", ylabel="accuracy"
 ) -> None:
     """Observed frequency per bin of ``p`` (flat ``[M]``) against the diagonal; ``y`` (``[M]``, 0/1) the outcome.
-
-    Bars (labels ``observed`` and ``observed, n < FEW``) with a Wilson 95% whisker (``95% interval``); the gap to
-    the bin's mean predicted probability is a wider hatched box behind the bar (``gap to mean prediction``), so
-    it shows on both sides of the bar and never covers it. With ``hist_ax`` the histogram of ``p`` is drawn there
-    on the same bins and takes the x label. See ``legend_handles`` for the key.
-    """
+    The gap to the bin's mean prediction is a wider hatched box behind the bar, so it never covers it. With
+    ``hist_ax`` the histogram of ``p`` is drawn there on the same bins and takes the x label."""
     mean_p, freq, count = reliability_bins(p.double(), y.double(), n_bins)
     width = 1.0 / n_bins
     centers = (torch.arange(n_bins, dtype=torch.float64) + 0.5) * width
@@ -159,9 +145,8 @@ def draw_column(axes, column: Column) -> None:
 def reliability_figure(
     columns: list[Column | None], title: str | None = None, per_row: int = 5, dpi: int = 150, classwise: bool = True
 ):
-    """A figure with one column of panels (``draw_column``) per entry of ``columns``, at most ``per_row`` side
-    by side (more wrap onto further rows; ``None`` leaves a slot empty); without ``classwise``, the confidence
-    panels only. Returns the Figure, its columns in ``fig.subfigs``."""
+    """A figure with one column of panels (``draw_column``) per entry of ``columns`` (``None``: an empty slot), at
+    most ``per_row`` side by side; without ``classwise``, the confidence panels only. Its columns: ``fig.subfigs``."""
     from matplotlib.figure import Figure
 
     ncols = min(len(columns), per_row)
@@ -231,27 +216,15 @@ def reliability_diagram(
     probs, labels, *, n_bins: int = 10, title: str | None = None, path: str | Path | None = None,
     metrics: dict | None = None, classwise: bool = True, dpi: int = 150,
 ):  # fmt: skip
-    """Draw the reliability diagram a run draws for its test set, from arrays.
-
-    Example::
-
-        from calibration_lightning import reliability_diagram
-        fig = reliability_diagram(probs, labels, title="my model, ARC-Challenge", path="reliability.pdf")
+    """Draw the reliability diagram a run draws for its test set, from arrays; returns the matplotlib ``Figure``.
 
     Args:
         probs: ``[N, K]`` probabilities (rows sum to 1), or ``[N]`` probabilities of class 1 of a binary problem;
             a torch tensor or a numpy array.
         labels: ``[N]`` gold class indices (0/1 for binary).
-        n_bins: equal-width bins (the last includes 1.0).
-        title: the column's heading (default: ``N = ..., n_bins bins``).
         path: when given, the figure is written there (atomically), as .png, .pdf or .svg from its suffix.
         metrics: the numbers for the panel titles (``conf_ece``, ``accuracy``, ``cw_ece``), e.g. a phase block of
             metrics.json; by default they are computed from ``probs`` and ``labels``.
-        classwise: also draw the classwise panels (all classes pooled) below the confidence ones.
-        dpi: resolution of a .png.
-
-    Returns:
-        The matplotlib ``Figure`` (one column: ``fig.subfigs[0]``).
     """
     probs, labels = as_probabilities(probs, labels)
     if metrics is None:
@@ -264,21 +237,15 @@ def reliability_diagram(
     return fig
 
 
-def phase_heading(set_name: str, label: str, n: int) -> str:
-    """The heading of a run's column, e.g. ``test, before training (N = 240)``."""
-    return f"{set_name}, {label} (N = {n})"
-
-
 def save_set_figure(
     out_dir: Path, set_name: str, phases: dict[str, tuple[Tensor, Tensor, dict]], n_bins: int,
     after_label: str = "after training",
 ):  # fmt: skip
     """Write ``reliability_{set_name}.png``: one column per phase (``"before"``, then ``"after"`` when given),
-    each from ``probs [N, K]``, ``labels [N]`` and their reported metrics; ``after_label`` heads the "after"
-    column (e.g. ``"after temperature scaling"`` for a post-hoc method). Returns the Figure."""
+    each from ``probs [N, K]``, ``labels [N]`` and their reported metrics. Returns the Figure."""
     labels = {"before": "before training", "after": after_label}
     columns = [
-        Column(phase_heading(set_name, labels[phase], len(y)), p, y, n_bins, m) for phase, (p, y, m) in phases.items()
+        Column(f"{set_name}, {labels[phase]} (N = {len(y)})", p, y, n_bins, m) for phase, (p, y, m) in phases.items()
     ]
     fig = reliability_figure(columns, title=f"Reliability on {set_name} ({n_bins} bins)")
     save_figure(fig, out_dir / f"reliability_{set_name}.png")

@@ -1,9 +1,6 @@
-"""What a checkpoint was trained with, stored in the checkpoint itself: every setting that changes a number the run
-reports, and the content of its data and of its model's weights. ``resume=true`` with anything else is refused
-(``checkpoints.check_checkpoints``), naming each difference; deleting or moving a side file cannot bypass it.
-
-The settings are every key of the composed config (the schema's sections and the ``_target_`` nodes below
-them: nothing listed by hand) but ``NEUTRAL``, the keys that change no reported number, each with its reason.
+"""What a checkpoint was trained with, stored in the checkpoint itself: every key of the composed config but
+``NEUTRAL`` (the keys that change no reported number, each with its reason) and the content of its data and of its
+model's weights. ``resume=true`` with anything else is refused, naming each difference (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from calibration_lightning.outputs.files import write_json
 from calibration_lightning.redaction import scrub
 
 NEUTRAL = {  # key (or section) -> why it changes no reported number
@@ -69,8 +67,6 @@ def file_hash(path: Path, cache: Path) -> str:
                 digest.update(block)
         known[key] = digest.hexdigest()
         try:
-            from calibration_lightning.outputs.files import write_json
-
             write_json(cache, known)
         except OSError:  # a read-only cache only costs hashing again next time
             pass

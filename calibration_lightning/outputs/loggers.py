@@ -30,13 +30,9 @@ def _has_credentials() -> bool:
 
 
 def make_wandb_logger(
-    project: str,
-    name: str,
-    save_dir: str,
-    entity: str | None = None,
-    group: str | None = None,
+    project: str, name: str, save_dir: str, entity: str | None = None, group: str | None = None,
     tags: list[str] | None = None,
-):
+):  # fmt: skip
     """``WandbLogger`` in the mode WANDB_MODE asks for; offline when no API key is configured.
 
     The key is read by wandb from the environment or ~/.netrc; it is never passed through our config. W&B records
@@ -83,9 +79,8 @@ def summary_numbers(summary: dict) -> dict[str, float]:
 
 
 def publish_run(loggers: list, config: dict, summary: dict, images: dict[str, Path]) -> None:
-    """Send the resolved (redacted) config, metrics.json's numbers and the reliability diagrams to each logger
-    that takes them (the CSV log has metrics.json beside it); close W&B's run (one per Hydra job, also in
-    multirun and sweeps)."""
+    """Send the redacted config, metrics.json's numbers and the reliability diagrams to each logger that takes
+    them (the CSV log has metrics.json beside it); close W&B's run (one per Hydra job, also in sweeps)."""
     from lightning.pytorch.loggers import CSVLogger
 
     numbers = summary_numbers(summary)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import platform
 import re
+import time
 from importlib import metadata
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from calibration_lightning import evaluation
@@ -43,12 +45,9 @@ def write_phase(
     out_dir: Path, phase: str, scored: dict, records: dict, n_bins: int, before: dict | None = None,
     after_label: str = "after training",
 ):  # fmt: skip
-    """Predictions and diagrams of one phase ("before"/"after") for every evaluation set.
-
-    ``reliability_{set}.png`` holds one column per phase: the "before" column alone when written before
-    training (so a failed run keeps it), rewritten with both columns after training when ``before`` (the
-    "before" scores) is given; ``after_label`` heads the "after" column (``report.after_label``).
-    """
+    """Predictions and diagrams of one phase ("before"/"after") for every evaluation set. ``reliability_{set}.png``
+    holds the "before" column alone when written before training (so a failed run keeps it), both columns when
+    ``before`` (the "before" scores) is given."""
     for name, s in scored.items():
         if name == "val":
             continue
@@ -70,10 +69,6 @@ def write_run(out_dir: Path, raw: DictConfig, cfg, scored: tuple[dict, dict], re
               started: float) -> dict:  # fmt: skip
     """Everything a finished run writes after training: the "after" predictions and diagrams, metrics.json,
     config.yaml, the loggers' summary; prints the before/after table. Returns what metrics.json holds."""
-    import time
-
-    import yaml
-
     from calibration_lightning.report import after_label
 
     before, after = scored
@@ -108,13 +103,8 @@ def truncation_line(report: dict) -> str:
 def write_summary(
     out_dir: Path, raw: DictConfig, cfg, scored: tuple[dict, dict], records: dict, extra: dict
 ) -> tuple[dict, str]:
-    """metrics.json and config.yaml; returns what metrics.json holds and the printed before/after table.
-
-    ``scored``: the before and after scores of every split (``evaluation.evaluate``). Each evaluation set's
-    block (``evaluation.compare``: before, after, their intervals and the ``improvement``) is computed once here,
-    and metrics.json and the table are both written from it; ``subjects`` (conf-ECE, accuracy and n per
-    subject) when the set's records carry subjects.
-    """
+    """metrics.json and config.yaml; returns what metrics.json holds and the printed before/after table. Each
+    evaluation set's block (``evaluation.compare``) is computed once here, and both are written from it."""
     boot = cfg.bootstrap
     sets = {}
     for name in (n for n in scored[1] if n != "val"):

@@ -1,11 +1,6 @@
-"""A run folder's life: one run in it at a time, and a scheduler's stop signal turned into a saved checkpoint
-and an exit code that says the run did not finish.
-
-- ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``RUN_DIR/.lock`` for the life of the process (the kernel
-  drops it when the process dies, so a killed run leaves no stuck lock); a second run there is refused.
-- ``stop_signals``: SIGTERM and SIGINT (and, under SLURM, the requeue signal a launcher already handles) stop
-  the run at the next instant a resume continues exactly from, with a checkpoint (``checkpoints.py``), exit
-  ``128 + signal`` and say how to resume.
+"""A run folder's life: one run in it at a time (``lock_run_dir``: an ``fcntl.flock`` on ``RUN_DIR/.lock``, which
+the kernel drops when the process dies), and a scheduler's stop signal (``stop_signals``) turned into a saved
+checkpoint and an exit code ``128 + signal`` that says the run did not finish.
 """
 
 from __future__ import annotations
@@ -18,6 +13,7 @@ import re
 import shlex
 import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,11 +60,8 @@ def _unwritable(path: Path, e: OSError) -> UserError:
 
 
 def lock_run_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed, check that it is writable, and hold its lock for the life of this process.
-
-    Raises:
-        UserError: the folder (or its parent) cannot be written, or another run holds it.
-    """
+    """Create ``out_dir`` if needed, check that it is writable, and hold its lock for the life of this process;
+    ``UserError`` if the folder cannot be written or another run holds it."""
     key = os.path.realpath(out_dir)
     if key in _held or is_launched_rank():
         return
@@ -120,7 +113,6 @@ def unlock_run_dir(out_dir: Path) -> None:
         os.close(fd)  # closing the last descriptor releases the flock
 
 
-# -- resuming with the same settings ---------------------------------------------------------------------------
 # -- stop signals --------------------------------------------------------------------------------------------
 _pending: list[int] = []
 _training = [0]
@@ -151,8 +143,6 @@ def hand_over(signum: int) -> None:
 @contextmanager
 def stop_signals():
     """Route SIGTERM, SIGINT (and SIGUSR1/SIGUSR2 where a SLURM launcher handles them) to ``_handler``."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -10,40 +10,25 @@ from calibration_lightning.predictions import interval_key
 # Short column headers (the auto candidates' table must fit 120 columns).
 HEADERS = {"adaptive_ece": "adapt_ece", "smooth_ece": "smooth_ece"}
 COLUMNS = tuple(m for m in METRICS if m != "mce") + ("n",)
-LABELS = {
-    "conf_ece": "conf-ECE",
-    "cw_ece": "cw-ECE",
-    "accuracy": "accuracy",
-    "brier": "Brier",
-    "nll": "NLL",
-    "mce": "MCE",
-    "adaptive_ece": "adaptive ECE",
-    "smooth_ece": "smECE",
-}
 # The before/after table's rows: each plug-in ECE (the paper's, no interval) above its debiased l2 estimate.
 ROWS = {
-    "conf_ece": "conf-ECE plug-in (paper)",
-    "conf_ece_debiased": "conf-ECE debiased l2",
-    "cw_ece": "cw-ECE plug-in (paper)",
-    "cw_ece_debiased": "cw-ECE debiased l2",
-    "accuracy": "accuracy",
-    "brier": "Brier",
-    "nll": "NLL",
-    "adaptive_ece": "adaptive ECE (plug-in)",
-    "smooth_ece": "smECE",
-}
+    "conf_ece": "conf-ECE plug-in (paper)", "conf_ece_debiased": "conf-ECE debiased l2",
+    "cw_ece": "cw-ECE plug-in (paper)", "cw_ece_debiased": "cw-ECE debiased l2",
+    "accuracy": "accuracy", "brier": "Brier", "nll": "NLL",
+    "adaptive_ece": "adaptive ECE (plug-in)", "smooth_ece": "smECE",
+}  # fmt: skip
 
 
-def format_table(rows: list[tuple[str, dict]], columns: tuple[str, ...] = COLUMNS) -> str:
+def format_table(rows: list[tuple[str, dict]]) -> str:
     """A plain-text table: one row per (label, metrics) pair, one column per metric."""
     width = max(len(label) for label, _ in rows) if rows else 5
-    heads = [HEADERS.get(c, c) for c in columns]
+    heads = [HEADERS.get(c, c) for c in COLUMNS]
     widths = [max(9, len(h)) for h in heads]
     head = f"{'':<{width}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, widths))
     lines = [head, "-" * len(head)]
     for label, metrics in rows:
         cells = []
-        for c, w in zip(columns, widths):
+        for c, w in zip(COLUMNS, widths):
             v = metrics.get(c)
             text = f"{v}" if isinstance(v, int) else f"{v:.4f}" if isinstance(v, float) else "-"
             cells.append(f"{text:>{w}}")
@@ -59,16 +44,13 @@ def with_interval(value: float, ci: list[float] | None, signed: bool = False) ->
 
 def _cell(value: float, intervals: dict | None, metric: str, signed: bool = False) -> str:
     """The value with its interval; ``[n/a]`` where the interval is null (its reason is in metrics.json)."""
-    if intervals is None or metric not in intervals:
-        return with_interval(value, None, signed)
-    ci = intervals[metric]
-    return with_interval(value, ci, signed) if ci is not None else with_interval(value, None, signed) + " [n/a]"
+    ci = (intervals or {}).get(metric)
+    return with_interval(value, ci, signed) + (" [n/a]" if ci is None and metric in (intervals or {}) else "")
 
 
 def format_comparison(name: str, method: str, before: dict, after: dict, improvement: dict, level: float = 0.95) -> str:
-    """One evaluation set, one row per metric: before and after each beside the interval for its own value (the
-    paper's plug-in ECEs without one), the paired difference after - before with its interval, and whether that
-    interval excludes 0; below, the reason of every null interval."""
+    """One evaluation set, one row per metric: before, after and the paired difference, each with its interval,
+    and whether the difference's excludes 0; below, the reason of every null interval."""
     key = interval_key(level)
     head = (f"{name} (n={before['n']})", "before", f"after ({method})", "after - before", "excludes 0")
     rows, reasons, blocks = [], {}, (before, after)
