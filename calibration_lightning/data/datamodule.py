@@ -57,16 +57,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
     ``answer_token [B]`` (gold letter's token id), ``n_choices [B]``, ``index [B]``
     (row position in its split), ``keep [B]`` (False for padding copies in a DDP share) and ``padded``
     (a Python bool: whether any row is left-padded, known here so the step need not ask the device).
-
-    Args:
-        splits: train / val / test records.
-        tokenizer: a Hugging Face tokenizer (pad token set).
-        dataset: the ``dataset`` config: ``prompt``, ``batch_size`` (training, per process), ``eval_batch_size``,
-            ``eval_tokens_per_batch`` (when > 0, scoring batches hold as many prompts as fit this many tokens,
-            rows x longest prompt, instead of ``eval_batch_size`` prompts) and ``max_length`` (longer prompts keep
-            their last ``max_length`` tokens).
-        seed: shuffling seed of the training batches.
-        eval_sets: extra named test sets (evaluated after ``test``).
+    ``eval_sets`` are extra named test sets, evaluated after ``test``; prompts longer than
+    ``dataset.max_length`` keep their last ``max_length`` tokens.
     """
 
     def __init__(
@@ -173,11 +165,8 @@ class MultipleChoiceDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def split_dataloader(self, name: str) -> DataLoader:
-        """Scoring loader over one split in length order: this process's share under DDP.
-
-        Samples are dealt round-robin in length order; shorter shares are padded with copies flagged
-        ``keep=False`` so every rank runs the same number of batches and each question counts once.
-        """
+        """Scoring loader over one split in length order, this process's share under DDP: samples are dealt
+        round-robin; shorter shares are padded with ``keep=False`` copies so every rank runs as many batches."""
         self.setup()
         examples = self.encoded[name].examples
         rank, world = self._rank_world()

@@ -1,14 +1,10 @@
-"""Hugging Face hub datasets in their published schemas, read from their Parquet files.
-
-Each loader downloads only the Parquet files of one split (``huggingface_hub.snapshot_download``
-with an ``allow_patterns`` filter) and maps the schema's fields to MCRecords. Pass ``data_dir``
-to read a local copy laid out like the hub repository instead (offline use, tests).
-"""
+"""Hugging Face hub datasets in their published schemas, read from the Parquet files of one split; ``data_dir``
+reads a local copy laid out like the hub repository instead (offline use, tests)."""
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +60,6 @@ def split_files(
     return files
 
 
-def _rows(files: list[Path]) -> Iterator[tuple[str, dict]]:
-    for path in files:
-        for where, row in parquet_rows(path):
-            yield f"{path}: {where}", row
-
-
 def _load(
     repo_id: str,
     patterns: list[str],
@@ -81,12 +71,13 @@ def _load(
     keep: Callable[[dict], bool] = lambda row: True,
 ) -> list[MCRecord]:
     records = []
-    for where, row in _rows(split_files(repo_id, patterns, data_dir, revision)):
-        if not keep(row):
-            continue
-        records.append(make_record(to_record(row), where, f"{name}-{len(records)}"))
-        if limit and len(records) >= limit:
-            break
+    for path in split_files(repo_id, patterns, data_dir, revision):
+        for where, row in parquet_rows(path):
+            if not keep(row):
+                continue
+            records.append(make_record(to_record(row), f"{path}: {where}", f"{name}-{len(records)}"))
+            if limit and len(records) >= limit:
+                return records
     if not records:
         raise DataError(f"{repo_id}: the split holds no usable records")
     return records
@@ -145,12 +136,8 @@ def _labelled_choices(r: dict, stem: str) -> dict[str, Any]:
     """Schemas with ``choices: {text: [...], label: [...]}`` and ``answerKey`` naming a label."""
     labels = [str(x) for x in r["choices"]["label"]]
     key = str(r.get("answerKey", "")).strip()
-    return {
-        "id": r.get("id"),
-        "question": r[stem],
-        "choices": r["choices"]["text"],
-        "answer": labels.index(key) if key in labels else None,
-    }
+    answer = labels.index(key) if key in labels else None
+    return {"id": r.get("id"), "question": r[stem], "choices": r["choices"]["text"], "answer": answer}
 
 
 def openbookqa(

@@ -7,15 +7,9 @@ from calibration_lightning.errors import TokenizerError
 
 
 def letter_token_ids(tokenizer, prompt: str, answer_prefix: str, k: int, add_special_tokens: bool = True) -> list[int]:
-    """Token id of each of the first ``k`` letters as it follows ``prompt`` + ``answer_prefix``.
-
-    Tokenizes the prompt alone and with each completion; the completion must add exactly one
-    token and leave the prompt's tokens unchanged, otherwise reading that letter's logit at
-    the last prompt position would be wrong.
-
-    Raises:
-        TokenizerError: naming the letter, how it tokenized, and what to change.
-    """
+    """Token id of each of the first ``k`` letters as it follows ``prompt`` + ``answer_prefix``: each completion
+    must add exactly one token and leave the prompt's tokens unchanged, otherwise reading that letter's logit at
+    the last prompt position would be wrong (a TokenizerError says how the letter tokenized and what to change)."""
     base = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
     ids = []
     for letter in LETTERS[:k]:

@@ -131,20 +131,11 @@ def _parse_choices(choices: Any, where: str) -> tuple[str, ...]:
 
 
 def make_record(row: Mapping[str, Any], where: str, default_id: str) -> MCRecord:
-    """Validate one raw row (question, choices, answer; optional id, subject) into an MCRecord.
-
-    Text must be valid Unicode (no unpaired surrogates); ``choices`` a list (or tuple) of 2-26 non-empty
-    strings, never a mapping or a set; ``answer`` an integer index or a string of ASCII digits or one ASCII
-    letter among the row's options; ``id`` and ``subject`` text or a number.
-
-    Args:
-        row: the raw fields.
-        where: "FILE: row N" prefix used in every error message.
-        default_id: id used when the row has none.
-
-    Raises:
-        DataError: naming ``where`` and the offending field.
-    """
+    """Validate one raw row (question, choices, answer; optional id, subject) into an MCRecord. Text must be valid
+    Unicode (no unpaired surrogates); ``choices`` a list (or tuple) of 2-26 non-empty strings, never a mapping or a
+    set; ``answer`` an integer index or a string of ASCII digits or one ASCII letter among the row's options; ``id``
+    and ``subject`` text or a number (``default_id`` when absent). Every DataError starts with ``where`` ("FILE: row
+    N") and names the offending field."""
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: expected an object with fields question, choices, answer; got {type(row).__name__}")
     question = row.get("question")
@@ -167,11 +158,7 @@ def make_record(row: Mapping[str, Any], where: str, default_id: str) -> MCRecord
 
 def check_unique_ids(records: list[MCRecord], wheres: list[str], source: str) -> None:
     """Refuse two rows with the same id (``0`` and ``"0"`` are the same id): prediction rows are joined back
-    to the data by id.
-
-    Raises:
-        DataError: naming both rows and the id.
-    """
+    to the data by id."""
     first: dict[str, str] = {}
     for record, where in zip(records, wheres):
         if record.id in first:

@@ -8,17 +8,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 
 class LengthSortedBatches:
-    """Evaluation batches: indices sorted by length (longest first), cut into batches.
+    """Evaluation batches: indices sorted by length (longest first), cut into batches of ``batch_size``, or, when
+    ``tokens_per_batch`` > 0, of as many prompts as keep rows x longest prompt within that budget (at least one).
 
     A batch sampler object (not a bare list): Lightning's prediction loop wraps its batch sampler.
-
-    Args:
-        lengths: token length of each prompt.
-        batch_size: prompts per batch (when ``tokens_per_batch`` is 0).
-        tokens_per_batch: when > 0, each batch takes as many prompts as keep rows x longest prompt within
-            this budget (at least one): short prompts go in large batches, long ones in small batches.
-        reference_lengths: lengths, sorted longest first, that decide where the token-budget batches are
-            cut (default: ``lengths`` sorted); DDP ranks pass the longest share so their batches line up.
+    ``reference_lengths`` (sorted longest first; default ``lengths`` sorted) decide where token-budget batches
+    are cut: DDP ranks pass the longest share so their batches line up.
     """
 
     def __init__(
@@ -57,18 +52,14 @@ def rounds_per_pass(n: int, batch_size: int, world_size: int, round_batches: int
 class LengthGroupedBatchSampler:
     """Shuffled training batches of similar-length prompts, resumable mid-epoch.
 
-    Each pass over the data shuffles with ``seed + pass``, sorts windows of ``batch_size * group`` samples
-    by length, cuts them into batches and shuffles the batch order. With several processes,
-    rank r takes batches r, r + world, ... (the list is padded so every rank gets as many).
-
-    A Lightning epoch is one pass, or, with ``round_batches``, one round: the pass is cut into equal rounds of
-    about ``round_batches`` batches (``rounds_per_pass``), so that validation runs after every round (Lightning
-    validates after a fixed number of batches, which must be each round's length). The few batches of a pass
-    left over by the cut (fewer than its rounds) are left out of that pass; the next pass reshuffles.
-
-    Args:
-        epoch_source: returns the current epoch (the Trainer's); the order depends only on it.
-        round_batches: batches per round (per process); 0 or at least a pass's batches: a round is a pass.
+    Each pass over the data shuffles with ``seed + pass``, sorts windows of ``batch_size * group`` samples by
+    length, cuts them into batches and shuffles the batch order. With several processes, rank r takes batches
+    r, r + world, ... (the list is padded so every rank gets as many). A Lightning epoch is one pass, or, with
+    ``round_batches``, one round: the pass is cut into equal rounds of about ``round_batches`` batches
+    (``rounds_per_pass``), so that validation runs after every round (Lightning validates after a fixed number of
+    batches, which must be each round's length). The few batches of a pass left over by the cut (fewer than its
+    rounds) are left out of that pass; the next pass reshuffles. ``epoch_source`` returns the current (Trainer's)
+    epoch, on which alone the order depends; ``round_batches`` 0 or at least a pass's batches makes a round a pass.
     """
 
     def __init__(

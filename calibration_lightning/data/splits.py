@@ -30,21 +30,13 @@ def split_records(
     records: list[MCRecord], train: int | float, val: int | float, test: int | float, seed: int = 0
 ) -> Splits:
     """Shuffle with ``seed`` and cut into train, val and test (counts, or fractions of all records rounded down).
-
-    Raises:
-        DataError: the sizes add up to more records than there are, naming the splits given as counts (those
-            the user can lower; fractions rounded down never overflow unless they add up to more than 1).
-    """
+    Asking too many: a DataError names the splits given as counts (fractions overflow only if they sum over 1)."""
     n = len(records)
     given = {"train": train, "val": val, "test": test}
     sizes = [_count(s, n, name) for name, s in given.items()]
     if sum(sizes) > n:
-        counts = [f"dataset.split.{k}" for k, s in given.items() if not (isinstance(s, float) and 0 < s < 1)]
-        fix = (
-            f"lower {' or '.join(c for c in counts if given[c.rsplit('.', 1)[1]])}"
-            if any(given[c.rsplit(".", 1)[1]] for c in counts)
-            else "make the fractions add up to at most 1"
-        )
+        counts = [f"dataset.split.{k}" for k, s in given.items() if s and not (isinstance(s, float) and 0 < s < 1)]
+        fix = f"lower {' or '.join(counts)}" if counts else "make the fractions add up to at most 1"
         raise DataError(
             f"dataset.split asks for {sizes[0]} + {sizes[1]} + {sizes[2]} = {sum(sizes)} records, "
             f"but the source has only {n}; {fix}"

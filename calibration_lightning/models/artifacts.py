@@ -54,11 +54,7 @@ class Unloadable(Exception):
 
 def load_tensors(path: Path):
     """``path`` as ``torch.load`` reads it with ``weights_only=True`` (memory-mapped when it is a zip archive, so
-    checking a large file reads little of it): never runs code a pickle names.
-
-    Raises:
-        Unloadable: "empty", "truncated or damaged", or "refused: ... Python objects other than tensors".
-    """
+    checking a large file reads little of it): never runs code a pickle names."""
     import pickle
     import zipfile
 
@@ -123,11 +119,7 @@ def damaged_cache_file(folder: Path) -> Path | None:
 
 
 def check_adapter(adapter: str) -> None:
-    """``model.adapter``: a local peft adapter folder, complete, or a hub adapter that can be fetched.
-
-    Raises:
-        ConfigError: naming the file (or hub id) and what to do.
-    """
+    """``model.adapter``: a local peft adapter folder, complete, or a hub adapter that can be fetched."""
     key = f"model.adapter={adapter}"
     folder = Path(adapter).expanduser()
     if not folder.exists():
@@ -183,28 +175,22 @@ def _check_adapter_config(folder: Path, data: dict, where: str) -> None:
 
 
 def _check_hub_adapter(repo_id: str, key: str) -> None:
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub import constants, errors, hf_hub_download
 
     offline = " (HF_HUB_OFFLINE=1 forbids downloads)" if constants.HF_HUB_OFFLINE else ""
     local_hint = "pass a local adapter folder: model.adapter=/path/to/adapter"
     try:
         hf_hub_download(repo_id, "adapter_config.json")
-    except HFValidationError:
+    except errors.HFValidationError:
         raise ConfigError(f"{key}: neither an existing folder nor a hub id ORG/NAME; {local_hint}") from None
-    except RepositoryNotFoundError:
+    except errors.RepositoryNotFoundError:
         raise ConfigError(f"{key}: the Hugging Face hub has no adapter {repo_id} (or it is private)") from None
-    except LocalEntryNotFoundError:  # before EntryNotFoundError, its parent class
+    except errors.LocalEntryNotFoundError:  # before EntryNotFoundError, its parent class
         raise ConfigError(
             f"{key}: cannot download {repo_id} from the Hugging Face hub{offline}, and it is not in the cache; "
             f"check the network, or {local_hint}"
         ) from None
-    except EntryNotFoundError:
+    except errors.EntryNotFoundError:
         raise ConfigError(f"{key}: {repo_id} on the Hugging Face hub has no adapter_config.json") from None
     except OSError as e:  # HTTP errors and connection failures
         reason = " ".join(str(e).split())[:200] or type(e).__name__

@@ -43,11 +43,8 @@ def load_tokenizer(source: str, settings: ModelConf):
 def load_model(
     source: str, settings: ModelConf, device: str = "cpu", with_lora: bool = True, tokens_per_batch: int = 0
 ):
-    """The base model in ``settings.dtype`` (optionally nf4-quantized), wrapped in LoRA adapters, with
-    gradient checkpointing (resolved for ``tokens_per_batch``) and regional compilation as configured.
-
-    Only adapter weights are trainable; every base weight has ``requires_grad=False``.
-    """
+    """The base model in ``settings.dtype`` (optionally nf4-quantized), wrapped in LoRA adapters (the only trainable
+    weights), with gradient checkpointing (resolved for ``tokens_per_batch``) and regional compilation as configured."""
     dtype = resolve_dtype(settings.dtype, device)
     quantize = resolve_quantize(settings.quantize, device)
     if quantize != "nf4":  # bitsandbytes' notice about its optional CPU 4-bit kernels concerns nf4 runs only
@@ -83,8 +80,10 @@ def load_model(
         set_lora_input_casting(model, False)
     if use_gradient_checkpointing(model, settings.gradient_checkpointing, tokens_per_batch, device):
         enable_gradient_checkpointing(model)
-    if settings.compile:
-        compile_layers(model)
+    if settings.compile:  # each decoder layer in place: parameter names unchanged, short compile times
+        for module in model.modules():
+            if type(module).__name__.endswith("DecoderLayer"):
+                module.compile()
     return model
 
 
@@ -113,7 +112,6 @@ def allow_tf32() -> None:
 
 def apply_liger(model) -> None:
     """Liger's fused RMSNorm, RoPE and SwiGLU on this model instance (before LoRA wraps its linear layers).
-
     Its fused linear cross-entropy stays off: our losses read logits (the answer position's, or every
     position's for L_SFT2), which that kernel never materializes."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
@@ -142,9 +140,8 @@ def load_adapter(model, settings: ModelConf):
     run can evaluate it (``method=none``) or train on from it; ``model.lora`` does not apply then."""
     from peft import PeftModel
 
-    source = (
-        str(Path(settings.adapter).expanduser()) if Path(settings.adapter).expanduser().exists() else settings.adapter
-    )
+    local = Path(settings.adapter).expanduser()
+    source = str(local) if local.exists() else settings.adapter
     try:
         model = PeftModel.from_pretrained(model, source, is_trainable=True, revision=settings.revision)
     except (RuntimeError, ValueError, KeyError, OSError) as e:  # another shape or base model: one line
@@ -173,12 +170,10 @@ def base_model_scoring(model):
 
 @contextmanager
 def merged_adapters(model, setting: str | bool = "auto"):
-    """Fold LoRA into the base weights for scoring (base-model speed), and unfold afterwards.
-
-    ``auto`` merges unless the base is 4-bit (merging into nf4 would requantize the weights);
-    ``dequantize`` also scores a 4-bit base merged, through ``dequantized_merged``. Unfolding restores the
-    base weights up to float rounding, so runs merge only once training is over.
-    """
+    """Fold LoRA into the base weights for scoring (base-model speed), and unfold afterwards. ``auto`` merges unless
+    the base is 4-bit (merging into nf4 would requantize the weights); ``dequantize`` also scores a 4-bit base
+    merged, through ``dequantized_merged``. Unfolding restores the base weights up to float rounding, so runs merge
+    only once training is over."""
     if setting == "dequantize" and _is_quantized(model):
         with dequantized_merged(model):
             yield
@@ -194,22 +189,15 @@ def merged_adapters(model, setting: str | bool = "auto"):
         yield
 
 
-def _four_bit_lora_layers(model) -> list:
-    import bitsandbytes as bnb
-
-    return [m for m in model.modules() if isinstance(getattr(m, "base_layer", None), bnb.nn.Linear4bit)]
-
-
 @contextmanager
 def dequantized_merged(model):
     """Score a 4-bit model as a merged bf16 one: each 4-bit base layer is swapped for a dense layer holding
     its dequantized weight plus the LoRA update, the adapters are off while scoring, and the 4-bit layers
-    come back afterwards untouched (nothing is requantized).
+    come back afterwards untouched (nothing is requantized). The dense copy costs 2 bytes per base weight (about
+    14 GiB for an 8B model); when the GPU has not that much free, the adapters are scored unmerged (logged)."""
+    import bitsandbytes as bnb
 
-    The dense copy costs 2 bytes per base weight (about 14 GiB for an 8B model). When the GPU has not that
-    much free, the adapters are scored unmerged instead, and the log says so.
-    """
-    layers = _four_bit_lora_layers(model)
+    layers = [m for m in model.modules() if isinstance(getattr(m, "base_layer", None), bnb.nn.Linear4bit)]
     need = sum(m.base_layer.in_features * m.base_layer.out_features * 2 for m in layers)
     device = next(model.parameters()).device
     if device.type == "cuda" and need > 0.9 * torch.cuda.mem_get_info(device)[0]:
@@ -239,14 +227,6 @@ def dequantized_merged(model):
             module.base_layer = base
 
 
-def activation_bytes(model, tokens: int) -> int:
-    """Rough activation memory of one LoRA training step without checkpointing (bf16, SDPA):
-    about 34 hidden-size vectors per token per layer, plus the logits."""
-    cfg = model.config
-    per_token = 34 * cfg.hidden_size * cfg.num_hidden_layers * 2
-    return tokens * per_token
-
-
 def use_gradient_checkpointing(model, setting: str | bool, tokens_per_batch: int, device: str) -> bool:
     """Resolve ``auto``: checkpoint only on CUDA when the step's activations would not fit in free memory."""
     if setting != "auto":
@@ -254,7 +234,8 @@ def use_gradient_checkpointing(model, setting: str | bool, tokens_per_batch: int
     if device != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info()
-    need = activation_bytes(model, tokens_per_batch)
+    # rough activations of one LoRA step without checkpointing (bf16, SDPA): ~34 hidden-size vectors per token per layer
+    need = tokens_per_batch * 34 * model.config.hidden_size * model.config.num_hidden_layers * 2
     log.info("gradient checkpointing auto: ~%.1f GiB of activations, %.1f GiB free", need / 2**30, free / 2**30)
     return need > 0.8 * free
 
@@ -262,13 +243,6 @@ def use_gradient_checkpointing(model, setting: str | bool, tokens_per_batch: int
 def enable_gradient_checkpointing(model) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
-
-
-def compile_layers(model) -> None:
-    """``torch.compile`` each decoder layer in place (parameter names unchanged, short compile times)."""
-    for module in model.modules():
-        if type(module).__name__.endswith("DecoderLayer"):
-            module.compile()
 
 
 def adapter_weights(model) -> dict[str, torch.Tensor]:

