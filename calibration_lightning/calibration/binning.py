@@ -11,14 +11,8 @@ def bin_index(values: Tensor, n_bins: int) -> Tensor:
 
     Bin b covers [b / n_bins, (b + 1) / n_bins); the last bin also holds 1.0. Each boundary is ``b / n_bins``
     rounded once in the values' dtype (``linspace`` can be an ulp off: 0.7 fell in bin 6 in float64, bin 7 in
-    float32), so a value written as b / n_bins is in bin b whatever its dtype.
-
-    Args:
-        values: probabilities of any shape.
-        n_bins: number of bins (>= 1).
-
-    Returns:
-        Long tensor of the same shape with entries in [0, n_bins - 1].
+    float32), so a value written as b / n_bins is in bin b whatever its dtype. Returns a long tensor of
+    ``values``' shape.
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")

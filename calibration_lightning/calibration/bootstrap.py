@@ -1,10 +1,7 @@
 """Resampling the questions: R resamples at once, paired across sets, and the one quantile rule of every interval.
 
-A resample draws N questions with replacement (a seeded ``[R, N]`` index matrix: the same seed and N give the
-same resamples whatever is scored); what any statistic needs from it is how often each question was drawn,
-``counts [R, N]``. A statistic built from per-question sums then costs one matrix product ``counts @
-features`` for all R resamples. Every set scored on the same questions is resampled with the same counts, so
-differences between sets are paired.
+A resample is how often each question was drawn, ``counts [R, N]`` (seeded: the same seed and N give the same
+resamples whatever is scored), so a statistic built from per-question sums costs one product ``counts @ features``.
 """
 
 from __future__ import annotations
@@ -45,20 +42,10 @@ def resamples_allowed(resamples: int) -> bool:
     return resamples == 0 or resamples >= MIN_RESAMPLES
 
 
-def check_resamples(resamples: int) -> None:
-    """``ValueError`` unless ``resamples`` is 0 (no intervals) or at least ``MIN_RESAMPLES``."""
-    if not resamples_allowed(resamples):
-        raise ValueError(
-            f"resamples={resamples}: must be 0 (no intervals) or >= {MIN_RESAMPLES} (fewer leave the ends of a 95% "
-            "interval to a handful of draws)"
-        )
-
-
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Run torch on one thread inside, then restore the thread count: the products here are small enough that
-    a second thread gains little on an idle machine and, on a busy one, waits for its descheduled peer
-    (``bench/bootstrap_bench.py``)."""
+    """Run torch on one thread inside: a second thread gains little here on an idle machine and, on a busy one,
+    waits for its descheduled peer (``bench/bootstrap_bench.py``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -20,15 +20,7 @@ def mask_letter_logits(letter_logits: Tensor, n_choices: Tensor | None) -> Tenso
 
 
 def letter_probabilities(letter_logits: Tensor, n_choices: Tensor | None = None) -> Tensor:
-    """Softmax over each row's own option letters.
-
-    Args:
-        letter_logits: ``[N, K]`` logits read at the K letter tokens at the last prompt position.
-        n_choices: optional ``[N]`` number of options of each row (<= K); columns beyond it get 0.
-
-    Returns:
-        ``[N, K]`` float32 probabilities; prediction = argmax, confidence = max.
-    """
+    """``[N, K]`` float32 softmax over each row's own option letters (``n_choices [N]``: columns beyond get 0)."""
     return torch.softmax(mask_letter_logits(letter_logits.float(), n_choices), dim=-1)
 
 

@@ -1,24 +1,8 @@
 """The debiased l2 binned ECE and intervals for its population value (and for the change of that value).
 
-The population quantity. With the paper's equal-width bins b (top-label confidence for conf-ECE; each class's
-probability p_j for classwise ECE), ``P(b)`` the chance a question falls in bin b and ``delta_b = E[correct -
-confidence | b]`` the bin's gap, the **l2 binned ECE** is ``theta = sqrt(sum_b P(b) delta_b^2)`` (classwise: the
-mean over classes inside the root; Sun, Chaudhari, Barnett and Dobriban 2024). The paper's plug-in l1 value has no
-unbiased estimator (``|.|`` is not smooth at 0) and is biased upward by about 0.05 on 240 questions near
-calibration, so no interval here is for it.
-
-The estimator. Within bin b, with residuals ``r_i = correct_i - confidence_i``, mean ``m_b`` and ``v_b`` = their
-sample variance / n_b, ``U_b = m_b^2 - v_b = (S_b^2 - Q_b) / (n_b (n_b - 1))`` is unbiased for ``delta_b^2``
-(Broecker 2012; Kumar, Liang and Ma 2019). ``T = sum_b n_b / N U_b`` (bins of two or more questions) is unbiased
-for ``theta^2``; the reported estimate is ``sqrt(max(T, 0))``.
-
-The interval: a bootstrap test inversion (Carpenter 1999). World(theta) is the questions with each bin's residuals
-shifted so that the bin's gap is ``theta u_b``, u the observed gaps scaled to unit l2 norm (``ResampledECE``); its
-squared ECE is theta^2, and one set of R resamples of the questions gives every world's ``T*(theta) = A + 2 B theta
-+ C theta^2`` at once. The interval is every theta whose world holds ``max(T, 0)`` inside the central ``level`` of
-its ``T*`` (``ece_interval``): no normality is assumed; a bin's skewness and the estimator's mass below 0 near
-calibration are the bootstrap's own. A change after - before: the same on ``D = sqrt(T_a+) - sqrt(T_b+)`` over
-paired worlds (``change_interval``); it excludes 0 exactly when the paired test of "no change" rejects.
+``T = sum_b n_b / N U_b`` (``U_b = (S_b^2 - Q_b) / (n_b (n_b - 1))`` of the residuals ``correct - confidence``)
+is unbiased for the squared l2 binned ECE; the intervals invert a bootstrap test over worlds whose ECE is theta
+(``ResampledECE``). ``docs/statistics.md`` has the definitions, the references and the reasons.
 """
 
 from __future__ import annotations
@@ -89,20 +73,15 @@ def _moments(sums: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return count, mean, torch.where(count >= 2, var, 0.0)
 
 
-def debiased_square(sums: Tensor, n: int, classes: int = 1) -> Tensor:
-    """``T = sum_b n_b / N U_b / classes`` over bins of two or more: unbiased for the squared l2 binned ECE,
-    ``[...]`` from per-bin sums ``[..., 3 B]``."""
-    count, mean, var = _moments(sums)
-    return torch.where(count >= 2, count * (mean * mean - var), 0.0).sum(-1) / (n * classes)
-
-
 def debiased_ece(probs: Tensor, labels: Tensor, n_bins: int = 10, kind: str = "conf") -> float:
     """The debiased l2 binned ECE ``sqrt(max(T, 0))`` of ``probs [N, K]``, ``labels [N]`` (``kind`` "conf" or
     "cw"); 0 for N = 0."""
     index, residual, _, total_bins, classes = slots(probs, labels, n_bins, kind)
     if len(labels) == 0:
         return 0.0
-    return max(float(debiased_square(bin_sums(index, residual, total_bins), len(labels), classes)), 0.0) ** 0.5
+    count, mean, var = _moments(bin_sums(index, residual, total_bins))
+    square = torch.where(count >= 2, count * (mean * mean - var), 0.0).sum(-1) / (len(labels) * classes)  # T
+    return max(float(square), 0.0) ** 0.5
 
 
 def deviation_features(index: Tensor, residual: Tensor, total_bins: int) -> tuple[Tensor, Tensor]:
@@ -123,14 +102,8 @@ class ResampledECE:
     resample's U-statistic runs over the ordered pairs of its draws (a question drawn twice pairs with its
     copy: draws from a world are independent, so ``T*`` is unbiased for theta^2); with the resample's per-bin
     mean deviation e_b and its variance v_b, ``U*_b = f_b^2 (e_b^2 - v_b) + 2 f_b theta u_b e_b + theta^2 u_b^2``,
-    a quadratic in theta.
-
-    Args:
-        sums: ``[3 B]`` per-bin ``n, S, Q`` of the residuals (``deviation_features``).
-        resampled: ``[R, 3 B]`` ``counts @ features``: per bin, the draws and the sums of the drawn deviations
-            from the bin's mean and of their squares.
-        n: the number of questions; ``classes``: 1 for conf-ECE, K for cw-ECE.
-        varies: ``outcomes_vary`` of the questions (False: ``degenerate``, no interval).
+    a quadratic in theta. ``sums [3 B]`` and ``resampled [R, 3 B]``: ``deviation_features``' sums and ``counts @
+    features``; ``classes``: 1 for conf-ECE, K for cw-ECE; ``varies``: ``outcomes_vary`` (False: no interval).
     """
 
     def __init__(self, sums: Tensor, resampled: Tensor, n: int, classes: int, varies: bool = True) -> None:
@@ -196,10 +169,7 @@ def paired_worlds(before: ResampledECE, after: ResampledECE) -> Callable[[float]
     The paired world of delta moves one phase from the estimates: for a change between 0 and the observed D,
     the phase with the larger estimate (so delta = 0, the test of no change, sets both at the smaller
     estimate); beyond D, the one with the smaller estimate (down to 0); the other way, the one with the larger
-    estimate. Why the smaller estimate for "no change": near calibration both estimates err upward (roots of a
-    truncated estimator) and the spread of D peaks where the ECE is about the noise level, so a common value at
-    their mean made the test reject 1% of no-change samples at nominal 5% and lose power
-    (``docs/statistics.md`` has the measurements).
+    estimate (``docs/statistics.md`` says why the smaller estimate for "no change").
     """
     d = after.estimate - before.estimate
     high, low = max(before.estimate, after.estimate), min(before.estimate, after.estimate)

@@ -1,17 +1,7 @@
 """Intervals of one set's metrics and of their changes after - before, all from one paired bootstrap.
 
-What each interval is for (``INTERVALS``; ``docs/statistics.md`` has the reasons and the coverage):
-
-- ``conf_ece_debiased``, ``cw_ece_debiased``: the population l2 binned ECE, by the bootstrap test inversion of
-  ``debiased.py``; their change: the change of that population value, 0-excluding exactly when the paired test
-  of "no change" rejects at 1 - level.
-- ``accuracy``, ``brier``, ``nll``: the population mean, percentile bootstrap; their change: the difference of
-  the means (paired percentile bootstrap).
-- the paper's plug-in ``conf_ece`` and ``cw_ece``, ``mce``, ``adaptive_ece``, ``smooth_ece``: none
-  (``NO_INTERVAL`` says why).
-
-An interval that cannot be estimated is None with its reason (``reason``): too few questions or resamples, or
-nothing that varies from question to question for the bootstrap to resample.
+What each is for: ``bootstrap.INTERVALS`` and ``docs/statistics.md``. An interval that cannot be estimated is None
+with its reason (``reason``): too few questions or resamples, or no spread for the bootstrap to resample.
 """
 
 from __future__ import annotations
@@ -21,12 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from calibration_lightning.calibration.bootstrap import (
-    MIN_QUESTIONS,
-    MIN_TAIL,
-    quantile_interval,
-    resampled_sums,
-)
+from calibration_lightning.calibration.bootstrap import MIN_QUESTIONS, MIN_TAIL, quantile_interval, resampled_sums
 from calibration_lightning.calibration.debiased import (
     ResampledECE,
     change_interval,

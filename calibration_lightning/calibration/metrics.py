@@ -1,9 +1,7 @@
-"""Calibration metrics as pure functions of probabilities.
+"""Calibration metrics as pure functions of probabilities (never logits), torch tensors or numpy arrays.
 
-Every public function takes probabilities, never logits, as torch tensors or numpy arrays (any strides):
-``probs [N, K]`` (rows summing to 1; a dataset with fewer than K choices on a row carries zeros in the unused
-columns) with integer ``labels [N]`` in [0, K), or a binary ``probs [N]`` (the probability of class 1) with 0/1
-``labels [N]``. ``as_inputs`` checks and converts them, with one ``ValueError`` line for anything else.
+``probs [N, K]`` (rows summing to 1; zeros past a row's own options) with ``labels [N]`` in [0, K), or a binary
+``probs [N]`` (of class 1) with 0/1 labels; ``as_inputs`` checks them, one ``ValueError`` line for anything else.
 """
 
 from __future__ import annotations
@@ -30,16 +28,8 @@ def _tensor(x, name: str) -> Tensor:
 
 
 def as_inputs(probs, labels, name: str = "probs") -> tuple[Tensor, Tensor]:
-    """``(probs [N, K] float, labels [N] long)`` from a tensor or array pair, checked.
-
-    Args:
-        probs: ``[N, K]`` probabilities (K >= 2), or ``[N]`` probabilities of class 1 of a binary task.
-        labels: ``[N]`` integer (or bool) gold indices, in [0, K) (0 or 1 when ``probs`` is ``[N]``).
-        name: what ``probs`` is called in an error message.
-
-    Raises:
-        ValueError: one line naming what is wrong.
-    """
+    """``(probs [N, K] float, labels [N] long)`` from a tensor or array pair, checked (``name``: what ``probs`` is
+    called in an error message)."""
     probs, labels = _tensor(probs, name), _tensor(labels, "labels")
     if probs.ndim not in (1, 2) or (probs.ndim == 2 and probs.shape[1] < 2):
         raise ValueError(f"{name} must be [N, K] probabilities (K >= 2) or [N] of class 1, got {tuple(probs.shape)}")
@@ -76,60 +66,35 @@ def top_label(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _top_label_gaps(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
+    probs, labels = as_inputs(probs, labels)
     conf, hit = top_label(probs, labels)
     return _bin_gaps(bin_index(conf, n_bins), conf, hit, n_bins)
 
 
 def bin_statistics(probs: Tensor, labels: Tensor, n_bins: int = 10) -> tuple[Tensor, Tensor]:
-    """Per top-label confidence bin: accuracy and count (``[n_bins]`` each; accuracy 0 where empty).
-
-    RCFT's E-step (a_b, N_b) and the regime's histogram binning both read these.
-    """
+    """Per top-label confidence bin: accuracy and count (``[n_bins]`` each; accuracy 0 where empty)."""
     conf, hit = top_label(probs, labels)
     idx = bin_index(conf, n_bins)
     count = binned_sums(idx, torch.ones_like(conf), n_bins)
     return binned_sums(idx, hit, n_bins) / count.clamp_min(1), count
 
 
-def confidence_ece(confidence: Tensor, correct: Tensor, n_bins: int = 10) -> Tensor:
-    """ECE of arbitrary confidences ``[N]`` against correctness ``[N]`` (e.g. after recalibration)."""
-    gap, count = _bin_gaps(bin_index(confidence, n_bins), confidence, correct.to(confidence.dtype), n_bins)
-    return (gap * count).sum() / max(len(confidence), 1)
-
-
 def conf_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
-    """Top-label expected calibration error.
-
-    Bins samples by confidence ``max_k p_k``; returns
-    ``sum_b |B_b| / N * |acc(B_b) - mean_conf(B_b)|``. Empty bins add nothing.
-
-    Args:
-        probs: ``[N, K]`` probabilities.
-        labels: ``[N]`` gold class indices.
-        n_bins: number of equal-width bins; the last includes 1.0.
-
-    Returns:
-        0-dim tensor.
-    """
-    probs, labels = as_inputs(probs, labels)
-    return confidence_ece(*top_label(probs, labels), n_bins)
+    """Top-label ECE over equal-width confidence bins (the last includes 1.0), 0-dim:
+    ``sum_b |B_b| / N * |acc(B_b) - mean_conf(B_b)|``."""
+    gap, count = _top_label_gaps(probs, labels, n_bins)
+    return (gap * count).sum() / max(len(labels), 1)
 
 
 def max_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
     """Largest |accuracy - mean confidence| over non-empty top-label bins (MCE)."""
-    probs, labels = as_inputs(probs, labels)
     gap, count = _top_label_gaps(probs, labels, n_bins)
     return torch.where(count > 0, gap, torch.zeros_like(gap)).max()
 
 
 def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
-    """Classwise ECE (Kull et al., 2019).
-
-    For each class j, bins all N samples by ``p_j`` and compares the fraction whose
-    gold label is j with the mean ``p_j`` per bin, weighted by ``|B| / N``; the K
-    per-class errors are averaged. Arguments and result as ``conf_ece``: ``[N, K]`` probabilities, ``[N]`` gold
-    indices, equal-width bins (the last includes 1.0); a 0-dim tensor.
-    """
+    """Classwise ECE (Kull et al., 2019): per class j, the ECE of ``p_j`` against ``1[y = j]`` over all N samples
+    (bins as ``conf_ece``), averaged over the K classes."""
     probs, labels = as_inputs(probs, labels)
     n, k = probs.shape
     # One pass over all N*K (p_j, y == j) pairs: class j owns bins [j*n_bins, (j+1)*n_bins).
@@ -171,13 +136,9 @@ def nll_terms(probs: Tensor, labels: Tensor) -> Tensor:
 
 
 def equal_mass_ece(confidence: Tensor, correct: Tensor, n_bins: int = 10) -> Tensor:
-    """ECE over equal-mass bins of ``confidence [N]`` against ``correct [N]`` (float64, 0-dim).
-
-    The samples, sorted by confidence, are cut into ``n_bins`` bins of exactly ``N / n_bins`` samples each;
-    a sample on a cut is split between the two bins in proportion (so N need not be a multiple of n_bins).
-    Samples with equal confidence form one group whose correctness is their mean, so the value does not depend
-    on how ties are ordered. ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.
-    """
+    """ECE over equal-mass bins of ``confidence [N]`` against ``correct [N]`` (float64, 0-dim): bins of exactly
+    N / n_bins sorted samples, a sample on a cut split between two bins in proportion, and samples of equal
+    confidence one group of their mean correctness, so ties never depend on order."""
     order = confidence.double().argsort(stable=True)
     conf, hit = confidence.double()[order], correct.double()[order]
     n = len(conf)
@@ -205,12 +166,8 @@ def adaptive_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> Tensor:
 
 
 def smooth_ece(probs: Tensor, labels: Tensor) -> Tensor:
-    """Smooth ECE (smECE, Blasiok and Nakkiran 2023) of top-label confidence against correctness.
-
-    ``relplot.smECE``: kernel smoothing of the residuals ``conf - correct`` with a reflected Gaussian kernel
-    whose bandwidth is chosen as the fixed point sigma = smECE_sigma; defined for any N >= 1 and for
-    confidences of exactly 0 and 1. 0 for an empty set.
-    """
+    """Smooth ECE (``relplot.smECE``, Blasiok and Nakkiran 2023) of top-label confidence against correctness; 0 for
+    an empty set."""
     probs, labels = as_inputs(probs, labels)
     if labels.numel() == 0:
         return probs.new_zeros(())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from calibration_lightning.calibration.temperature import apply_temperature, fit_temperature
+from calibration_lightning.calibration.temperature import fit_temperature
 
 
 class TemperatureScaler:
@@ -18,4 +18,4 @@ class TemperatureScaler:
         return {"temperature": self.temperature}
 
     def transform(self, logits: Tensor) -> Tensor:
-        return apply_temperature(logits, self.temperature)
+        return logits / self.temperature  # -inf entries stay -inf

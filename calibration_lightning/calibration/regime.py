@@ -1,24 +1,7 @@
-"""The regime diagnosis: a report of how much miscalibration a confidence-only fix removes.
+"""The regime diagnosis: a report of how much miscalibration a confidence-only fix removes (``docs/methods.md``).
 
-It does not decide anything (``method=auto`` chooses by training both candidates, see
-``calibration_lightning.methods``); it describes the aligned model before training. Measured on
-the test split:
-
-* ``ece_lower_bound = |accuracy - mean confidence|``: always valid, since ECE is a weighted
-  mean of per-bin gaps whose signed weighted sum is exactly that difference.
-* ``recalibrated_ece``: the ECE left after histogram binning fitted on the validation split and applied
-  to the test split, computed per original confidence bin: ``sum_b n_b / N * |acc_test(b) - acc_val(b)|``
-  (a bin empty on val keeps its confidences). Re-binning the recalibrated values instead would let the
-  errors of different original bins cancel. It keeps every prediction, so it estimates the calibration
-  reachable without changing accuracy, if val and test come from one distribution.
-* ``sampling_floor``: the recalibrated ECE a perfectly recalibratable model would still show from finite
-  samples: per bin, the expected absolute difference of two independent accuracy estimates (val bin of
-  m_b, test bin of n_b questions), ``sqrt(2/pi) * sqrt(a_b (1 - a_b) (1/n_b + 1/m_b))``, weighted by n_b / N.
-
-``verdict``: ``calibratable`` when ``recalibrated_ece <= tolerance + sampling_floor``. What it does not
-measure: whether fine-tuning (CFT, which also moves predictions) reaches that calibration, or whether
-the model's accuracy is at the ceiling that the paper's bound concerns; the paper's bound needs
-quantities we cannot compute (PAPER.md).
+It decides nothing (``method=auto`` trains both candidates); ``ece_lower_bound = |accuracy - mean confidence|``
+always holds, the ECE being a weighted mean of per-bin gaps whose signed weighted sum is that difference.
 """
 
 from __future__ import annotations
@@ -33,7 +16,9 @@ from calibration_lightning.calibration.metrics import bin_statistics, top_label
 
 
 def recalibrated_ece(val_probs: Tensor, val_labels: Tensor, probs: Tensor, labels: Tensor, n_bins: int = 10) -> float:
-    """ECE of ``probs`` after histogram binning fitted on the val split, per original confidence bin."""
+    """ECE of ``probs`` after histogram binning fitted on the val split, per original confidence bin:
+    ``sum_b n_b / N * |acc_test(b) - acc_val(b)|`` (a bin empty on val keeps its confidences). Re-binning the
+    recalibrated values instead would let the errors of different original bins cancel."""
     val_acc, val_count = bin_statistics(val_probs, val_labels, n_bins)
     conf, hit = top_label(probs, labels)
     idx = bin_index(conf, n_bins)
@@ -43,7 +28,9 @@ def recalibrated_ece(val_probs: Tensor, val_labels: Tensor, probs: Tensor, label
 
 
 def sampling_floor(fit_probs: Tensor, fit_labels: Tensor, probs: Tensor, n_bins: int = 10) -> float:
-    """Expected ECE left by finite samples after histogram binning (see the module docstring)."""
+    """The recalibrated ECE a perfectly recalibratable model would still show from finite samples: per bin, the
+    expected |difference| of two accuracy estimates, ``sqrt(2/pi) * sqrt(a_b (1 - a_b) (1/n_b + 1/m_b))``,
+    weighted by n_b / N (m_b: the bin's fit questions)."""
     acc, fit_count = bin_statistics(fit_probs, fit_labels, n_bins)
     idx = bin_index(probs.max(dim=1).values, n_bins)
     count = binned_sums(idx, torch.ones(len(idx), dtype=acc.dtype), n_bins)
@@ -62,8 +49,8 @@ def diagnose(
     n_bins: int = 10,
     tolerance: float = 0.05,
 ) -> dict:
-    """The regime diagnosis written to metrics.json under ``regime`` (see module docstring); ``test_metrics``: the
-    test split's reported metrics (its accuracy and conf-ECE are not computed again)."""
+    """metrics.json ``regime``: ``calibratable`` when ``recalibrated_ece <= tolerance + sampling_floor``;
+    ``test_metrics``: the test split's reported metrics (its accuracy and conf-ECE are not computed again)."""
     accuracy, mean_conf = test_metrics["accuracy"], float(test_probs.max(dim=1).values.mean())
     recalibrated = recalibrated_ece(val_probs, val_labels, test_probs, test_labels, n_bins)
     floor = sampling_floor(val_probs, val_labels, test_probs, n_bins)

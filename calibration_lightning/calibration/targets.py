@@ -17,15 +17,8 @@ def rank_preserving_targets(probs: Tensor, bin_accuracy: Tensor, n_choices: Tens
     ``t_im = a``; for ``j != m``,
     ``t_ij = (1 - a) (1 + tanh(g p_ij)) / ((K - 1) + sum_{l != m} tanh(g p_il))`` with
     ``g = ln(K - 1) / (q2 (1 - a))`` and q2 the largest non-top probability. Non-top targets
-    sum to ``1 - a`` and keep the order of the non-top probabilities; ``a = 1`` gives zeros.
-
-    Args:
-        probs: ``[N, K]`` probabilities.
-        bin_accuracy: ``[N]`` accuracy a_b of each row's confidence bin.
-        n_choices: optional ``[N]`` options per row; columns beyond get target 0 and K is per row.
-
-    Returns:
-        ``[N, K]`` targets, detached from the graph (constants for the gradient).
+    sum to ``1 - a`` and keep the order of the non-top probabilities; ``a = 1`` gives zeros. ``bin_accuracy [N]``:
+    each row's bin's; ``n_choices [N]``: K per row (columns beyond get 0). The targets are detached (constants).
     """
     probs = probs.detach()
     n, k = probs.shape
@@ -43,6 +36,3 @@ def rank_preserving_targets(probs: Tensor, bin_accuracy: Tensor, n_choices: Tens
     rest = (1 - a)[:, None] * (1 + th) / denom[:, None]
     targets = torch.where(others, rest, torch.zeros_like(probs))
     return torch.where(is_top, a[:, None].expand(n, k), targets)
-
-
-__all__ = ["rank_preserving_targets"]

@@ -16,15 +16,7 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 200) -> floa
     """Fit T minimising the NLL of ``softmax(logits / T)`` over ``log T`` with L-BFGS.
 
     Unlike the authors' code, the loss is differentiable in T, so T really moves. The fit
-    never returns a T whose NLL on ``logits`` is worse than T = 1.
-
-    Args:
-        logits: ``[N, K]`` letter logits (-inf for options a row does not have).
-        labels: ``[N]`` gold indices.
-        max_iter: L-BFGS iteration cap.
-
-    Returns:
-        The fitted temperature as a float.
+    never returns a T whose NLL on ``logits`` (``[N, K]``, -inf for absent options) is worse than T = 1.
     """
     if logits.ndim != 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
         raise ValueError(
@@ -51,8 +43,3 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 200) -> floa
         if not torch.isfinite(fitted) or _nll(z, y, fitted) > _nll(z, y, torch.zeros((), dtype=torch.float64)):
             return 1.0
     return float(fitted.exp())
-
-
-def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
-    """Divide letter logits by T (``-inf`` entries stay ``-inf``)."""
-    return logits / temperature

@@ -9,24 +9,14 @@ from torch import Tensor, nn
 
 @dataclass
 class StepOutputs:
-    """What one forward pass gives a loss head.
+    """What one forward pass gives a loss head; the ``token_*`` fields only when the head sets ``full_sequence``."""
 
-    Attributes:
-        answer_logits: ``[B, V]`` logits at the last prompt position (where the letter is predicted).
-        letter_logits: ``[B, K]`` those logits at the K letter tokens; absent options are -inf.
-        letter_probs: ``[B, K]`` softmax of ``letter_logits`` (float32).
-        token_logits: ``[B, T, V]`` logits at every position of prompt + answer letter, only when the
-            head sets ``full_sequence``; else None.
-        token_ids: ``[B, T]`` the prompt + answer ids behind ``token_logits`` (or None).
-        token_mask: ``[B, T]`` 1 for real tokens, 0 for left padding (or None).
-    """
-
-    answer_logits: Tensor
-    letter_logits: Tensor
-    letter_probs: Tensor
-    token_logits: Tensor | None = None
-    token_ids: Tensor | None = None
-    token_mask: Tensor | None = None
+    answer_logits: Tensor  # [B, V] logits at the last prompt position (where the letter is predicted)
+    letter_logits: Tensor  # [B, K] those logits at the K letter tokens; absent options are -inf
+    letter_probs: Tensor  # [B, K] softmax of letter_logits (float32)
+    token_logits: Tensor | None = None  # [B, T, V] logits at every position of prompt + answer letter
+    token_ids: Tensor | None = None  # [B, T] the prompt + answer ids behind token_logits
+    token_mask: Tensor | None = None  # [B, T] 1 for real tokens, 0 for left padding
 
 
 @dataclass

@@ -12,14 +12,8 @@ from calibration_lightning.losses.base import LossHead, LossOutput, StepOutputs
 
 
 def ece_regularizer(probs: Tensor, targets: Tensor, sample_bin: Tensor, bin_count: Tensor) -> Tensor:
-    """L_ECE = sum_b (1 / N_b) * sum_{i in batch, bin b} ||p_i - t_i||^2.
-
-    Args:
-        probs: ``[B, K]`` letter probabilities (with gradient).
-        targets: ``[B, K]`` constant targets.
-        sample_bin: ``[B]`` bin of each sample.
-        bin_count: ``[n_bins]`` N_b from the E-step; samples in a bin that was empty there add nothing.
-    """
+    """L_ECE = sum_b (1 / N_b) * sum_{i in batch, bin b} ||p_i - t_i||^2, ``bin_count`` N_b from the E-step:
+    samples in a bin that was empty there add nothing."""
     squared = ((probs - targets) ** 2).sum(dim=1)
     n_b = bin_count[sample_bin]
     weight = torch.where(n_b > 0, 1.0 / n_b.clamp_min(1), torch.zeros_like(n_b))
@@ -32,12 +26,8 @@ class ECERegularizedSFT(LossHead):
     A sample's bin is that of its current confidence; its targets are
     ``rank_preserving_targets(p, a_b)``, detached (the authors' code lets gradient flow into them;
     we treat them as constants, as the EM derivation does). The bin statistics are buffers, so
-    they travel in checkpoints; ``EStepRefresh`` fills them.
-
-    Args:
-        sft: the SFT term, ``SequenceSFT`` (L_SFT2, the paper) or ``CompletionSFT`` (the authors' code).
-        lam: weight lambda of L_ECE (paper: 1).
-        n_bins: number of confidence bins B.
+    they travel in checkpoints; ``EStepRefresh`` fills them. ``sft``: ``SequenceSFT`` (L_SFT2, the paper) or
+    ``CompletionSFT`` (the authors' code).
     """
 
     def __init__(self, sft: LossHead, lam: float = 1.0, n_bins: int = 10) -> None:

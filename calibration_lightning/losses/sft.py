@@ -9,11 +9,8 @@ from calibration_lightning.losses.base import LossHead, LossOutput, StepOutputs
 
 
 class CompletionSFT(LossHead):
-    """L_SFT1 = -log p(answer letter | prompt), cross-entropy over the full vocabulary.
-
-    The completion is the one answer letter, so the loss reads one position:
-    ``answer_logits [B, V]`` against ``batch["answer_token"] [B]``.
-    """
+    """L_SFT1 = -log p(answer letter | prompt), cross-entropy over the full vocabulary at the one position of the
+    completion (the answer letter)."""
 
     def forward(self, out: StepOutputs, batch: dict[str, Tensor]) -> LossOutput:
         loss = F.cross_entropy(out.answer_logits.float(), batch["answer_token"])

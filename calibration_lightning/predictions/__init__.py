@@ -1,23 +1,14 @@
 """Score any tool's predictions: the block metrics.json holds for a phase, with intervals.
 
-    from calibration_lightning import evaluate_predictions
-    block = evaluate_predictions(probs, labels)                 # every metric, n, ci95 (+ ci95_null)
-    block = evaluate_predictions(after, labels, before=before)  # ... and improvement (paired)
-
-``python -m calibration_lightning.predictions FILE ... [--before FILE] --out DIR`` does the same for
-prediction files: a run's ``predictions_*.jsonl`` and lm-evaluation-harness ``--log_samples`` files
-(``readers.py``). This is the one computation of a phase's block: a run's metrics.json is made by it.
-
-metrics.json ``schema_version`` 2 (``docs/statistics.md``): the plug-in values under the metrics' names, the
-debiased l2 ECEs, ``n``; intervals under ``interval_key(level)`` only for a value that is the very quantity
-the interval is for, each ``[lo, hi]`` or null with its reason under ``<key>_null``.
+The one computation of a phase's block (a run's metrics.json is made by it; ``__main__`` scores prediction
+files). metrics.json ``schema_version`` 2: ``docs/statistics.md``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from calibration_lightning.calibration.bootstrap import check_resamples, single_thread
+from calibration_lightning.calibration.bootstrap import MIN_RESAMPLES, resamples_allowed, single_thread
 from calibration_lightning.calibration.debiased import debiased_ece
 from calibration_lightning.calibration.intervals import (
     DEBIASED,
@@ -56,7 +47,11 @@ def _checked(probs, labels, name: str) -> tuple[Tensor, Tensor]:
 
 
 def _options(resamples: int, level: float) -> None:
-    check_resamples(resamples)
+    if not resamples_allowed(resamples):
+        raise ValueError(
+            f"resamples={resamples}: must be 0 (no intervals) or >= {MIN_RESAMPLES} (fewer leave the ends of a 95% "
+            "interval to a handful of draws)"
+        )
     if not 0 < level < 1:
         raise ValueError(f"level={level}: must be in (0, 1), e.g. 0.95")
 
@@ -67,12 +62,11 @@ def _holding(ci: list[float] | None, value: float) -> list[float] | None:
     return None if ci is None else [min(ci[0], value), max(ci[1], value)]
 
 
-def _with_intervals(block: dict, key: str, intervals: tuple[dict, dict]) -> dict:
+def _with_intervals(block: dict, key: str, intervals: tuple[dict, dict]) -> None:
     ci, why = intervals
     block[key] = {m: _holding(c, block[m]) for m, c in ci.items()}
     if why:
         block[f"{key}_null"] = why
-    return block
 
 
 def _improvement(before: dict, after: dict, key: str, change: tuple[dict, dict] | None) -> dict:
@@ -97,14 +91,9 @@ def paired_block(
     before_probs, after_probs, labels, points: tuple[dict, dict], *, n_bins: int = 10, resamples: int = 1000,
     level: float = 0.95, seed: int = 0
 ) -> dict:  # fmt: skip
-    """Intervals for point values already computed (``points``: ``phase_metrics`` of before and of after; none is
-    recomputed), from one paired bootstrap of the same N questions before and after.
-
-    Returns:
-        ``{"before": block, "after": block, "improvement": {metric: {"difference": after - before,
-        interval_key(level): [lo, hi] or None, "excludes_zero": bool or None}}}``; each block is its point values
-        plus, when ``resamples`` > 0, ``interval_key(level)`` and (for nulls) ``<key>_null``.
-    """
+    """``{"before": block, "after": block, "improvement": {metric: {"difference", interval_key(level),
+    "excludes_zero"}}}`` from one paired bootstrap, for point values already computed (``points``:
+    ``phase_metrics`` of before and of after; none is recomputed)."""
     _options(resamples, level)
     after_probs, labels = _checked(after_probs, labels, "probs")
     before_probs, _ = _checked(before_probs, labels, "before")
@@ -125,12 +114,8 @@ def paired_block(
 def evaluate_pair(
     before, after, labels, *, n_bins: int = 10, resamples: int = 1000, level: float = 0.95, seed: int = 0
 ) -> dict:
-    """One set before and after a change, from one paired bootstrap: what metrics.json holds for a set.
-
-    Returns:
-        ``paired_block``'s ``{"before", "after", "improvement"}``, each block as ``evaluate_predictions``
-        returns it (the same values: the resamples are the same).
-    """
+    """One set before and after a change: ``paired_block``'s ``{"before", "after", "improvement"}``, each block as
+    ``evaluate_predictions`` returns it (the same values: the resamples are the same)."""
     after, labels = _checked(after, labels, "probs")
     before, _ = _checked(before, labels, "before")
     metrics = [phase_metrics(p, labels, n_bins) for p in (before, after)]
@@ -177,16 +162,12 @@ def compare_candidates(
     probs_by_name: dict, labels, lowest: str, *, n_bins: int = 10, resamples: int = 1000, level: float = 0.95,
     seed: int = 0
 ) -> dict:  # fmt: skip
-    """method=auto's tie test: each candidate's debiased l2 conf-ECE against ``lowest``'s, paired (the same
-    resamples of the same validation questions), by the very test of metrics.json's conf_ece_debiased change.
+    """method=auto's tie test: each candidate's debiased l2 conf-ECE against ``lowest``'s (the lowest
+    ``conf_ece_debiased``), by the paired test of metrics.json's conf_ece_debiased change.
 
-    Rank the candidates by ``conf_ece_debiased`` (``phase_metrics``) so that ``lowest`` is the lowest of the
-    quantity tested here.
-
-    Returns:
-        ``{name: {"above_lowest": its conf_ece_debiased - lowest's, interval_key(level): [lo, hi] of that
-        difference or None, "tied": bool}}``: tied when the interval holds 0 or is None (``<key>_null`` then
-        says why); ``lowest`` is tied with itself; with ``resamples`` 0 only ``lowest`` is tied.
+    Returns ``{name: {"above_lowest": its conf_ece_debiased - lowest's, interval_key(level): [lo, hi] or None,
+    "tied": bool}}``: tied when the interval holds 0 or is None (``<key>_null`` then says why); ``lowest`` is tied
+    with itself; with ``resamples`` 0 only ``lowest`` is tied.
     """
     _options(resamples, level)
     names = list(probs_by_name)

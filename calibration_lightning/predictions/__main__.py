@@ -1,13 +1,7 @@
 """``python -m calibration_lightning.predictions FILE [FILE ...] [--before FILE] [--group NAME] --out DIR``.
 
-Scores each prediction file (``readers.py``: ours or lm-eval ``--log_samples``) as a run scores a phase: every
-metric with its interval, the paired change from ``--before`` (the same questions, matched by id), and for
-lm-eval files lm-eval's own ``acc`` and ``acc_norm``. The subtasks of a group (the ``group_subtasks`` of lm-eval's
-``results_{date}.json`` beside the files, when every subtask is given; or all FILEs with ``--group NAME``) are
-also pooled into one row: their questions together, which is lm-eval's group value where it weights subtasks by
-size, as mmlu does. Writes ``DIR/<name>.json`` and a reliability diagram ``DIR/<name>.png`` per file (named by its
-lm-eval task, else its stem) and per group, atomically, and prints one table, a row per file and group, values at
-lm-eval's 4 decimals. A bad file or option: one ``error:`` line on stderr and exit 2, before anything is written.
+Scores each prediction file as a run scores a phase (``docs/outputs.md``); a group's subtasks are also pooled
+into one row, their questions together: lm-eval's group value where it weights subtasks by size, as mmlu does.
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ from calibration_lightning.outputs.diagrams import reliability_diagram
 from calibration_lightning.outputs.files import write_json
 from calibration_lightning.outputs.summary import with_interval
 from calibration_lightning.predictions import SCHEMA_VERSION, evaluate_predictions
-from calibration_lightning.predictions.readers import Predictions, lm_eval_run, read_predictions
+from calibration_lightning.predictions.readers import Predictions, lm_eval_run, padded, read_predictions
 from calibration_lightning.report import LABELS, reported_change
 
 COLUMNS = {"acc": "acc", "acc_norm": "acc_norm", "conf_ece": "conf-ECE", "cw_ece": "cw-ECE", "brier": "Brier"}
@@ -110,11 +104,7 @@ def _order(groups: dict[str, list[str]], tasks: list[str]) -> list[tuple[str, in
 
 def _pooled(parts: list[Predictions], name: str) -> Predictions:
     """The questions of ``parts`` together (ids prefixed by their task)."""
-    probs = torch.zeros(sum(len(p.labels) for p in parts), max(p.probs.shape[1] for p in parts), dtype=torch.float64)
-    start = 0
-    for p in parts:
-        probs[start : start + len(p.labels), : p.probs.shape[1]] = p.probs
-        start += len(p.labels)
+    probs = padded([row for p in parts for row in p.probs])
     keys = set.intersection(*(set(p.correct) for p in parts))
     correct = {k: torch.cat([p.correct[k] for p in parts]) for k in sorted(keys)}
     ids = [f"{p.task}/{i}" for p in parts for i in p.ids]

@@ -1,21 +1,8 @@
 """Prediction files: a run's ``predictions_*.jsonl`` and lm-evaluation-harness ``--log_samples`` files.
 
-Both are JSON lines, one question a line; the format is told by the first row's keys. Values are read as
-float64 (lm-eval writes its log-likelihoods as the text of Python floats), so nothing is rounded on the way in.
-
-- Ours (``evaluation.prediction_rows``): ``gold`` (a letter) and ``probabilities`` (``{"A": p, "B": p, ...}``
-  over the question's own options, rows of fewer options padded with zeros to the file's widest row).
-- lm-eval, multiple-choice tasks (``output_type: multiple_choice``; ``samples_{task}_{date}.jsonl``):
-  ``filtered_resps``, one ``[loglikelihood, is_greedy]`` per choice, ``arguments``, one ``(context,
-  target_delimiter + choice)`` per choice, and ``target``, the gold choice's index or text. The probabilities
-  are the softmax of the choices' log-likelihoods (lm-eval's own ``brier_score`` uses the same), so their argmax
-  is lm-eval's ``acc``. ``acc_norm`` is scored as lm-eval's ``process_results`` does: the argmax of each
-  log-likelihood divided by its choice's length in characters, the choice being the continuation without the
-  task's ``target_delimiter``; the delimiter is read from the run's ``results_{date}.json`` beside the file
-  (its task config; "" where lm-eval dropped it for a chat template), else given. Length-normalised
-  log-likelihoods are no distribution over the choices, so ``acc_norm`` gets no probabilities and no
-  calibration metric. Question ids are ``doc_id``; ``results_{date}.json`` also names the groups
-  (``group_subtasks``) that ``__main__`` pools.
+JSON lines, the format told by the first row's keys, values read as float64. Ours: ``gold`` (a letter) and
+``probabilities`` (``{"A": p, ...}``). lm-eval multiple-choice rows: the softmax of the choices' log-likelihoods,
+with ``acc`` and ``acc_norm`` scored as lm-eval's ``process_results`` does (``docs/outputs.md``).
 """
 
 from __future__ import annotations
@@ -157,7 +144,8 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
     return rows
 
 
-def _padded(rows: list[Tensor]) -> Tensor:
+def padded(rows: list[Tensor]) -> Tensor:
+    """The rows as one float64 ``[N, widest row]`` matrix, zero-padded."""
     out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.float64)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
@@ -181,7 +169,7 @@ def read_predictions(path: str | Path, target_delimiter: str | None = None) -> P
         raise DataError(f"{path}: question ids are not unique")
     if "probabilities" in first:
         parsed = [_ours(row, where) for where, row in rows]
-        probs = _padded([torch.tensor(p, dtype=torch.float64) for p, _ in parsed])
+        probs = padded([torch.tensor(p, dtype=torch.float64) for p, _ in parsed])
         labels = torch.tensor([gold for _, gold in parsed], dtype=torch.long)
         return Predictions(probs, labels, ids, "calibration_lightning", path.stem)
     match, run = SAMPLES.match(path.stem), lm_eval_run(path)
@@ -194,5 +182,5 @@ def read_predictions(path: str | Path, target_delimiter: str | None = None) -> P
     pred = torch.tensor([int(lls.argmax()) for lls, _, _ in parsed])
     pred_norm = torch.tensor([int((lls / torch.tensor(n, dtype=torch.float64)).argmax()) for lls, _, n in parsed])
     correct = {"acc": (pred == labels).double(), "acc_norm": (pred_norm == labels).double()}
-    probs = _padded([lls.softmax(0) for lls, _, _ in parsed])
+    probs = padded([lls.softmax(0) for lls, _, _ in parsed])
     return Predictions(probs, labels, ids, "lm-eval", task, correct)
