@@ -21,9 +21,8 @@ RULE = (
 
 
 def paired_difference(best: list[bool], other: list[bool]) -> tuple[int, float]:
-    """Correct answers of ``best`` minus those of ``other`` on the same questions, and the standard error
-    of that count (from the discordant pairs: ``sqrt(b + c - (b - c)^2 / n)``, the paired, McNemar-type
-    variance of a sum of per-question differences)."""
+    """Correct answers of ``best`` minus those of ``other`` on the same questions, and the standard error of that
+    count (McNemar-type, from the discordant pairs: ``sqrt(b + c - (b - c)^2 / n)``)."""
     if len(best) != len(other):
         raise ValueError("candidates must be scored on the same validation questions")
     b = sum(x and not y for x, y in zip(best, other))
@@ -50,14 +49,8 @@ def eligible(correct: dict[str, list[bool]], tolerance: float, z: float) -> tupl
 
 
 def choose_method(val: dict[str, dict], tolerance: float, z: float, n_bins: int, bootstrap: BootstrapConf) -> dict:
-    """Apply ``RULE`` to each candidate's validation scores (``{name: Scored}``: letter logits, labels, n_choices
-    and their ``metrics``, the same questions in the same order).
-
-    Returns:
-        ``{"candidates": {name: metrics}, "paired": {...}, "eligible": [...], "calibration": {name:
-        compare_candidates' entry}, "tied": [...], "chosen": name, "rule": RULE, "accuracy_tolerance", "accuracy_z"}``
-        (metrics.json ``auto``).
-    """
+    """Apply ``RULE`` to each candidate's validation scores (``{name: Scored}`` with their ``metrics``, the same
+    questions in the same order); returns metrics.json's ``auto`` block."""
     if not val:
         raise ValueError("no candidate to choose from")
     metrics = {name: s["metrics"] for name, s in val.items()}
@@ -72,14 +65,5 @@ def choose_method(val: dict[str, dict], tolerance: float, z: float, n_bins: int,
         calibration = compare_candidates({n: probs[n] for n in names}, labels, lowest, **options)
         tied = [name for name in names if calibration[name]["tied"]]
     chosen = min(tied, key=lambda name: metrics[name]["nll"]) if len(tied) > 1 else lowest
-    return {
-        "candidates": metrics,
-        "paired": paired,
-        "eligible": names,
-        "calibration": calibration,
-        "tied": tied,
-        "chosen": chosen,
-        "rule": RULE,
-        "accuracy_tolerance": tolerance,
-        "accuracy_z": z,
-    }
+    return dict(candidates=metrics, paired=paired, eligible=names, calibration=calibration, tied=tied, chosen=chosen,
+                rule=RULE, accuracy_tolerance=tolerance, accuracy_z=z)  # fmt: skip

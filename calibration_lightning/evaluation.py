@@ -20,15 +20,10 @@ Scored = dict  # letter_logits [N, K], labels [N], n_choices [N], index [N] in s
 def evaluate(
     trainer: L.Trainer, module, datamodule, n_bins: int, val: Scored | None = None, tests: bool = True
 ) -> dict[str, Scored]:
-    """Score the validation split and every test set (``test`` first) with ``trainer.predict``; ``val``: the
-    validation split's scores, already known (the kept round's validation pass), used instead of scoring it;
-    ``tests`` False: no test set (a ``method=auto`` candidate, judged on validation only).
-
-    This is the one scoring path of a run: the returned tensors (gathered from every process, in split
-    order) are what the prediction files are made from, and each split's ``"metrics"`` (``metrics``, computed
-    here once) is what metrics.json, the diagrams' titles, the printed table and the logger report: logged
-    as ``val/*``, ``test/*`` and ``test/NAME/*``.
-    """
+    """Score the validation split (unless its scores are known: ``val``) and every test set (``test`` first; none
+    when ``tests`` is False) with ``trainer.predict``. The run's one scoring path: each split's tensors, gathered
+    from every process, and its ``"metrics"``, computed here once for every output and logged as ``val/*``,
+    ``test/*`` and ``test/NAME/*``."""
     datamodule.score_val, datamodule.score_tests = val is None, tests
     try:
         names = datamodule.predict_split_names
@@ -93,8 +88,7 @@ def metrics(scored: Scored, n_bins: int) -> dict:
 
 
 def compare(before: Scored, after: Scored, n_bins: int, resamples: int, seed: int, level: float) -> dict:
-    """One evaluation set's block of metrics.json, from its before and after scores and their ``metrics`` (not
-    computed again): ``evaluate_predictions.paired_block``'s ``{"before", "after", "improvement"}``, the
+    """One evaluation set's block of metrics.json (``paired_block``'s, with ``metrics`` not computed again): the
     intervals from one paired bootstrap of the same questions before and after (none when ``resamples`` is 0)."""
     if not torch.equal(before["index"], after["index"]):
         raise ValueError("before and after must score the same questions in the same order")
@@ -115,12 +109,8 @@ def subject_metrics(scored: Scored, records: list[MCRecord], n_bins: int) -> dic
     per_subject = {}
     for name in sorted(groups):
         rows = torch.tensor(groups[name], device=labels.device)
-        p, y = probs[rows], labels[rows]
-        per_subject[name] = {
-            "conf_ece": float(metric("conf_ece", p, y, n_bins)),
-            "accuracy": float(metric("accuracy", p, y, n_bins)),
-            "n": len(rows),
-        }
+        values = {m: float(metric(m, probs[rows], labels[rows], n_bins)) for m in ("conf_ece", "accuracy")}
+        per_subject[name] = {**values, "n": len(rows)}
     return per_subject
 
 

@@ -18,21 +18,14 @@ from calibration_lightning.schema import OptimConf
 
 
 class CalibrationModule(L.LightningModule):
-    """Wraps a (Q)LoRA causal LM and a loss head.
+    """A peft-wrapped causal LM (only adapters trainable) with a method's loss head and ``optim`` (both None: it only
+    scores); ``letter_ids``: the option letters' token ids.
 
     Args:
-        model: a peft-wrapped causal LM (only adapters trainable).
-        loss_head: the method's loss (None for evaluation-only methods).
-        letter_ids: token ids of the option letters A, B, ... (``K_max`` of them).
-        optim: optimizer and schedule settings (None: the module only scores).
-        n_bins: calibration bins of the validation metrics logged during fit.
         autocast: run every forward under ``torch.autocast`` in this dtype (``model.lora_compute=bfloat16``:
             LoRA matmuls in bf16 against fp32 master weights); None runs the model in its own dtypes.
         check_finite_every_step: read the loss on the host every step (a device sync); by default it is
             read on logging steps, before every checkpoint and at epoch end, naming the first bad step.
-
-    Evaluation outside fit goes through ``predict_step`` (``evaluation.evaluate``), which returns the
-    scored tensors; every reported metric is computed from them once.
     """
 
     def __init__(
@@ -61,27 +54,19 @@ class CalibrationModule(L.LightningModule):
             ids = torch.cat([ids, batch["answer_token"][:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         compute = contextlib.nullcontext() if self.autocast is None else torch.autocast(ids.device.type, self.autocast)
+        keep = 0 if full_sequence else 1
         with compute:
-            logits = causal_lm_logits(
-                self.model, ids, mask, logits_to_keep=0 if full_sequence else 1, padded=batch.get("padded")
-            )
+            logits = causal_lm_logits(self.model, ids, mask, logits_to_keep=keep, padded=batch.get("padded"))
         answer_logits = logits[:, -2] if full_sequence else logits[:, -1]
         letter_logits = mask_letter_logits(answer_logits[:, self.letter_ids].float(), batch["n_choices"])
-        return StepOutputs(
-            answer_logits=answer_logits,
-            letter_logits=letter_logits,
-            letter_probs=torch.softmax(letter_logits, dim=-1),
-            token_logits=logits if full_sequence else None,
-            token_ids=ids if full_sequence else None,
-            token_mask=mask if full_sequence else None,
-        )
+        full = {"token_logits": logits, "token_ids": ids, "token_mask": mask} if full_sequence else {}
+        return StepOutputs(answer_logits, letter_logits, torch.softmax(letter_logits, dim=-1), **full)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.loss_head(self(batch, self.loss_head.full_sequence), batch)
         self._record_finite(out.loss.detach(), batch_idx)
-        # Step values reach the logger only every log_every_n_steps; skipping the bookkeeping in between
-        # logs the same thing, saves Lightning's per-call work on small models, and keeps the host from
-        # waiting for the GPU between logging steps.
+        # Values reach the logger only every log_every_n_steps: skipping the bookkeeping in between logs the same,
+        # saves Lightning's per-call work on small models and keeps the host from waiting for the GPU.
         if self._trainer is None or self.global_step % self.trainer.log_every_n_steps == 0:
             self.check_finite()
             parts = {"train/loss": out.loss.detach(), **{f"train/loss_{k}": v for k, v in out.parts.items()}}
@@ -95,11 +80,9 @@ class CalibrationModule(L.LightningModule):
         step = self.global_step
         if self._first_bad is None or self._first_bad[0].device != loss.device:
             self._first_bad = (torch.full((), -1, device=loss.device), torch.zeros((), device=loss.device))
-        first = ~torch.isfinite(loss) & (self._first_bad[0] < 0)
-        self._first_bad = (
-            torch.where(first, step, self._first_bad[0]),
-            torch.where(first, loss.float(), self._first_bad[1]),
-        )
+        bad_step, bad_loss = self._first_bad
+        first = ~torch.isfinite(loss) & (bad_step < 0)
+        self._first_bad = (torch.where(first, step, bad_step), torch.where(first, loss.float(), bad_loss))
         self._where[step] = (self.current_epoch, batch_idx)
 
     def check_finite(self) -> None:
@@ -127,21 +110,13 @@ class CalibrationModule(L.LightningModule):
         """Letter logits and ids of the batch's real questions (DDP padding copies dropped)."""
         with self._fsdp_evaluation():
             letter_logits = self(batch).letter_logits.detach()
-        keep = batch["keep"]
-        return {
-            "letter_logits": letter_logits[keep],
-            "labels": batch["labels"][keep],
-            "n_choices": batch["n_choices"][keep],
-            "index": batch["index"][keep],
-        }
+        scored = {"letter_logits": letter_logits, **{k: batch[k] for k in ("labels", "n_choices", "index")}}
+        return {k: v[batch["keep"]] for k, v in scored.items()}
 
     def _fsdp_evaluation(self):
-        """Autograd on for evaluation forwards under FSDP.
-
-        PyTorch's FSDP (``use_orig_params``) keeps the plain-tensor parameter views of a no-grad forward
-        while parameters stay unsharded (one device: NO_SHARD), so a run that evaluates before ``fit``
-        would train LoRA weights that no longer require grad. Outputs are detached; nothing is kept.
-        """
+        """Autograd on for evaluation forwards under FSDP: its ``use_orig_params`` keeps the parameter views of a
+        no-grad forward while parameters stay unsharded (NO_SHARD), so a run that evaluates before ``fit`` would
+        train LoRA weights that no longer require grad. Outputs are detached; nothing is kept."""
         from lightning.pytorch.strategies import FSDPStrategy
 
         fsdp = self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
@@ -156,8 +131,7 @@ class CalibrationModule(L.LightningModule):
         self._val_parts.append({k: v.cpu() for k, v in scored.items()})
 
     def on_validation_epoch_end(self) -> None:
-        """Log the round's validation metrics; keep its scores (every process's, in split order) as
-        ``val_scored`` for the per-question noise test of backtracking."""
+        """Log the round's validation metrics; keep its scores (every process's) as ``val_scored`` (backtracking)."""
         from calibration_lightning.evaluation import gathered
 
         self.log_dict(self.val_metrics.compute(), prog_bar=False)
@@ -172,11 +146,11 @@ class CalibrationModule(L.LightningModule):
 
     @torch.no_grad()
     def score(self, loader) -> dict[str, Tensor]:
-        """Letter logits of every batch in ``loader`` (this process's share), in eval mode: ``_score_batch``,
-        as ``predict_step``, for the E-step inside ``fit``, where ``trainer.predict`` cannot run."""
+        """``predict_step`` over ``loader`` (this process's share), in eval mode: for the E-step inside ``fit``,
+        where ``trainer.predict`` cannot run."""
         was_training = self.training
         self.eval()
-        parts = [{k: v.detach().cpu() for k, v in self._score_batch(self._to_device(b)).items()} for b in loader]
+        parts = [self.predict_step(self._to_device(b), 0) for b in loader]
         self.train(was_training)
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -192,8 +166,7 @@ class CalibrationModule(L.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = self.optim.warmup_steps
-        if warmup is None:
-            warmup = int(self.optim.warmup_ratio * total)
+        warmup = int(self.optim.warmup_ratio * total) if warmup is None else warmup
         if self.optim.scheduler == "constant":
             scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
         else:
@@ -202,9 +175,7 @@ class CalibrationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep trainable weights and loss-head buffers (never the frozen, possibly 4-bit, base), RNG state and the
-        last validation round's scores (``val_scored``).
-
-        A checkpoint is never written from adapters that a non-finite loss has touched."""
+        last validation round's scores; never from adapters that a non-finite loss has touched."""
         self.check_finite()
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -29,7 +28,7 @@ from calibration_lightning.outputs.files import atomic_write, write_json
 from calibration_lightning.outputs.fingerprint import fingerprint
 from calibration_lightning.outputs.loggers import build_loggers
 from calibration_lightning.schema import MethodConf, build
-from calibration_lightning.selection import Backtracking, describe_training, per_question
+from calibration_lightning.selection import Backtracking, describe_training, keep_best, per_question
 from calibration_lightning.startup import Job, check_job
 from calibration_lightning.trainer import device, make_trainer
 
@@ -37,12 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run ``cfg`` and return the dict written to ``metrics.json`` (a finished run resumed: the one it holds);
-    its ``objective`` is what sweeps optimise (a validation metric, never a test one).
-
-    Raises:
-        run_state.Preempted: a stop signal arrived (SIGTERM, SIGINT); the last checkpoint is saved.
-    """
+    """Run ``cfg``; return what it writes to ``metrics.json`` (a finished run resumed: what that holds), whose
+    ``objective`` sweeps optimise. Raises run_state.Preempted on SIGTERM or SIGINT (the last checkpoint saved)."""
     out_dir = Path(cfg.output_dir)
     # Our datamodule restores the data position itself (its state_dict); Lightning cannot tell.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
@@ -134,20 +129,19 @@ class CalibrationRecipe:
     def train(self, before: dict) -> dict:
         """Fit each method from the same initial adapters, keep one (auto's rule), score it; returns its scores."""
         methods = self.cfg.method.trained()
-        initial, fitted = loading.adapter_weights(self.model), {}
-        for name, method in methods.items():
-            fitted[name] = self.fit(name, method, initial, before.get("val"), several=len(methods) > 1)
+        initial, several = loading.adapter_weights(self.model), len(methods) > 1
+        fitted = {name: self.fit(name, m, initial, before.get("val"), several) for name, m in methods.items()}
         chosen = next(iter(fitted))
-        if len(methods) > 1:
+        if several:
             chosen = self.choose({name: f[2] for name, f in fitted.items()}, {name: f[3] for name, f in fitted.items()})
-            loading.set_adapter_weights(self.model, fitted[chosen][4])
+        scorer, trainer, kept_val, training, adapters = fitted[chosen]
+        if several:  # the kept candidate's adapters, scored afresh
+            loading.set_adapter_weights(self.model, adapters)
             scorer, trainer = self.module(), make_trainer(self.cfg.trainer, self.loggers, self.out_dir)
-        else:
-            scorer, trainer = fitted[chosen][0], fitted[chosen][1]
-        self.extra["method"], self.extra["training"] = chosen, fitted[chosen][3]
+        self.extra["method"], self.extra["training"] = chosen, training
         merge = self.cfg.model.merge_for_eval
         with loading.merged_adapters(self.model, merge):  # the kept round's validation scores are known
-            after = evaluation.evaluate(trainer, scorer, self.dm, self.cfg.n_bins, val=fitted[chosen][2])
+            after = evaluation.evaluate(trainer, scorer, self.dm, self.cfg.n_bins, val=kept_val)
         if self.is_zero:
             atomic_write(self.out_dir / "adapter", self.model.save_pretrained, directory=True)
         if self.win_rate:
@@ -171,10 +165,9 @@ class CalibrationRecipe:
         return rule["chosen"]
 
     def fit(self, name: str, method: MethodConf, initial: dict, before_val: dict | None, several: bool) -> tuple:
-        """Fit ``method`` from the ``initial`` adapters (resuming from its checkpoints when asked): its learning rate
-        from ``method.lr_search``, its length from ``method.select`` (the best round kept, the initial adapters
-        when none beat the untrained model, ``before_val``). Returns the module and Trainer, the kept round's
-        validation scores, the training record and (``several``) a copy of the kept adapters."""
+        """Fit ``method`` from the ``initial`` adapters (resuming when asked), its rate from ``method.lr_search``, its
+        length from ``method.select``. Returns the module and Trainer, the kept round's validation scores, the
+        training record and (``several``) a copy of the kept adapters."""
         cfg, s = self.cfg, method.select
         ckpt_dir = self.out_dir / "checkpoints" / (name if several else "")
         accumulate = int(cfg.trainer.get("accumulate_grad_batches") or 1)
@@ -184,13 +177,11 @@ class CalibrationRecipe:
         optim = replace(method.optim, lr=search["chosen"]) if search else method.optim
         loading.set_adapter_weights(self.model, initial)
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # each candidate starts alike
-        baseline = before_val["metrics"][s.monitor.removeprefix("val/")] if s and before_val else None
-        callbacks = list(method.callbacks)
+        callbacks, baseline = list(method.callbacks), None
         if s and before_val is not None:
-            terms = per_question(before_val, s.monitor)
-            callbacks.append(Backtracking(s, ckpt_dir, baseline, terms, initial))
-        every = cfg.trainer.get("checkpoint_every_n_steps") or 0
-        validates = bool(self.dm.records["val"])
+            baseline = before_val["metrics"][s.monitor.removeprefix("val/")]
+            callbacks.append(Backtracking(s, ckpt_dir, baseline, per_question(before_val, s.monitor), initial))
+        every, validates = cfg.trainer.get("checkpoint_every_n_steps") or 0, bool(self.dm.records["val"])
         callbacks += [TrainingLength(), ResumeCheckpoint(ckpt_dir, every, validates, self.fingerprint)]
         rounds = rounds_per_pass(len(self.dm.records["train"]), self.dm.batch_size, self.scoring.world_size,
                                  self.dm.round_batches)  # fmt: skip
@@ -212,7 +203,7 @@ class CalibrationRecipe:
         training.update(epochs_run=round(run / rounds, 4), kept_round=run)
         if search:
             training["lr_search"] = search
-        kept_val = self.keep_best(trainer, module, training, s, initial, before_val, baseline) if s else None
+        kept_val = keep_best(trainer, module, training, s, initial, before_val, baseline) if s else None
         training["kept_epochs"] = round(training["kept_round"] / rounds, 4)  # passes over the training split
         log.info("%s", describe_training(method.name, training))
         if not several:
@@ -221,29 +212,9 @@ class CalibrationRecipe:
             kept_val = evaluation.evaluate(trainer, module, self.dm, cfg.n_bins, val=kept_val, tests=False)["val"]
         return module, trainer, kept_val, training, loading.adapter_weights(self.model)
 
-    def keep_best(self, trainer, module, training: dict, s, initial: dict, before_val, baseline) -> dict | None:
-        """Load the best round's adapters (or the initial ones) and record the choice; returns its validation
-        scores (those of its own validation pass)."""
-        training.update(monitor=s.monitor, min_delta=s.min_delta, patience=s.patience, monitor_before=baseline)
-        backtracking = next((c for c in trainer.callbacks if isinstance(c, Backtracking)), None)
-        if backtracking is not None and s.backtrack_factor is not None:
-            training.update(backtrack_factor=s.backtrack_factor, backtrack_z=s.backtrack_z,
-                            max_backtracks=s.max_backtracks, backtracks=backtracking.history)  # fmt: skip
-        if backtracking is not None and backtracking.best_path.exists():
-            best = torch.load(backtracking.best_path, map_location="cpu", weights_only=True)
-            module.load_state_dict(best["state_dict"], strict=False)  # adapters (and loss-head state) only
-            training.update(kept_round=best["epoch"] + 1, monitor_kept=float(backtracking.best_score))
-            kept_val = best.get("val_scored")
-        else:  # no round improved on the untrained model: keep it
-            loading.set_adapter_weights(self.model, initial)
-            training.update(kept_round=0, monitor_kept=baseline)
-            kept_val = before_val
-        training["beat_untrained"] = training["kept_round"] > 0
-        return kept_val
-
     def learning_rate(self, method: MethodConf, initial: dict, path: Path) -> dict | None:
-        """``method.lr_search``'s result: searched now and written to ``path``, or read back from it when the run
-        resumes (the search is deterministic, but repeating it would cost its probes again)."""
+        """``method.lr_search``'s result: searched and written to ``path``, or read back from it on resume (the search
+        is deterministic, but repeating it would cost its probes again)."""
         if not method.lr_search:
             return None
         if self.cfg.resume and path.exists():
@@ -251,8 +222,8 @@ class CalibrationRecipe:
         monitor, mode = (method.select.monitor, method.select.mode) if method.select else ("val/nll", "min")
 
         def probe(lr: float, steps: int):
-            """Train at ``lr`` for ``steps`` optimizer steps from the initial adapters (the run's seed, so every
-            candidate sees the same batches); the validation ``monitor`` and its per-question terms."""
+            """Train at ``lr`` for ``steps`` steps from the initial adapters and seed (every candidate sees the same
+            batches); return the validation ``monitor`` and its per-question terms."""
             loading.set_adapter_weights(self.model, initial)
             L.seed_everything(self.cfg.seed, workers=True, verbose=False)
             module = self.module(method, replace(method.optim, lr=lr))

@@ -39,27 +39,15 @@ def paired_se(a: Tensor, b: Tensor) -> float:
 
 
 class Backtracking(EarlyStopping):
-    """Lightning's early stopping on ``select.monitor`` (its comparison, best score and patience; the untrained
-    model, ``baseline``, is round 0) that also keeps the best round and backtracks.
-
-    After each round's validation: a round that improves is saved as ``ckpt_dir/best.ckpt`` (adapters, loss-head
-    state and its validation scores). A round that does not, and is worse than the best by more than
-    ``select.backtrack_z`` standard errors of the paired per-question difference of the monitor (binned monitors
-    have none: any round without improvement), or that runs out of patience, sends training back to the best
-    adapters (the ``initial`` ones when no round beat the untrained model) with every learning rate times
-    ``select.backtrack_factor``, cleared optimizer moments and a fresh patience. A round within the noise only
-    counts toward patience. After ``select.max_backtracks`` backtracks, a clearly worse round ends training.
-    ``history`` (one entry per backtrack) travels in the checkpoint with early stopping's state.
+    """Lightning's early stopping on ``select.monitor`` (the untrained model, ``baseline``, is round 0) that also
+    saves the best round as ``ckpt_dir/best.ckpt`` and backtracks (docs/methods.md); binned monitors have no noise
+    test: any round without improvement is clearly worse. ``history`` (one entry per backtrack) travels in the
+    checkpoint with early stopping's state.
     """
 
     def __init__(self, select: SelectConf, ckpt_dir: Path, baseline: float | None, baseline_terms, initial) -> None:
-        super().__init__(
-            monitor=select.monitor,
-            mode=select.mode,
-            min_delta=select.min_delta,
-            patience=select.patience,
-            check_on_train_epoch_end=False,
-        )
+        super().__init__(monitor=select.monitor, mode=select.mode, min_delta=select.min_delta, patience=select.patience,
+                         check_on_train_epoch_end=False)  # fmt: skip
         if baseline is not None:
             self.best_score = torch.tensor(float(baseline))
         self.select, self.best_path, self.initial = select, Path(ckpt_dir) / "best.ckpt", initial
@@ -154,6 +142,28 @@ class Backtracking(EarlyStopping):
         self.history = list(state_dict.get("history", []))
         terms = state_dict.get("best_terms")
         self.best_terms = None if terms is None else torch.tensor(terms, dtype=torch.float64)
+
+
+def keep_best(trainer, module, training: dict, select: SelectConf, initial: dict, before_val, baseline) -> dict | None:
+    """Load the best round's adapters (or the ``initial`` ones), record the choice in ``training``; return the kept
+    round's validation scores."""
+    training.update(monitor=select.monitor, min_delta=select.min_delta, patience=select.patience)
+    training["monitor_before"] = baseline
+    backtracking = next((c for c in trainer.callbacks if isinstance(c, Backtracking)), None)
+    if backtracking is not None and select.backtrack_factor is not None:
+        training.update(backtrack_factor=select.backtrack_factor, backtrack_z=select.backtrack_z,
+                        max_backtracks=select.max_backtracks, backtracks=backtracking.history)  # fmt: skip
+    if backtracking is not None and backtracking.best_path.exists():
+        best = torch.load(backtracking.best_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(best["state_dict"], strict=False)  # adapters (and loss-head state) only
+        training.update(kept_round=best["epoch"] + 1, monitor_kept=float(backtracking.best_score))
+        kept_val = best.get("val_scored")
+    else:  # no round improved on the untrained model: keep it
+        set_adapter_weights(module.model, initial)
+        training.update(kept_round=0, monitor_kept=baseline)
+        kept_val = before_val
+    training["beat_untrained"] = training["kept_round"] > 0
+    return kept_val
 
 
 def describe_training(name: str, training: dict) -> str:

@@ -45,21 +45,15 @@ class WinRate:
         """Generate (inside ``generation_context``, e.g. merged adapters), then judge outside it."""
         prompts = [x for x, _ in self.instructions]
         with generation_context or nullcontext():
+            desc = f"win rate: generating ({phase})"
             answers = generate_answers(
-                model,
-                tokenizer,
-                prompts,
-                self.max_new_tokens,
-                self.batch_size,
-                self.greedy,
-                desc=f"win rate: generating ({phase})",
+                model, tokenizer, prompts, self.max_new_tokens, self.batch_size, self.greedy, desc
             )
         if self.references is None:
             self.references = [ref if ref is not None else ans for (_, ref), ans in zip(self.instructions, answers)]
         identical = torch.tensor([a.strip() == r.strip() for a, r in zip(answers, self.references)])
         todo = [i for i in range(len(prompts)) if not identical[i]]
-        p_cand_first = torch.full((len(prompts),), 0.5)
-        p_cand_second = torch.full((len(prompts),), 0.5)
+        p_cand_first, p_cand_second = torch.full((len(prompts),), 0.5), torch.full((len(prompts),), 0.5)
         if todo:
             first = self.judge.prob_first([(prompts[i], answers[i], self.references[i]) for i in todo])
             second = self.judge.prob_first([(prompts[i], self.references[i], answers[i]) for i in todo])

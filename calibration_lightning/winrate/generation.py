@@ -16,17 +16,10 @@ def chat_prompt(tokenizer, instruction: str) -> str:
 
 
 @torch.no_grad()
-def generate_answers(
-    model,
-    tokenizer,
-    instructions: list[str],
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
-    greedy: bool = True,
-    temperature: float = 0.7,
-    desc: str = "generating",
-) -> list[str]:
-    """One answer per instruction, in input order. Prompts are batched longest first to limit padding."""
+def generate_answers(model, tokenizer, instructions: list[str], max_new_tokens: int, batch_size: int, greedy: bool,
+                     desc: str) -> list[str]:  # fmt: skip
+    """One answer per instruction, in input order (sampled at temperature 0.7 unless ``greedy``). Prompts are
+    batched longest first to limit padding."""
     prompts = [chat_prompt(tokenizer, x) for x in instructions]
     special = not has_chat_template(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -38,16 +31,9 @@ def generate_answers(
         idx = order[start : start + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special)
         enc = {k: v.to(device) for k, v in enc.items()}
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            temperature=temperature if not greedy else None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-            use_cache=True,
-        )
+        sampling = {"do_sample": not greedy, "temperature": 0.7 if not greedy else None, "top_p": None, "top_k": None}
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling, pad_token_id=tokenizer.pad_token_id,
+                             use_cache=True)  # fmt: skip
         for row, i in enumerate(idx):
             answers[i] = tokenizer.decode(out[row, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     model.train(was_training)

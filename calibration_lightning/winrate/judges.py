@@ -39,15 +39,10 @@ def judge_text(triple: Triple, max_chars: int) -> str:
 
 
 class LocalJudge:
-    """Any Hugging Face causal LM used through our multiple-choice scoring: P("A") from the softmax over the
-    logits of "A" and "B" at the first answer position of the judging prompt.
-
-    Args:
-        model: hub id or local folder of the judge; None uses the run's own base model with its adapters
-            turned off (the model judges as it was before fine-tuning, identically before and after).
-        batch_size: prompts per forward pass.
-        max_answer_chars: answers are cut to this many characters in the judging prompt.
-    """
+    """Any Hugging Face causal LM through our multiple-choice scoring: P("A") from the softmax over the logits of
+    "A" and "B" after the judging prompt. ``model``: hub id or local folder; None: the run's own base model with
+    its adapters off (judging as before fine-tuning, identically before and after). Answers are cut to
+    ``max_answer_chars`` characters."""
 
     name = "local"
 
@@ -56,8 +51,8 @@ class LocalJudge:
         self.model = self.tokenizer = None
 
     def bind(self, run_model, run_tokenizer, device: str, settings=None) -> None:
-        """Attach the judge model: the run's base model, or the configured one (loaded once, with the run's
-        ``model`` settings ``settings`` but unquantized and without adapters)."""
+        """Attach the run's base model, or load the configured one (the run's ``model`` settings, unquantized and
+        without adapters)."""
         if self.source is None:
             self.model, self.tokenizer, self.name = run_model, run_tokenizer, "local:self"
             return
@@ -73,8 +68,7 @@ class LocalJudge:
 
     @torch.no_grad()
     def prob_first(self, triples: list[Triple]) -> Tensor:
-        """P("A") per triple: the letter probabilities of the run's own scoring (``CalibrationModule``), with the
-        judge's two options A and B, at the end of each judging prompt."""
+        """P("A") per triple: the run's own letter scoring (``CalibrationModule``) with two options, A and B."""
         from calibration_lightning.module import CalibrationModule
 
         if self.model is None:
@@ -88,12 +82,8 @@ class LocalJudge:
         out = torch.empty(len(prompts))
         with base_model_scoring(self.model):
             for start in range(0, len(prompts), self.batch_size):
-                enc = self.tokenizer(
-                    prompts[start : start + self.batch_size],
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=special,
-                )
+                chunk = prompts[start : start + self.batch_size]
+                enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=special)
                 batch = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
                 batch["n_choices"] = torch.full((len(enc["input_ids"]),), 2, device=device)
                 out[start : start + len(enc["input_ids"])] = scorer(batch).letter_probs[:, 0].cpu()
@@ -108,12 +98,10 @@ class JudgeError(UserError):
 class OpenAIJudge:
     """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, TGI...) as the pairwise judge.
 
-    The API key is read from the environment variable ``api_key_env`` at each request and never logged or
-    written; ``headers``: further HTTP headers every request sends (an endpoint's own key header, an
-    organization), blanked in every written config as secrets are. Requests run ``concurrency`` at a time,
-    each with ``timeout_s``; timeouts, connection errors, 429 and 5xx are retried up to ``max_retries`` times
-    with exponential backoff from ``backoff_s``. When the endpoint returns log-probabilities, P("A") comes from
-    them; otherwise the reply's letter gives 1.0 / 0.0 (0.5 if neither).
+    The key is read from ``$api_key_env`` at each request, never logged or written; ``headers`` (further HTTP
+    headers: an endpoint's own key header, an organization) are blanked in written configs as secrets are.
+    Timeouts, connection errors, 429 and 5xx are retried ``max_retries`` times, backing off exponentially from
+    ``backoff_s``. P("A") comes from the log-probabilities, else from the reply's letter (1, 0; 0.5 if neither).
     """
 
     base_url: str
@@ -161,16 +149,9 @@ class OpenAIJudge:
         )
 
     def _judge_one(self, triple: Triple) -> float:
-        reply = self._post(
-            {
-                "model": self.model,
-                "temperature": 0,
-                "max_tokens": 1,
-                "logprobs": True,
-                "top_logprobs": 5,
-                "messages": [{"role": "user", "content": judge_text(triple, self.max_answer_chars)}],
-            }
-        )
+        body = {"model": self.model, "temperature": 0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5}
+        messages = [{"role": "user", "content": judge_text(triple, self.max_answer_chars)}]
+        reply = self._post({**body, "messages": messages})
         choice = reply["choices"][0]
         tops = ((choice.get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs") or []
         logps = {t["token"].strip().upper(): t["logprob"] for t in tops if t["token"].strip().upper() in ("A", "B")}

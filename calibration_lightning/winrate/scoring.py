@@ -7,14 +7,9 @@ from torch import Tensor
 
 
 def pair_outcomes(p_first_when_candidate_first: Tensor, p_first_when_candidate_second: Tensor) -> Tensor:
-    """Per prompt: 1 if the judge prefers the candidate in both orders, 0 if the reference in both, 0.5 otherwise.
-
-    Args:
-        p_first_when_candidate_first: ``[N]`` judge's P("A is better") with the candidate shown as A.
-        p_first_when_candidate_second: ``[N]`` P("A is better") with the reference shown as A.
-
-    A judge that always picks one position is inconsistent under the swap, so every pair is a tie (0.5).
-    """
+    """Per prompt (``[N]`` P("A is better") with the candidate, then the reference, shown as A): 1 if the judge
+    prefers the candidate in both orders, 0 if the reference in both, 0.5 otherwise (a judge that always picks one
+    position is inconsistent under the swap: every pair is a tie)."""
     first = p_first_when_candidate_first > 0.5
     second = p_first_when_candidate_second < 0.5  # candidate (shown second) preferred
     return (first.float() + second.float()) / 2
@@ -47,8 +42,9 @@ def bootstrap_interval(
 
 def summarize(p_cand_first: Tensor, p_cand_second: Tensor, identical: Tensor, judge: str, seed: int = 0) -> dict:
     """The win-rate block of metrics.json. Pairs whose two answers are the same text count as ties."""
-    outcomes = torch.where(identical, torch.full_like(p_cand_first, 0.5), pair_outcomes(p_cand_first, p_cand_second))
-    soft = torch.where(identical, torch.full_like(p_cand_first, 0.5), soft_preference(p_cand_first, p_cand_second))
+    tie = torch.full_like(p_cand_first, 0.5)
+    outcomes = torch.where(identical, tie, pair_outcomes(p_cand_first, p_cand_second))
+    soft = torch.where(identical, tie, soft_preference(p_cand_first, p_cand_second))
     judged = ~identical
     lo, hi = bootstrap_interval(outcomes, seed=seed)
     return {
