@@ -35,6 +35,10 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # true is not 1 here
+
+
 class Section:
     """A config section: ``check`` (its range checks) runs when built from a composed config, not while OmegaConf
     builds the schema itself, whose values are all still missing ("???")."""

@@ -6,6 +6,7 @@ the command line is scrubbed before anything else loads."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
@@ -97,7 +98,7 @@ def hide_secret_overrides(argv: list[str]) -> list[str]:
         decoded = re.fullmatch(r"-?\d+|[{\[].*", value, re.S) is not None  # quoted: the user wants a string
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":  # quoted for Hydra: unquote, unescape
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        var = f"{SECRET_ENV}{sum(k.startswith(SECRET_ENV) for k in os.environ)}"
+        var = next(f"{SECRET_ENV}{i}" for i in itertools.count() if f"{SECRET_ENV}{i}" not in os.environ)
         os.environ[var] = value
         ref = f"'${{oc.decode:${{oc.env:{var}}}}}'" if decoded else f"'${{oc.env:{var}}}'"
         out.append(f"{key}={ref}")

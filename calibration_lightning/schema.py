@@ -25,7 +25,7 @@ from calibration_lightning.bundled import CONF_DIR
 from calibration_lightning.calibration.bootstrap import MIN_RESAMPLES, resamples_allowed
 from calibration_lightning.calibration.metrics import METRICS
 from calibration_lightning.data.prompts import PromptFormat
-from calibration_lightning.errors import ConfigError, Section, UserError, every_problem, is_number, require
+from calibration_lightning.errors import ConfigError, Section, UserError, every_problem, is_integer, is_number, require
 
 SCHEMA = "calibration_lightning_schema"  # the first entry of conf/config.yaml's defaults list
 HIGHER_IS_BETTER = ("accuracy",)
@@ -214,7 +214,7 @@ class MethodConf(Section):
         if self.epochs is not None:
             require("method.epochs", self.epochs, self.epochs >= 1, "must be an integer >= 1")
         z = self.accuracy_z
-        require("method.accuracy_z", z, z is None or (is_number(z) and z >= 0), "must be a number >= 0")
+        require("method.accuracy_z", z, z is None or (is_number(z) and z >= 0), "must be null or a number >= 0")
         if self.train:
             for key in ("loss", "optim", "epochs"):
                 value = getattr(self, key)
@@ -358,9 +358,9 @@ def check_trainer_args(args: dict) -> None:
             require(f"trainer.{key}", value, False, f"not a Lightning Trainer argument{hint}")
     for key, low in (("checkpoint_every_n_steps", 0), ("log_every_n_steps", 1), ("accumulate_grad_batches", 1)):
         value = args.get(key, low)
-        require(f"trainer.{key}", value, isinstance(value, int) and value >= low, f"must be an integer >= {low}")
+        require(f"trainer.{key}", value, is_integer(value) and value >= low, f"must be an integer >= {low}")
     epochs = args.get("max_epochs")
-    require("trainer.max_epochs", epochs, epochs is None or (isinstance(epochs, int) and epochs >= 1),
+    require("trainer.max_epochs", epochs, epochs is None or (is_integer(epochs) and epochs >= 1),
             "must be null (method.epochs decides) or an integer >= 1")  # fmt: skip
 
 

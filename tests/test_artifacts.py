@@ -3,6 +3,7 @@ whether the file is cut short, random, an unsafe pickle (refused, never run) or 
 
 import json
 import shutil
+import struct
 
 import pytest
 import torch
@@ -170,6 +171,13 @@ def test_a_damaged_cache_entry_is_rebuilt(monkeypatch, tmp_path):
     assert safetensors_problem(weights).startswith("truncated")
     assert tiny(seed=3) == folder
     assert weights.read_bytes() == whole  # built again from the same seed
+
+
+def test_a_header_entry_without_data_offsets_is_damaged(tmp_path):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1]}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    assert safetensors_problem(path) == "damaged (a tensor of the header has no data offsets)"
 
 
 def test_a_model_folder_with_truncated_weights_is_refused(tmp_path, tiny_source):

@@ -95,7 +95,7 @@ GOOD = '{"question": "2 + 2 = ?", "choices": ["3", "4"], "answer": 1}\n'
         (["model=tiny", "method=rcft", "method.loss.lam=-0.5"], "method.loss.lam=-0.5: must be >= 0"),
         (
             ["model=tiny", "method=rcft", "method.accuracy_z=-1", "method.loss.lam=-2", "dataset.prompt.template=x"],
-            "3 problems in the config: (1) method.accuracy_z=-1.0: must be a number >= 0; "
+            "3 problems in the config: (1) method.accuracy_z=-1.0: must be null or a number >= 0; "
             "(2) dataset.prompt.template='x': must contain {question} and {choices} (and may {about}), nothing else; "
             "(3) method.loss.lam=-2: must be >= 0",
         ),

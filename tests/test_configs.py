@@ -60,7 +60,7 @@ def test_three_independent_problems_are_refused_together():
     with pytest.raises(ConfigError) as raised:
         validate(cfg)
     assert raised.value.problems == [
-        "method.accuracy_z=-1.0: must be a number >= 0",
+        "method.accuracy_z=-1.0: must be null or a number >= 0",
         "dataset.prompt.template='{question} only': must contain {question} and {choices} (and may {about}), "
         "nothing else",
         "method.loss.lam=-2: must be >= 0",
@@ -79,6 +79,8 @@ def test_three_independent_problems_are_refused_together():
         ("+trainer.limit_val_batches=2", "use dataset.split.val"),
         ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0: must be an integer >= 1"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0: must be null (method.epochs decides) or an integer >= 1"),
+        ("+trainer.max_epochs=true", "trainer.max_epochs=True: must be null (method.epochs decides) or an integer"),
+        ("trainer.log_every_n_steps=true", "trainer.log_every_n_steps=True: must be an integer >= 1"),
         ("dataset.prompt.choice_format='{letter}) {txt}'", "dataset.prompt.choice_format='{letter}) {txt}': must"),
         ("dataset.split.train=1.5", "dataset.split.train=1.5: must be a count >= 0 or a fraction in (0, 1)"),
     ],

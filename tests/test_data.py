@@ -115,8 +115,9 @@ def test_bundled_mmlu_and_split_are_deterministic():
     assert [r.id for r in a.test] == [r.id for r in b.test] != [r.id for r in c.test]
     ids = [r.id for r in a.train + a.val + a.test]
     assert len(ids) == len(set(ids)) == 100
-    with pytest.raises(DataError, match="unknown MMLU subjects"):
-        bundled_mmlu(subjects=["astrology"])
+    for wrong in ("astrology", "topic"):  # "topic": the header rows' value, not a subject
+        with pytest.raises(DataError, match=f"unknown MMLU subjects \\['{wrong}'\\]"):
+            bundled_mmlu(subjects=[wrong])
     with pytest.raises(DataError, match="only 152"):
         split_records(records, 100, 50, 50)
 

@@ -90,7 +90,7 @@ def test_a_lower_ece_bought_with_a_real_accuracy_loss_is_not_eligible():
 def test_no_candidate_is_an_error_and_a_negative_z_is_refused():
     with pytest.raises(ValueError):
         choose_method({}, 0.02, 1.96, 10, NO_BOOTSTRAP)
-    with pytest.raises(ConfigError, match=r"method\.accuracy_z=-1.0: must be a number >= 0"):
+    with pytest.raises(ConfigError, match=r"method\.accuracy_z=-1.0: must be null or a number >= 0"):
         validate(compose_config("method=auto", "method.accuracy_z=-1"))
 
 

@@ -100,6 +100,13 @@ def test_values_with_any_character_leave_the_command_line_before_hydra_parses_it
     assert sorted(env.values()) == sorted([NASTY, "https://user:PA55/w@host.example/v1", "quoted,value"])
 
 
+def test_a_hidden_secret_never_replaces_one_already_hidden(fresh_env, monkeypatch):
+    monkeypatch.setenv(f"{ENV}1", "held")  # a gap: _0 is free, _1 is taken
+    hidden = hide_secret_overrides(["+judge.api_key=a", "+judge.token=b"])
+    assert hidden == [f"+judge.api_key='${{oc.env:{ENV}0}}'", f"+judge.token='${{oc.env:{ENV}2}}'"]
+    assert (os.environ[f"{ENV}0"], os.environ[f"{ENV}1"], os.environ[f"{ENV}2"]) == ("a", "held", "b")
+
+
 @pytest.mark.parametrize(
     ("override", "value"),
     [

@@ -70,12 +70,11 @@ def bundled_mmlu(subjects: Sequence[str] | None = None, max_question_chars: int 
                 yield f"line {line_no}", {"id": f"mmlu-{line_no}", **fields, "subject": raw.get("topic")}
 
     if wanted is not None:
-        known = {json.loads(line).get("topic") for line in open(path, encoding="utf-8")}
+        with open(path, encoding="utf-8") as f:
+            known = {json.loads(line).get("topic") for line in f} - {"topic"}  # the header rows' "topic"
         unknown = sorted(wanted - known)
         if unknown:
-            raise DataError(
-                f"dataset.source.subjects: unknown MMLU subjects {unknown}; known: {sorted(known - {'topic'})}"
-            )
+            raise DataError(f"dataset.source.subjects: unknown MMLU subjects {unknown}; known: {sorted(known)}")
     return _records(rows(), str(path))
 
 
