@@ -24,19 +24,24 @@ TINY_SPLIT = ["dataset.split.train=24", "dataset.split.val=16", "dataset.split.t
 # `make test ARGS=--durations=0`, one torch thread a worker).
 LONGEST_FIRST = (
     "test_resume.py",
-    "test_bundled_model.py",
     "test_multirun_ddp_and_sweeps.py",
+    "test_bundled_model.py",
     "test_run_life.py",
-    "test_runs.py",
-    "test_training_length.py",
-    "test_resume_checkpoints_and_secrets.py",
     "test_cli_errors.py",
-    "test_adapter_reuse.py",
-    "test_sweeps.py",
+    "test_training_length.py",
+    "test_runs.py",
     "test_install.py",
+    "test_resume_checkpoints_and_secrets.py",
     "test_lm_eval_bridge.py",
     "test_secrets.py",
+    "test_sweeps.py",
+    "test_configs.py",
     "test_fuzz_data.py",
+    "test_lever_probe.py",
+    "test_speed_levers.py",
+    "test_adapter_reuse.py",
+    "test_coverage.py",
+    "test_diagrams.py",
 )
 
 

@@ -1,5 +1,6 @@
 """A stop at a chosen instant of a run: in this process (``interrupt_at``) or in a CLI process
-(``python -c "import tests.interrupt_hook as h; h.main()" OVERRIDES`` with ``INTERRUPT_AT=WHERE:N:SIGNAL``).
+(``python -c "import tests.interrupt_hook as h; h.main()" OVERRIDES`` with ``INTERRUPT_AT=WHERE:N:SIGNAL``, or
+``cli_in_child``: the same command in a process forked from one that imported the package once).
 
 ``SIGNAL`` (KILL, TERM, INT) is sent to the process at the N-th call of WHERE:
 
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import os
 import signal
+import sys
 
 
 def _targets() -> dict:
@@ -91,3 +94,39 @@ def main() -> None:
         from calibration_lightning.__main__ import main as cli_main
 
         cli_main()
+
+
+def _cli(interrupt: str, argv: list[str], cwd: str) -> None:
+    os.chdir(cwd)
+    os.environ["INTERRUPT_AT"] = interrupt
+    sys.argv = ["calibration_lightning", *argv]
+    main()
+
+
+# what a run of the tiny model imports (the package imports most of it lazily, as the run needs it)
+PRELOAD = [
+    "tests.interrupt_hook",
+    "calibration_lightning.__main__",
+    "calibration_lightning.recipe",
+    "calibration_lightning.models.loading",
+    "transformers.models.llama.modeling_llama",
+    "peft",
+    "relplot",
+    "matplotlib.figure",
+]
+
+
+def cli_in_child(interrupt: str, argv: list[str], cwd: str, timeout: float = 900) -> int | None:
+    """``main()`` with ``argv`` and ``INTERRUPT_AT=interrupt`` in a child process; its exit code (-9: SIGKILL).
+
+    The child is forked from multiprocessing's fork server, a clean single-threaded process that imported the
+    package once for the whole test process: each child starts in well under a second instead of paying the
+    ten seconds of interpreter start and imports (torch, Lightning, transformers) again."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    child = context.Process(target=_cli, args=(interrupt, argv, cwd))
+    child.start()
+    child.join(timeout)
+    if child.exitcode is None:
+        child.kill()
+    return child.exitcode

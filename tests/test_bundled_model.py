@@ -34,12 +34,12 @@ def test_real_tokenizer_letters_in_context():
 
 def test_short_cft_run_on_smollm2_moves_calibration(make_cfg, tmp_path):
     cfg = make_cfg(
-        "dataset.split.train=48",
+        "dataset.split.train=16",
         "dataset.split.val=16",
-        "dataset.split.test=32",
+        "dataset.split.test=16",
         "dataset.source.max_question_chars=120",
-        "method.epochs=2",  # at most 4 rounds of 6 steps of 4: the real model through rounds, backtracking, selection
-        "method.select.every_n_steps=6",
+        "method.epochs=2",  # at most 4 rounds of 2 steps of 4: the real model through rounds and selection
+        "method.select.every_n_steps=2",
     )
     result = run(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -58,7 +58,7 @@ def test_report_from_real_default_runs(make_cfg, tmp_path):
 
     from calibration_lightning.report import main as report_main
 
-    small = ["dataset.split.train=8", "dataset.split.val=32", "dataset.split.test=32"]
+    small = ["dataset.split.train=8", "dataset.split.val=16", "dataset.split.test=16"]
     for method in ("none", "ts"):
         run(make_cfg(f"method={method}", *small, out=f"runs/{method}"))
     runs = tmp_path / "runs"
@@ -71,7 +71,7 @@ def test_report_from_real_default_runs(make_cfg, tmp_path):
             assert rows[method, metric]["model"] == "smollm2_135m"
             assert float(rows[method, metric]["after"]) == after[metric]
     assert rows["ts", "accuracy"]["after"] == rows["none", "accuracy"]["after"]  # TS keeps predictions
-    assert "| SmolLM2-135M-Instruct | temperature scaling (post-hoc) | 32 |" in (runs / "report.md").read_text()
+    assert "| SmolLM2-135M-Instruct | temperature scaling (post-hoc) | 16 |" in (runs / "report.md").read_text()
     svg = (runs / "reliability.svg").read_text()
     assert "aligned model (before)" in svg and "after temperature scaling (post-hoc)" in svg
     assert (runs / "reliability.pdf").read_bytes().startswith(b"%PDF-")

@@ -5,7 +5,7 @@ time), predictions and adapter, byte for byte.
 The twin: 5 rounds of 20 steps, a backtrack after round 3 (patience ran out: back to round 1 at 0.3 x the rate),
 round 1 kept. Checkpoints: after every round's validation, and at step 50 (``trainer.checkpoint_every_n_steps``).
 Saves: round 1 writes best.ckpt (1) then last.ckpt (2), round 2 last.ckpt (3), step 50 (4), ...
-SIGKILL runs in a child process (``tests/interrupt_hook.py``); SIGTERM in this one, as the run handles it; every
+SIGKILL runs in a child process (``interrupt_hook.cli_in_child``); SIGTERM in this one, as the run handles it; every
 resume runs in this process. About 3 minutes on two idle cores.
 """
 
@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from calibration_lightning.outputs.run_state import Preempted
 from calibration_lightning.recipe import run
 from tests.conftest import compose_config
 from tests.helpers import ROOT
-from tests.interrupt_hook import interrupt_at
+from tests.interrupt_hook import cli_in_child, interrupt_at
 
 pytestmark = pytest.mark.slow
 
@@ -72,12 +69,8 @@ def _log(out: Path) -> list[dict]:
 
 
 def _killed(out: Path, where: str, count: int, extra: tuple) -> None:
-    """The run killed with SIGKILL at the chosen instant, in a child process."""
-    overrides = [*BASE, *extra, f"hydra.run.dir={out}"]
-    env = {**os.environ, "INTERRUPT_AT": f"{where}:{count}:KILL", "PYTHONPATH": str(ROOT)}
-    code = "import tests.interrupt_hook as h; h.main()"
-    done = subprocess.run([sys.executable, "-c", code, *overrides], cwd=ROOT, env=env, capture_output=True, timeout=900)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    """The run (the command line's) killed with SIGKILL at the chosen instant, in a child process."""
+    assert cli_in_child(f"{where}:{count}:KILL", [*BASE, *extra, f"hydra.run.dir={out}"], str(ROOT)) == -signal.SIGKILL
 
 
 def _terminated(out: Path, where: str, count: int, extra: tuple) -> None:
