@@ -30,8 +30,13 @@ def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     )
 
 
-def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``start_cli`` run to its end."""
+def cli(*args: str, env: dict | None = None, timeout: int = 300, forked: bool = False) -> subprocess.CompletedProcess:
+    """``start_cli`` run to its end; ``forked``: in a process forked from one that imported the package once
+    (``interrupt_hook.cli_in_child``: for whole runs, not for what needs a fresh interpreter)."""
+    if forked:
+        from tests.interrupt_hook import cli_in_child
+
+        return cli_in_child(list(args), str(ROOT), env, timeout=timeout)
     with start_cli(*args, env=env) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)

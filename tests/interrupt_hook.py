@@ -21,7 +21,9 @@ import functools
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 
 
 def _targets() -> dict:
@@ -96,11 +98,20 @@ def main() -> None:
         cli_main()
 
 
-def _cli(interrupt: str, argv: list[str], cwd: str) -> None:
+def _cli(argv: list[str], cwd: str, env: dict, interrupt: str | None, out: str | None) -> None:
     os.chdir(cwd)
-    os.environ["INTERRUPT_AT"] = interrupt
+    os.environ.update(env)
+    if out is not None:  # the child's standard output and error into files (what subprocess captures)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(f"{out}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     sys.argv = ["calibration_lightning", *argv]
-    main()
+    if interrupt is None:
+        from calibration_lightning.__main__ import main as cli_main
+
+        cli_main()
+    else:
+        os.environ["INTERRUPT_AT"] = interrupt
+        main()
 
 
 # what a run of the tiny model imports (the package imports most of it lazily, as the run needs it)
@@ -116,17 +127,26 @@ PRELOAD = [
 ]
 
 
-def cli_in_child(interrupt: str, argv: list[str], cwd: str, timeout: float = 900) -> int | None:
-    """``main()`` with ``argv`` and ``INTERRUPT_AT=interrupt`` in a child process; its exit code (-9: SIGKILL).
+def cli_in_child(
+    argv: list[str], cwd: str, env: dict | None = None, interrupt: str | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """``python -m calibration_lightning ARGV`` (with ``INTERRUPT_AT=interrupt``, ``env`` added) in a child process:
+    its exit code (-9: SIGKILL), standard output and error.
 
     The child is forked from multiprocessing's fork server, a clean single-threaded process that imported the
-    package once for the whole test process: each child starts in well under a second instead of paying the
-    ten seconds of interpreter start and imports (torch, Lightning, transformers) again."""
+    package once for the whole test process: a child starts in well under a second instead of paying the ten
+    seconds of interpreter start and imports (torch, Lightning, transformers) again. Not for what depends on a
+    fresh interpreter: settings read at import (``HF_HUB_OFFLINE``), warnings printed while importing, start-up
+    signals, DDP (which starts the command again)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    child = context.Process(target=_cli, args=(interrupt, argv, cwd))
-    child.start()
-    child.join(timeout)
-    if child.exitcode is None:
-        child.kill()
-    return child.exitcode
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "out")
+        child = context.Process(target=_cli, args=(argv, cwd, env or {}, interrupt, out))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+        captured = [open(f"{out}.{name}", errors="replace").read() for name in ("stdout", "stderr")]
+    return subprocess.CompletedProcess(["calibration_lightning", *argv], child.exitcode, *captured)

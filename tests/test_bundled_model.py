@@ -9,7 +9,7 @@ from calibration_lightning.errors import TokenizerError
 from calibration_lightning.models.loading import load_tokenizer
 from calibration_lightning.models.sources import bundled_smollm2
 from calibration_lightning.recipe import run
-from tests.conftest import model_conf
+from tests.conftest import compose_config, model_conf
 
 pytestmark = pytest.mark.slow
 
@@ -32,48 +32,51 @@ def test_real_tokenizer_letters_in_context():
         letter_token_ids(tok, "Question?\nAnswer: ", "", 4)
 
 
-def test_short_cft_run_on_smollm2_moves_calibration(make_cfg, tmp_path):
-    cfg = make_cfg(
-        "dataset.split.train=16",
-        "dataset.split.val=16",
-        "dataset.split.test=16",
-        "dataset.source.max_question_chars=120",
-        "method.epochs=2",  # at most 4 rounds of 2 steps of 4: the real model through rounds and selection
-        "method.select.every_n_steps=2",
-    )
-    result = run(cfg)
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A short real CFT run on SmolLM2 in ``runs/cft`` (at most 4 rounds of 2 steps of 4: the real model through
+    rounds and selection); the report test adds temperature scaling beside it."""
+
+    root = tmp_path_factory.mktemp("runs")
+    small = ["dataset.split.train=16", "dataset.split.val=16", "dataset.split.test=16", "logger=csv"]
+    cfg = compose_config(*small, "dataset.source.max_question_chars=120", "method.epochs=2",
+                         "method.select.every_n_steps=2", f"output_dir={root / 'cft'}")  # fmt: skip
+    run(cfg)
+    return root
+
+
+def test_short_cft_run_on_smollm2_moves_calibration(runs):
+    metrics = json.loads((runs / "cft" / "metrics.json").read_text())
     assert metrics["before"]["conf_ece"] > 0.3  # the aligned model is badly overconfident (collapses to "A")
-    assert result["after"]["conf_ece"] < metrics["before"]["conf_ece"]
-    predictions = [json.loads(x) for x in (tmp_path / "run" / "predictions_before.jsonl").read_text().splitlines()]
+    assert metrics["after"]["conf_ece"] < metrics["before"]["conf_ece"]
+    predictions = [json.loads(x) for x in (runs / "cft" / "predictions_before.jsonl").read_text().splitlines()]
     assert sum(p["prediction"] == "A" for p in predictions) / len(predictions) > 0.8
 
 
-def test_report_from_real_default_runs(make_cfg, tmp_path):
-    """The report over real SmolLM2 runs (aligned, temperature scaling) equals their metrics.json; report.tex
-    compiles (where pdflatex is installed) and the figures show the aligned model and the method after it."""
+def test_report_from_real_runs(runs):
+    """The report over real SmolLM2 runs (CFT, temperature scaling) equals their metrics.json; report.tex
+    compiles (where pdflatex is installed) and the figures show the aligned model and each method after it."""
     import csv
     import shutil
     import subprocess
 
     from calibration_lightning.report import main as report_main
 
-    small = ["dataset.split.train=8", "dataset.split.val=16", "dataset.split.test=16"]
-    for method in ("none", "ts"):
-        run(make_cfg(f"method={method}", *small, out=f"runs/{method}"))
-    runs = tmp_path / "runs"
+    small = ["dataset.split.train=16", "dataset.split.val=16", "dataset.split.test=16", "logger=csv"]
+    run(compose_config("method=ts", *small, "dataset.source.max_question_chars=120", f"output_dir={runs / 'ts'}"))
     assert report_main([str(runs)]) == 0
     rows = {(r["method"], r["metric"]): r for r in csv.DictReader((runs / "report.csv").open())}
-    assert list(dict.fromkeys(m for m, _ in rows)) == ["none", "ts"]
-    for method in ("none", "ts"):
+    assert list(dict.fromkeys(m for m, _ in rows)) == ["ts", "cft"]  # the paper's row order
+    for method in ("ts", "cft"):
         after = json.loads((runs / method / "metrics.json").read_text())["after"]
         for metric in ("conf_ece", "accuracy"):
             assert rows[method, metric]["model"] == "smollm2_135m"
             assert float(rows[method, metric]["after"]) == after[metric]
-    assert rows["ts", "accuracy"]["after"] == rows["none", "accuracy"]["after"]  # TS keeps predictions
+    assert rows["ts", "accuracy"]["after"] == rows["ts", "accuracy"]["before"]  # TS keeps predictions
+    assert rows["ts", "accuracy"]["before"] == rows["cft", "accuracy"]["before"]  # the same aligned model
     assert "| SmolLM2-135M-Instruct | temperature scaling (post-hoc) | 16 |" in (runs / "report.md").read_text()
     svg = (runs / "reliability.svg").read_text()
-    assert "aligned model (before)" in svg and "after temperature scaling (post-hoc)" in svg
+    assert all(s in svg for s in ("aligned model (before)", "after temperature scaling (post-hoc)", "after CFT"))
     assert (runs / "reliability.pdf").read_bytes().startswith(b"%PDF-")
     if shutil.which("pdflatex"):
         done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=runs)

@@ -54,7 +54,7 @@ def test_every_experiment_composes_for_each_swept_value(experiment):
 @pytest.mark.slow
 def test_multirun_and_report_table_match_metrics(tmp_path, capsys):
     sweep = tmp_path / "multirun"
-    result = cli("-m", "model=tiny", "method=none,cft,ts", *SMALL, f"hydra.sweep.dir={sweep}")
+    result = cli("-m", "model=tiny", "method=none,cft,ts", *SMALL, f"hydra.sweep.dir={sweep}", forked=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert report_main([str(sweep)]) == 0
     printed = capsys.readouterr().out
@@ -98,7 +98,9 @@ def test_loggers_as_a_list_wandb_offline_gets_the_summary_intervals_and_diagrams
     MLflow run; no network, and the W&B key written nowhere."""
     out = tmp_path / "wb"
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "wandb-secret-k3y", "WANDB_SILENT": "true"}
-    result = cli("model=tiny", "logger=[csv,wandb,tensorboard,mlflow]", *SMALL, f"hydra.run.dir={out}", env=env)
+    result = cli(
+        "model=tiny", "logger=[csv,wandb,tensorboard,mlflow]", *SMALL, f"hydra.run.dir={out}", env=env, forked=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     (run,) = (out / "wandb").glob("offline-run-*")

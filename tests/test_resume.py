@@ -70,7 +70,8 @@ def _log(out: Path) -> list[dict]:
 
 def _killed(out: Path, where: str, count: int, extra: tuple) -> None:
     """The run (the command line's) killed with SIGKILL at the chosen instant, in a child process."""
-    assert cli_in_child(f"{where}:{count}:KILL", [*BASE, *extra, f"hydra.run.dir={out}"], str(ROOT)) == -signal.SIGKILL
+    killed = cli_in_child([*BASE, *extra, f"hydra.run.dir={out}"], str(ROOT), interrupt=f"{where}:{count}:KILL")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
 
 def _terminated(out: Path, where: str, count: int, extra: tuple) -> None:

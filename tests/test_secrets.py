@@ -213,6 +213,7 @@ def test_no_secret_shape_in_any_file_of_a_run_or_its_output(tmp_path):
         "+hydra.job.env_set.pad_token=PADVISIBLE",
         f"hydra.run.dir={out}",
         env={"WANDB_MODE": "offline"},
+        forked=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     files = [p for p in out.rglob("*") if p.is_file()]
