@@ -221,7 +221,8 @@ class MethodConf(Section):
                 require(f"method.{key}", value, value is not None, "a trained method needs it")
 
     def trained(self) -> dict[str, MethodConf]:
-        """The methods a run trains: this one, or auto's candidates (inheriting auto's ``lr_search``); none for ts."""
+        """The methods a run trains: this one, or auto's candidates (inheriting auto's ``lr_search``); empty for
+        none and ts."""
         if self.candidates:
             for candidate in self.candidates.values():
                 candidate.lr_search = candidate.lr_search or self.lr_search

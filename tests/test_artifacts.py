@@ -173,11 +173,12 @@ def test_a_damaged_cache_entry_is_rebuilt(monkeypatch, tmp_path):
     assert weights.read_bytes() == whole  # built again from the same seed
 
 
-def test_a_header_entry_without_data_offsets_is_damaged(tmp_path):
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1]}}).encode()
+@pytest.mark.parametrize("entry", [{"dtype": "F32", "shape": [1]}, 5, {"data_offsets": [0, 4.0]}])
+def test_a_header_entry_without_valid_data_offsets_is_damaged(tmp_path, entry):
+    header = json.dumps({"w": entry}).encode()
     path = tmp_path / "model.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
-    assert safetensors_problem(path) == "damaged (a tensor of the header has no data offsets)"
+    assert safetensors_problem(path) == "damaged (a tensor entry of the header without valid data_offsets)"
 
 
 def test_a_model_folder_with_truncated_weights_is_refused(tmp_path, tiny_source):

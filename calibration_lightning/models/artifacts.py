@@ -91,7 +91,7 @@ def safetensors_problem(path: Path) -> str | None:
     tensors = [t for k, t in header.items() if k != "__metadata__"]
     ends = [t.get("data_offsets") if isinstance(t, dict) else None for t in tensors]
     if not all(isinstance(e, list) and len(e) == 2 and all(isinstance(x, int) for x in e) for e in ends):
-        return "damaged (a tensor of the header has no data offsets)"
+        return "damaged (a tensor entry of the header without valid data_offsets)"
     need = 8 + n + max((e[1] for e in ends), default=0)
     if size < need:
         return f"truncated ({size} of {need} bytes)"
