@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 
 def _targets() -> dict:
@@ -98,12 +99,11 @@ def main() -> None:
         cli_main()
 
 
-def _cli(argv: list[str], cwd: str, env: dict, interrupt: str | None, out: str | None) -> None:
+def _cli(argv: list[str], cwd: str, env: dict, interrupt: str | None, out: str) -> None:
     os.chdir(cwd)
     os.environ.update(env)
-    if out is not None:  # the child's standard output and error into files (what subprocess captures)
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            os.dup2(os.open(f"{out}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    for fd, name in ((1, "stdout"), (2, "stderr")):  # standard output and error into files, as subprocess captures
+        os.dup2(os.open(f"{out}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     sys.argv = ["calibration_lightning", *argv]
     if interrupt is None:
         from calibration_lightning.__main__ import main as cli_main
@@ -148,5 +148,5 @@ def cli_in_child(
         if child.exitcode is None:
             child.kill()
             child.join()
-        captured = [open(f"{out}.{name}", errors="replace").read() for name in ("stdout", "stderr")]
+        captured = [Path(f"{out}.{name}").read_text(errors="replace") for name in ("stdout", "stderr")]
     return subprocess.CompletedProcess(["calibration_lightning", *argv], child.exitcode, *captured)
